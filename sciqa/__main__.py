@@ -1,0 +1,3 @@
+from sciqa.cli import app
+
+app(prog_name="sciqa")

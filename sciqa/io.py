@@ -1,0 +1,80 @@
+"""Read and write the tables stages hand each other: CSV, parquet or JSONL, by suffix.
+
+CSV cells are read as text with no NA guessing, so an option such as ``"None"`` or
+``"NA"`` stays a string and ids keep their leading zeros.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from sciqa.errors import SchemaError, SciqaError
+from sciqa.schema import validate_questions
+
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}
+
+
+def table_format(path: str | os.PathLike[str]) -> str:
+    """Format name for ``path``'s suffix; raises naming the supported suffixes."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        supported = ", ".join(sorted(FORMATS))
+        raise SciqaError(f"{path}: unsupported file type {suffix!r}; use one of {supported}")
+    return FORMATS[suffix]
+
+
+def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Load a table, turning parser failures into a one-line error naming the file."""
+    path = Path(path)
+    fmt = table_format(path)
+    if not path.is_file():
+        raise SciqaError(f"{path}: file not found")
+    try:
+        if fmt == "csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        return pd.read_json(path, lines=True, dtype=False)
+    except pd.errors.EmptyDataError:
+        raise SchemaError(f"{path}: file is empty (no header row)") from None
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        # pyarrow's and pandas' messages can span lines; keep the first.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SchemaError(f"{path}: cannot be read as {fmt}: {reason}") from None
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write ``frame`` atomically: a crash mid-write never leaves a truncated file."""
+    path = Path(path)
+    fmt = table_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if fmt == "csv":
+            frame.to_csv(tmp, index=False)
+        elif fmt == "parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_questions(path: str | os.PathLike[str], *, require_answer: bool = False) -> pd.DataFrame:
+    """Load and validate a questions file (see :mod:`sciqa.schema` for the columns)."""
+    return validate_questions(read_table(path), str(path), require_answer=require_answer)
+
+
+def write_questions(
+    frame: pd.DataFrame, path: str | os.PathLike[str], *, require_answer: bool = False
+) -> Path:
+    """Validate then write, so a stage never hands a broken file to the next one."""
+    return write_table(validate_questions(frame, str(path), require_answer=require_answer), path)

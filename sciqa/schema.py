@@ -1,0 +1,145 @@
+"""The question table every stage reads and writes.
+
+Columns (Kaggle "LLM Science Exam" layout):
+
+=============  ========  ==========================================================
+column         required  meaning
+=============  ========  ==========================================================
+id             yes       unique question id, kept as a string; stages join on it
+prompt         yes       the question text
+A, B, ...      yes       answer options; contiguous letters from A (Kaggle: A-E)
+answer         labels    the correct letter; optional at inference time
+context        no        retrieved passages attached by ``retrieval``
+source         no        where the question came from (e.g. ``kaggle``, ``gen:gpt-4``)
+source_id      no        id of the source chunk/article
+=============  ========  ==========================================================
+
+The number of options is read from the data (the run of letter columns starting at
+``A``), never assumed.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterator
+
+import pandas as pd
+
+from sciqa.errors import SchemaError
+
+ID = "id"
+PROMPT = "prompt"
+ANSWER = "answer"
+CONTEXT = "context"
+SOURCE = "source"
+SOURCE_ID = "source_id"
+REQUIRED = (ID, PROMPT)
+OPTIONAL = (ANSWER, CONTEXT, SOURCE, SOURCE_ID)
+MIN_OPTIONS = 2
+
+
+def option_letters(columns: list[str] | pd.Index) -> list[str]:
+    """Option columns present: the contiguous run ``A, B, C, ...``.
+
+    >>> option_letters(["id", "prompt", "A", "B", "C", "answer"])
+    ['A', 'B', 'C']
+    """
+    present = set(columns)
+    letters = []
+    for letter in string.ascii_uppercase:
+        if letter not in present:
+            break
+        letters.append(letter)
+    return letters
+
+
+def _is_blank(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and value != value:  # NaN
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _row_label(position: int, frame: pd.DataFrame) -> str:
+    """Human row reference: 1-based data row (header not counted) and its id."""
+    label = f"row {position + 1}"
+    if ID in frame.columns and not _is_blank(frame[ID].iat[position]):
+        label += f", id={frame[ID].iat[position]!s}"
+    return label
+
+
+def _problems(frame: pd.DataFrame, require_answer: bool) -> Iterator[str]:
+    columns = list(frame.columns)
+    letters = option_letters(columns)
+    missing = [c for c in REQUIRED if c not in columns]
+    if len(letters) < MIN_OPTIONS:
+        missing += [c for c in "AB"[len(letters) :]]
+    if require_answer and ANSWER not in columns:
+        missing.append(ANSWER)
+    if missing:
+        yield (
+            f"missing column(s) {', '.join(repr(c) for c in missing)}; "
+            f"found {', '.join(repr(str(c)) for c in columns) or 'no columns'}"
+        )
+        return
+    if frame.empty:
+        yield "contains no questions"
+        return
+
+    def row(position: int) -> str:
+        return _row_label(position, frame)
+
+    for column in (ID, PROMPT, *letters):
+        for pos in frame.index[frame[column].map(_is_blank)]:
+            what = "option" if column in letters else "value"
+            yield f"{row(pos)}, column '{column}': empty {what}"
+
+    ids = frame[ID].astype(str)
+    first_seen: dict[str, int] = {}
+    for pos, value in enumerate(ids):
+        if value in first_seen and not _is_blank(frame[ID].iat[pos]):
+            yield (
+                f"{row(pos)}, column 'id': duplicate id {value!r} "
+                f"(first at row {first_seen[value] + 1})"
+            )
+        first_seen.setdefault(value, pos)
+
+    if ANSWER in columns:
+        allowed = set(letters)
+        for pos, value in enumerate(frame[ANSWER]):
+            if _is_blank(value):
+                if require_answer:
+                    yield f"{row(pos)}, column 'answer': empty answer"
+            elif str(value).strip() not in allowed:
+                yield (f"{row(pos)}, column 'answer': {value!r} is not one of {', '.join(letters)}")
+
+
+def validate_questions(
+    frame: pd.DataFrame,
+    source: str = "<dataframe>",
+    *,
+    require_answer: bool = False,
+) -> pd.DataFrame:
+    """Check ``frame`` against the schema and return it normalised.
+
+    Normalised means: ``id`` and options as ``str``, ``answer`` stripped, index reset. Raises
+    :class:`SchemaError` with one line naming ``source``, the row and the column of the
+    first problem (and how many more there are).
+    """
+    frame = frame.reset_index(drop=True)
+    problems = _problems(frame, require_answer)
+    first = next(problems, None)
+    if first is not None:
+        extra = sum(1 for _ in problems)
+        more = f" (and {extra} more problem{'s' * (extra != 1)})" if extra else ""
+        raise SchemaError(f"{source}: {first}{more}")
+
+    frame = frame.copy()
+    frame[ID] = frame[ID].astype(str)
+    # Parquet/JSONL may carry numeric options ("3", "42"); every stage treats them as text.
+    letters = option_letters(frame.columns)
+    frame[letters] = frame[letters].astype(str)
+    if ANSWER in frame.columns:
+        frame[ANSWER] = frame[ANSWER].map(lambda v: v if _is_blank(v) else str(v).strip())
+    return frame

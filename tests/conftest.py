@@ -1,0 +1,23 @@
+import pandas as pd
+import pytest
+
+
+@pytest.fixture
+def questions() -> pd.DataFrame:
+    """Three valid labelled questions in the Kaggle layout."""
+    return pd.DataFrame(
+        {
+            "id": ["0", "1", "2"],
+            "prompt": [
+                "Which particle mediates the electromagnetic force?",
+                "What is the SI unit of magnetic flux?",
+                "Which gas makes up most of Earth's atmosphere?",
+            ],
+            "A": ["Photon", "Tesla", "Oxygen"],
+            "B": ["Gluon", "Weber", "Nitrogen"],
+            "C": ["W boson", "Henry", "Argon"],
+            "D": ["Graviton", "Gauss", "Carbon dioxide"],
+            "E": ["Higgs boson", "None", "NA"],
+            "answer": ["A", "B", "B"],
+        }
+    )

@@ -1,0 +1,92 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from sciqa.cli import app
+from sciqa.io import write_table
+from sciqa.submission import make_submission
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def files(tmp_path, questions):
+    labels = write_table(questions, tmp_path / "train.csv")  # answers A, B, B
+    submission = write_table(
+        make_submission(["0", "1", "2"], ["A B C", "A B C", "C D E"]), tmp_path / "sub.csv"
+    )
+    return labels, submission
+
+
+def test_eval_prints_and_writes_scores(tmp_path, files):
+    labels, submission = files
+    out = tmp_path / "scores" / "eval.json"
+    result = runner.invoke(app, ["eval", str(submission), str(labels), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "MAP@3 0.5000  accuracy 0.3333  questions 3" in result.output
+    assert json.loads(out.read_text()) == {
+        "n_questions": 3,
+        "map_at_3": pytest.approx(0.5),
+        "accuracy": pytest.approx(1 / 3),
+    }
+
+
+def test_eval_bad_labels_give_one_line_error(tmp_path, files, questions):
+    _, submission = files
+    bad = write_table(questions.assign(answer=["A", "F", "B"]), tmp_path / "bad.csv")
+    result = runner.invoke(app, ["eval", str(submission), str(bad)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"error: {bad}: row 2, id=1, column 'answer': 'F' is not one of A, B, C, D, E"
+    ]
+
+
+def test_eval_requires_labels(tmp_path, files, questions):
+    _, submission = files
+    unlabelled = write_table(questions.drop(columns="answer"), tmp_path / "test.csv")
+    result = runner.invoke(app, ["eval", str(submission), str(unlabelled)])
+    assert result.exit_code == 1
+    assert "missing column(s) 'answer'" in result.output
+
+
+def test_validate_summarises_a_good_file(files):
+    labels, _ = files
+    result = runner.invoke(app, ["validate", str(labels), "--labelled"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"{labels}: ok, 3 questions, options A-E, labelled"
+
+
+def test_config_shows_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("seed = 5\n")
+    result = runner.invoke(app, ["config", "-c", str(path), "--set", "models.llm=/m/llm"])
+    assert result.exit_code == 0, result.output
+    assert "seed: 5" in result.output
+    assert "llm: /m/llm" in result.output
+    bad = runner.invoke(app, ["config", "--set", "models.lm=x"])
+    assert bad.exit_code == 1
+    assert "unknown key 'models.lm'" in bad.output
+
+
+@pytest.mark.parametrize("stage", ["gen", "index", "retrieve", "train", "infer"])
+def test_unlanded_stages_refuse_clearly(tmp_path, stage):
+    result = runner.invoke(app, [stage, "--config", "x.toml", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "not available yet" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_console_entry_point_runs_without_heavy_imports():
+    code = (
+        "import sys, runpy; sys.argv = ['sciqa', '--help']\n"
+        "try:\n    runpy.run_module('sciqa', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "heavy = {'torch', 'faiss', 'openai', 'transformers'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "eval" in done.stdout

@@ -1,0 +1,4 @@
+"""train: k-fold fine-tuning of ``AutoModelForMultipleChoice`` on question + context.
+
+Not implemented yet; ``sciqa train`` says so and exits non-zero.
+"""
