@@ -1,3 +1,5 @@
+import os
+
 import pandas as pd
 import pytest
 
@@ -21,3 +23,9 @@ def questions() -> pd.DataFrame:
             "answer": ["A", "B", "B"],
         }
     )
+
+
+def pytest_configure(config):
+    # Tests never download: a model that is not packaged must fail, not fetch.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
