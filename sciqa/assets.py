@@ -66,11 +66,7 @@ BENCHMARKS = PackagedAsset(
     "ARC-Challenge/Easy and OpenBookQA validation splits (Arrow)",
 )
 PACKAGED: tuple[PackagedAsset, ...] = (EMBEDDING, BACKBONE, LLM, CORPUS, BENCHMARKS)
-_DEFAULT_MODELS: dict[str, PackagedAsset] = {
-    "embedding": EMBEDDING,
-    "backbone": BACKBONE,
-    "llm": LLM,
-}
+_DEFAULT_MODELS: dict[str, PackagedAsset] = {a.role: a for a in (EMBEDDING, BACKBONE, LLM)}
 
 
 def packaged_path(asset: PackagedAsset) -> Path:

@@ -9,7 +9,7 @@ import pandas as pd
 from sciqa.errors import SchemaError
 from sciqa.metrics import accuracy, map_at_3
 from sciqa.schema import ANSWER, ID, option_letters
-from sciqa.submission import PREDICTION
+from sciqa.submission import PREDICTION, first_unknown_letter
 
 _SHOWN_IDS = 3
 
@@ -55,12 +55,12 @@ def score_submission(
         )
     allowed = set(option_letters(labels.columns))
     joined = labels[[ID, ANSWER]].merge(submission[[ID, PREDICTION]], on=ID, how="left")
-    for pos, prediction in enumerate(joined[PREDICTION]):
-        bad = [letter for letter in prediction.split() if letter not in allowed]
-        if bad:
+    for row_id, prediction in zip(joined[ID], joined[PREDICTION], strict=True):
+        bad = first_unknown_letter(prediction, allowed)
+        if bad is not None:
             raise SchemaError(
-                f"{submission_source}: id={joined[ID].iat[pos]}, column 'prediction': "
-                f"{bad[0]!r} is not an option in {labels_source} "
+                f"{submission_source}: id={row_id}, column 'prediction': "
+                f"{bad!r} is not an option in {labels_source} "
                 f"({', '.join(sorted(allowed))})"
             )
     answers = joined[ANSWER].tolist()

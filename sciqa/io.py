@@ -35,7 +35,10 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise SciqaError(f"{path}: file not found")
     try:
         if fmt == "csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+            # utf-8-sig: spreadsheet exports start with a BOM that would rename "id".
+            return pd.read_csv(
+                path, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8-sig"
+            )
         if fmt == "parquet":
             return pd.read_parquet(path)
         return pd.read_json(path, lines=True, dtype=False)

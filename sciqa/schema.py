@@ -61,12 +61,21 @@ def _is_blank(value: object) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
-def _row_label(position: int, frame: pd.DataFrame) -> str:
-    """Human row reference: 1-based data row (header not counted) and its id."""
+def describe_row(position: int, row_id: object = None) -> str:
+    """How errors point at a row: 1-based data row (header not counted), then its id.
+
+    >>> describe_row(2, "q17")
+    'row 3, id=q17'
+    """
     label = f"row {position + 1}"
-    if ID in frame.columns and not _is_blank(frame[ID].iat[position]):
-        label += f", id={frame[ID].iat[position]!s}"
+    if not _is_blank(row_id):
+        label += f", id={row_id!s}"
     return label
+
+
+def describe_missing(missing: list[str], columns: list[str] | pd.Index) -> str:
+    found = ", ".join(repr(str(c)) for c in columns) or "no columns"
+    return f"missing column(s) {', '.join(repr(c) for c in missing)}; found {found}"
 
 
 def _problems(frame: pd.DataFrame, require_answer: bool) -> Iterator[str]:
@@ -78,17 +87,14 @@ def _problems(frame: pd.DataFrame, require_answer: bool) -> Iterator[str]:
     if require_answer and ANSWER not in columns:
         missing.append(ANSWER)
     if missing:
-        yield (
-            f"missing column(s) {', '.join(repr(c) for c in missing)}; "
-            f"found {', '.join(repr(str(c)) for c in columns) or 'no columns'}"
-        )
+        yield describe_missing(missing, columns)
         return
     if frame.empty:
         yield "contains no questions"
         return
 
     def row(position: int) -> str:
-        return _row_label(position, frame)
+        return describe_row(position, frame[ID].iat[position])
 
     for column in (ID, PROMPT, *letters):
         for pos in frame.index[frame[column].map(_is_blank)]:
@@ -123,7 +129,8 @@ def validate_questions(
 ) -> pd.DataFrame:
     """Check ``frame`` against the schema and return it normalised.
 
-    Normalised means: ``id`` and options as ``str``, ``answer`` stripped, index reset. Raises
+    Normalised means: ``id`` and options as ``str``, ``answer`` stripped (``""`` where
+    missing), index reset. Raises
     :class:`SchemaError` with one line naming ``source``, the row and the column of the
     first problem (and how many more there are).
     """
@@ -141,5 +148,5 @@ def validate_questions(
     letters = option_letters(frame.columns)
     frame[letters] = frame[letters].astype(str)
     if ANSWER in frame.columns:
-        frame[ANSWER] = frame[ANSWER].map(lambda v: v if _is_blank(v) else str(v).strip())
+        frame[ANSWER] = frame[ANSWER].map(lambda v: "" if _is_blank(v) else str(v).strip())
     return frame

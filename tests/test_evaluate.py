@@ -48,7 +48,7 @@ def test_letters_outside_the_options_are_errors(questions):
         ),
         (
             pd.DataFrame({"id": ["1", "2"], "prediction": ["A", "b,c"]}),
-            r"row 2 \(id=2\), column 'prediction': 'b,c' is not an option letter",
+            r"row 2, id=2, column 'prediction': 'b,c' is not an option letter",
         ),
     ],
 )

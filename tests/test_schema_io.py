@@ -21,6 +21,18 @@ def test_csv_keeps_na_like_options_and_leading_zeros(tmp_path):
     assert frame.loc[0, ["A", "B", "C", "D", "E"]].tolist() == ["None", "NA", "null", "N/A", "0"]
 
 
+def test_csv_with_byte_order_mark_reads_its_first_column(tmp_path, questions):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + questions.to_csv(index=False).encode())
+    assert read_questions(path)["id"].tolist() == ["0", "1", "2"]
+
+
+def test_missing_answers_become_empty_strings(tmp_path, questions):
+    questions["answer"] = ["A", None, "B"]
+    path = write_table(questions, tmp_path / "q.parquet")
+    assert read_questions(path)["answer"].tolist() == ["A", "", "B"]
+
+
 def test_ids_and_options_become_strings(questions):
     questions["id"] = [10, 11, 12]
     questions["E"] = [1, 2, 3]
