@@ -130,9 +130,8 @@ def validate_questions(
     """Check ``frame`` against the schema and return it normalised.
 
     Normalised means: ``id`` and options as ``str``, ``answer`` stripped (``""`` where
-    missing), index reset. Raises
-    :class:`SchemaError` with one line naming ``source``, the row and the column of the
-    first problem (and how many more there are).
+    missing), index reset. Raises :class:`SchemaError` with one line naming ``source``,
+    the row and the column of the first problem (and how many more there are).
     """
     frame = frame.reset_index(drop=True)
     problems = _problems(frame, require_answer)

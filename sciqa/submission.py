@@ -15,9 +15,8 @@ import pandas as pd
 
 from sciqa.errors import SchemaError
 from sciqa.io import read_table, write_table
-from sciqa.schema import describe_missing, describe_row
+from sciqa.schema import ID, describe_missing, describe_row
 
-ID = "id"
 PREDICTION = "prediction"
 COLUMNS = (ID, PREDICTION)
 _LETTERS = set(string.ascii_uppercase)
