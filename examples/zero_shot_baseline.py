@@ -10,26 +10,14 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 from sentence_transformers import SentenceTransformer
 
 from sciqa.assets import resolve_model
 from sciqa.config import load_config
 from sciqa.io import read_questions
 from sciqa.metrics import top3_letters
-from sciqa.schema import option_letters
 from sciqa.submission import make_submission, write_submission
-
-
-def option_scores(
-    model: SentenceTransformer, prompts: list[str], options: np.ndarray
-) -> np.ndarray:
-    """Cosine of each prompt with each of its options: shape (n_questions, n_options)."""
-    prompt_vecs = model.encode(prompts, normalize_embeddings=True, show_progress_bar=True)
-    option_vecs = model.encode(
-        options.ravel().tolist(), normalize_embeddings=True, show_progress_bar=True
-    ).reshape(*options.shape, -1)
-    return np.einsum("nd,nod->no", prompt_vecs, option_vecs)
+from sciqa.zero_shot import option_scores
 
 
 def main() -> None:
@@ -43,8 +31,7 @@ def main() -> None:
     questions = read_questions(args.questions)
     source = resolve_model(config.models.embedding, "embedding")
     model = SentenceTransformer(source.name_or_path, device="cpu")
-    options = questions[option_letters(questions.columns)].to_numpy(dtype=str)
-    scores = option_scores(model, questions["prompt"].tolist(), options)
+    scores = option_scores(model, questions, show_progress_bar=True)
     write_submission(make_submission(questions["id"], top3_letters(scores)), args.submission)
     print(f"{args.submission}: {len(questions)} predictions")
 

@@ -35,10 +35,35 @@ class ModelsConfig(_Section):
         DEFAULT  # AutoModelForMultipleChoice checkpoint, e.g. microsoft/deberta-v3-large
     )
     llm: str = DEFAULT  # instruction-following LLM that writes questions in data_gen
+    reranker: str | None = None  # optional cross-encoder over fused retrieval hits; None = off
 
 
 class DataConfig(_Section):
     corpus: str = DEFAULT  # Wikipedia articles (dir or file); default = package-shipped sample
+
+
+# --- Stage sections. Each stage owns its class below; keep one key per line with a
+# one-line comment, defaults that run offline on a 2-core CPU.
+
+
+class RetrievalConfig(_Section):
+    """``sciqa index`` / ``sciqa retrieve``."""
+
+
+class TrainConfig(_Section):
+    """``sciqa train``."""
+
+
+class InferConfig(_Section):
+    """``sciqa infer``."""
+
+
+class GenConfig(_Section):
+    """``sciqa gen``: question generation."""
+
+
+class LLMConfig(_Section):
+    """The OpenAI-compatible endpoint ``sciqa gen`` talks to."""
 
 
 class SciqaConfig(_Section):
@@ -46,6 +71,11 @@ class SciqaConfig(_Section):
     seed: int = 42  # one seed for folds, sampling and model init
     models: ModelsConfig = ModelsConfig()
     data: DataConfig = DataConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    train: TrainConfig = TrainConfig()
+    infer: InferConfig = InferConfig()
+    gen: GenConfig = GenConfig()
+    llm: LLMConfig = LLMConfig()
 
 
 def _read_file(path: Path) -> dict[str, Any]:
