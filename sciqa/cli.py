@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from sciqa.errors import NotImplementedStageError, SciqaError
+from sciqa.errors import SciqaError
 
 app = typer.Typer(
     help="sciqa: generate, retrieve, train and infer on 5-option science questions.",
@@ -36,9 +36,6 @@ def _user_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except NotImplementedStageError as exc:
-            typer.echo(f"sciqa: {exc}", err=True)
-            raise typer.Exit(2) from None
         except SciqaError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
@@ -173,22 +170,181 @@ def benchmark(
     typer.echo(f"{out}: {len(frame)} {name} questions{note}")
 
 
-def _stage_placeholder(name: str, package: str, does: str) -> None:
-    @app.command(
-        name,
-        help=f"{does} (not available yet: the {package} stage has not landed).",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+@app.command()
+@_user_errors
+def gen(
+    passages: Annotated[Path, typer.Argument(help="passages.parquet: passage_id, title, text.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Questions file to write.")],
+    n: Annotated[int | None, typer.Option("--n", min=1, help="Passages to use (gen.n).")] = None,
+    exclude: Annotated[
+        list[Path] | None,
+        typer.Option("--exclude", help="Evaluation questions to keep out (repeatable)."),
+    ] = None,
+    batch: Annotated[
+        bool, typer.Option("--batch", help="Send first requests through the OpenAI Batch API.")
+    ] = False,
+    max_requests: Annotated[
+        int | None, typer.Option("--max-requests", min=0, help="Stop after sending this many.")
+    ] = None,
+    max_cost: Annotated[
+        float | None, typer.Option("--max-cost", min=0, help="Stop once this USD is spent.")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Generate MCQs from Wikipedia passages with an LLM (resumable; see docs/data_gen.md)."""
+    from sciqa.config import load_config
+
+    cfg = load_config(config, set_)
+    if max_requests is not None:
+        cfg.gen.max_requests = max_requests
+    if max_cost is not None:
+        cfg.gen.max_cost = max_cost
+    from data_gen.commands import run_gen, summary
+
+    typer.echo(summary(run_gen(passages, out, cfg, n=n, excludes=exclude or [], batch=batch)))
+
+
+@app.command("serve-llm")
+@_user_errors
+def serve_llm(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Serve models.llm on 127.0.0.1 (transformers serve); print the base_url; Ctrl-C stops."""
+    from sciqa.config import load_config
+
+    cfg = load_config(config, set_)
+    from data_gen.server import serve_forever
+
+    serve_forever(cfg, typer.echo)
+
+
+@app.command()
+@_user_errors
+def index(
+    corpus: Annotated[
+        Path | None,
+        typer.Argument(help="Corpus file/folder (title, text); default: data.corpus."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write.")] = Path(
+        "runs/index"
+    ),
+    shard: Annotated[
+        str | None, typer.Option("--shard", help="Build only shard i/n (e.g. 0/8); then --merge.")
+    ] = None,
+    train: Annotated[
+        bool, typer.Option("--train", help="Only train the shared faiss index for --shard builds.")
+    ] = False,
+    merge: Annotated[
+        bool, typer.Option("--merge", help="Merge the shards in --out into one index.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild even if --out holds the same index.")
+    ] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Chunk a corpus and index it: faiss (dense) + BM25, ready for `sciqa retrieve`."""
+    from sciqa.config import load_config
+
+    cfg = load_config(config, set_)
+    from retrieval.commands import run_index
+
+    typer.echo(run_index(corpus, out, cfg, shard=shard, train=train, merge=merge, force=force))
+
+
+@app.command()
+@_user_errors
+def retrieve(
+    questions: Annotated[Path, typer.Argument(help="Questions file (.csv, .parquet, .jsonl).")],
+    index: Annotated[Path, typer.Option("--index", "-i", help="Folder made by `sciqa index`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Questions with `context` filled.")],
+    k: Annotated[
+        int | None, typer.Option("--k", "-k", help="Passages per question (retrieval.k).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Attach the top-k passages (dense + BM25, fused) as `context` to each question."""
+    from sciqa.config import load_config
+
+    cfg = load_config(config, set_)
+    from retrieval.commands import run_retrieve
+
+    typer.echo(run_retrieve(questions, index, out, cfg, k))
+
+
+@app.command()
+@_user_errors
+def train(
+    questions: Annotated[Path, typer.Argument(help="Labelled questions (context is used).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run dir: fold_<i>/, oof.parquet.")],
+    folds: Annotated[
+        int | None, typer.Option("--folds", help="k folds (default train.folds); 1 = full fit.")
+    ] = None,
+    fold: Annotated[
+        int | None, typer.Option("--fold", help="Train only this fold (0-based), e.g. per job.")
+    ] = None,
+    valid: Annotated[
+        Path | None, typer.Option("--valid", help="Validation file for --folds 1.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a run dir of a different config.")
+    ] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune a multiple-choice model over k folds (resumes an interrupted run)."""
+    from sciqa.config import load_config
+    from train.commands import run_train
+
+    run_train(
+        questions,
+        out,
+        load_config(config, set_),
+        folds=folds,
+        fold=fold,
+        valid=valid,
+        overwrite=overwrite,
     )
-    @_user_errors
-    def command(ctx: typer.Context) -> None:
-        raise NotImplementedStageError(
-            f"'sciqa {name}' is not available yet: the {package}/ stage has not landed. "
-            "Nothing was run and no output was written."
-        )
 
 
-_stage_placeholder("gen", "data_gen", "Generate MCQs from Wikipedia chunks with an LLM")
-_stage_placeholder("index", "retrieval", "Chunk and embed a corpus into a faiss index")
-_stage_placeholder("retrieve", "retrieval", "Attach top-k passages as context to questions")
-_stage_placeholder("train", "train", "Fine-tune a multiple-choice model over k folds")
-_stage_placeholder("infer", "infer", "Ensemble checkpoints and write submission.csv")
+@app.command()
+@_user_errors
+def infer(
+    questions: Annotated[Path, typer.Argument(help="Questions (labelled or not; context used).")],
+    model_dirs: Annotated[
+        list[str] | None,
+        typer.Argument(help="Model dirs, sciqa train run dirs (their folds) or globs."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Required: OUT_DIR for submission.csv.")
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option("--weights", help="auto | equal | w1,w2,... (infer.weights).")
+    ] = None,
+    time_budget: Annotated[
+        str | None, typer.Option("--time-budget", help="e.g. 8h30m (infer.time_budget).")
+    ] = None,
+    tta: Annotated[
+        int | None, typer.Option("--tta", help="Option-rotation passes per model (infer.tta).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Ensemble checkpoints into submission.csv (offline, within a time budget)."""
+    from infer.commands import run_infer
+    from infer.outputs import SUBMISSION, format_table
+    from sciqa.config import load_config
+
+    if out is None:
+        raise SciqaError("--out OUT_DIR is required: where submission.csv and logits/ go")
+    result = run_infer(
+        questions,
+        model_dirs or [],
+        out,
+        load_config(config, set_),
+        weights=weights,
+        time_budget=time_budget,
+        tta=tta,
+    )
+    typer.echo(format_table(result["models"]))
+    typer.echo(f"{out / SUBMISSION}: {result['questions']} predictions")

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sciqa.errors import ConfigError
 
@@ -49,21 +49,155 @@ class DataConfig(_Section):
 class RetrievalConfig(_Section):
     """``sciqa index`` / ``sciqa retrieve``."""
 
+    chunk_words: int = Field(200, ge=8)  # window size in words; articles split on sentences
+    chunk_overlap: int = Field(50, ge=0)  # words repeated from the previous window, whole sentences
+    min_chunk_words: int = Field(5, ge=1)  # drop passages shorter than this many words
+    passage_template: str = "{title}\n{text}"  # text that is embedded and BM25-indexed
+    query_template: str = "{prompt}\n{options}"  # query: question + options, as the winners did
+    query_prefix: str = ""  # prepended to queries (e5: "query: ", bge: "Represent this ...: ")
+    passage_prefix: str = ""  # prepended to passages (e5: "passage: ")
+    batch_size: int = Field(64, ge=1)  # texts per encoder forward pass
+    encode_block: int = Field(50_000, ge=1)  # passages embedded then added to faiss per step
+    device: str | None = None  # encoder device; None = cuda if available, else cpu
+    encode_devices: list[str] = []  # >1 entries: sentence-transformers multi-process pool
+    faiss_factory: str = "Flat"  # faiss index_factory string, e.g. IVF4096,PQ96 / HNSW32
+    train_sample: int = Field(200_000, ge=1)  # vectors to train IVF/PQ factories on
+    nprobe: int = Field(32, ge=1)  # IVF lists visited per query (set at load time)
+    ef_search: int = Field(128, ge=1)  # HNSW search breadth (set at load time)
+    mmap: bool = True  # memory-map the faiss and BM25 files instead of reading them
+    dense: bool = True  # use the dense retriever
+    bm25: bool = True  # use the BM25 retriever
+    bm25_method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = "lucene"  # variant
+    bm25_k1: float = Field(1.5, gt=0)  # BM25 term-frequency saturation
+    bm25_b: float = Field(0.75, ge=0, le=1)  # BM25 length normalisation
+    bm25_stemmer: str | None = "english"  # PyStemmer language; None = no stemming
+    bm25_stopwords: str | None = "en"  # bm25s stopword list; None = keep all words
+    dense_candidates: int = Field(50, ge=1)  # dense hits per query fed to fusion
+    bm25_candidates: int = Field(50, ge=1)  # BM25 hits per query fed to fusion
+    dense_weight: float = Field(1.0, ge=0)  # reciprocal-rank-fusion weight of dense ranks
+    bm25_weight: float = Field(1.0, ge=0)  # reciprocal-rank-fusion weight of BM25 ranks
+    rrf_k: int = Field(60, ge=1)  # RRF constant: score = sum(weight / (rrf_k + rank))
+    rerank_candidates: int = Field(20, ge=1)  # fused hits rescored when models.reranker is set
+    k: int = Field(3, ge=1)  # passages joined into `context` (--k overrides)
+    context_budget: int = Field(2000, ge=1)  # cap on the joined context, in context_unit
+    context_unit: Literal["chars", "tokens"] = "chars"  # tokens = of models.backbone's tokenizer
+    query_batch: int = Field(256, ge=1)  # queries searched per batch
+
 
 class TrainConfig(_Section):
     """``sciqa train``."""
+
+    folds: int = 5  # k of the k-fold split (stratified by answer, grouped by source_id)
+    max_length: int = 256  # tokens per (question + context, option) pair; only context is cut
+    use_context: bool = True  # put the `context` column after the question when present
+    epochs: float = 2.0  # passes over the training rows per fold
+    learning_rate: float = 3e-5  # AdamW peak lr (Kaggle DeBERTa-v3-large: 5e-6 .. 2e-5)
+    lr_scheduler: str = "linear"  # transformers scheduler name: linear, cosine, constant, ...
+    warmup_ratio: float = 0.1  # share of the optimiser steps spent warming up
+    batch_size: int = 8  # questions per device per step (each holds n_options sequences)
+    eval_batch_size: int = 16  # questions per device per evaluation step
+    grad_accum: int = 1  # gradient accumulation steps
+    weight_decay: float = 0.01  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping
+    precision: str = "auto"  # auto (bf16 on a bf16 GPU, else fp32), fp32, bf16 or fp16 (GPU only)
+    gradient_checkpointing: bool = False  # recompute activations: less memory, slower steps
+    freeze_embeddings: bool = False  # keep the embedding layer fixed
+    freeze_layers: int = 0  # keep the first N encoder layers fixed
+    lora: bool = False  # train LoRA adapters (peft) instead of all weights; merged on save
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scaling numerator
+    lora_dropout: float = 0.1  # dropout on the LoRA path
+    lora_target_modules: list[str] | None = None  # None = peft's default for the architecture
+    group_by_length: bool = True  # batch questions of similar length: less padding
+    early_stopping_patience: int = 2  # evaluations without a MAP@3 gain before stopping
+    logging_steps: int = 50  # optimiser steps between loss log lines
+    dataloader_workers: int = 0  # DataLoader worker processes
 
 
 class InferConfig(_Section):
     """``sciqa infer``."""
 
+    batch_size: int = Field(16, ge=1)  # questions per forward pass (x n_options sequences)
+    max_length: int = Field(384, ge=8)  # tokens, for model dirs without sciqa_model.json
+    use_context: bool = True  # append `context` to the question, for dirs without sciqa_model.json
+    weights: str = "equal"  # "equal", "auto" (fit on the runs' oof.parquet) or "w1,w2,..."
+    ensemble: Literal["probs", "logits"] = "probs"  # average softmax probabilities or raw logits
+    tta: int = Field(1, ge=1)  # option-rotation passes per model (1 = no TTA)
+    time_budget: str | None = None  # wall-clock limit such as "8h30m"; None = no limit
+    budget_margin: float = Field(0.05, ge=0, lt=1)  # share of the budget kept in reserve
+    device: str = "auto"  # "auto" (cuda if present, else cpu), "cpu", "cuda", "cuda:1", ...
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on GPU, fp32 on CPU
+    attention: str = "sdpa"  # attn_implementation; falls back to "eager" where unsupported
+    cascade_fraction: float = Field(1.0, gt=0, le=1)  # share of least-confident questions
+    cascade_cheap: int = Field(0, ge=0)  # cheapest models that score every question; 0 = off
+    oof_labels: str | None = None  # labelled questions for --weights auto; None = the run's
+    weight_rounds: int = Field(50, ge=1)  # greedy hill-climbing rounds for --weights auto
+
+
+# gen.science_filter defaults: words that mark a science passage (matched as whole words,
+# case-insensitive, in title or text), and seed questions for the embedding filter.
+SCIENCE_KEYWORDS = [
+    *("physics", "chemistry", "biology", "astronomy", "geology", "mathematics", "energy"),
+    *("atom", "molecule", "cell", "protein", "gene", "species", "evolution", "planet"),
+    *("star", "galaxy", "quantum", "electron", "particle", "chemical", "element", "theorem"),
+    *("equation", "mineral", "organism", "enzyme", "bacteria", "virus", "climate", "physical"),
+]
+SCIENCE_SEEDS = [
+    "Which particle mediates the electromagnetic force?",
+    "What process do plants use to convert light into chemical energy?",
+    "Which property of a star determines its position on the main sequence?",
+]
+
 
 class GenConfig(_Section):
     """``sciqa gen``: question generation."""
 
+    n: int = Field(8, ge=1)  # passages to generate from (--n overrides)
+    questions_per_passage: int = Field(1, ge=1)  # requests (questions) per selected passage
+    n_options: int = Field(5, ge=2, le=26)  # options per question; Kaggle has 5
+    min_passage_words: int = Field(40, ge=0)  # skip passages shorter than this
+    science_filter: Literal["off", "keywords", "embedding"] = "keywords"  # passage filter
+    science_keywords: list[str] = SCIENCE_KEYWORDS  # any of these in title/text = science
+    science_seed_questions: list[str] = SCIENCE_SEEDS  # for science_filter = embedding
+    science_min_similarity: float = 0.25  # embedding filter: cosine to nearest seed question
+    prompts: str = DEFAULT  # templates YAML; default = configs/gen_prompts.yaml
+    response_format: Literal["json_schema", "json_object", "text"] = "json_schema"  # first try
+    temperature: float = Field(0.7, ge=0)  # sampling temperature sent to the LLM
+    max_tokens: int = Field(400, ge=16)  # reply token limit; replies cut by it are rejected
+    reask_budget: int = Field(1, ge=0)  # extra requests per question when a reply is invalid
+    max_requests: int | None = Field(None, ge=0)  # stop after sending this many new requests
+    max_cost: float | None = Field(None, ge=0)  # stop once new requests cost this much (USD)
+    cache: Path | None = None  # request cache (SQLite); None = <OUT stem>.cache.sqlite
+    balance_letters: bool = True  # shuffle options so answer letters are balanced
+    dedup: bool = True  # drop exact and near-duplicate questions
+    near_dup_threshold: float = Field(0.92, ge=0, le=1)  # embedding cosine = duplicate/leak
+    answerability_filter: bool = True  # drop if the scorer with the passage misses the answer
+    too_easy_filter: bool = True  # drop if the scorer without the passage is confident
+    too_easy_confidence: float = Field(0.6, ge=0, le=1)  # probability counted as too easy
+    scorer: str = "zero_shot"  # zero_shot = models.embedding cosines, or a train model dir
+    scorer_temperature: float = Field(0.05, gt=0)  # softmax temperature on zero-shot cosines
+    batch_poll_seconds: float = Field(30.0, gt=0)  # --batch: seconds between status polls
+
 
 class LLMConfig(_Section):
     """The OpenAI-compatible endpoint ``sciqa gen`` talks to."""
+
+    base_url: str = DEFAULT  # default = start transformers serve with models.llm locally
+    model: str = DEFAULT  # name sent to the endpoint; default = the served models.llm
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key
+    timeout: float = Field(300.0, gt=0)  # seconds per HTTP request (SmolLM2 on 2 cores is slow)
+    concurrency: int = Field(4, ge=1)  # requests in flight at once
+    rpm: int | None = Field(None, ge=1)  # requests per minute limit; None = unlimited
+    tpm: int | None = Field(None, ge=1)  # tokens per minute limit (estimated); None = unlimited
+    sdk_retries: int = Field(2, ge=0)  # openai SDK retries (honour Retry-After)
+    backoff_retries: int = Field(4, ge=0)  # our retries on 429/5xx/timeouts after the SDK's
+    backoff_base: float = Field(1.0, ge=0)  # first backoff in seconds, doubled each time
+    backoff_max: float = Field(60.0, ge=0)  # longest single backoff in seconds
+    price_input_per_1k: float = Field(0.0, ge=0)  # USD per 1k prompt tokens (0.00015 4o-mini)
+    price_output_per_1k: float = Field(0.0, ge=0)  # USD per 1k completion tokens (0.0006)
+    server_port: int = Field(0, ge=0)  # embedded server port; 0 = a free one
+    server_startup_timeout: float = Field(600.0, gt=0)  # seconds to wait for /health
+    server_cache_dir: Path | None = None  # converted GGUF folder; None = ~/.cache/sciqa/llm
 
 
 class SciqaConfig(_Section):

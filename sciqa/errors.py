@@ -15,7 +15,3 @@ class ConfigError(SciqaError, ValueError):
 
 class AssetError(SciqaError, RuntimeError):
     """A default offline model or corpus cannot be found."""
-
-
-class NotImplementedStageError(SciqaError):
-    """A pipeline stage whose implementation has not landed yet."""
