@@ -1,0 +1,158 @@
+"""What ``sciqa index`` and ``sciqa retrieve`` run (the CLI only parses arguments)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from retrieval import build, index_dir
+from retrieval.context import build_context, queries, token_counter
+from retrieval.corpus import default_corpus_path
+from retrieval.errors import RetrievalInputError
+from retrieval.search import BM25, DENSE, Retriever
+from sciqa.assets import resolve_corpus, resolve_model
+from sciqa.config import DEFAULT, SciqaConfig
+from sciqa.io import read_questions, write_questions, write_table
+from sciqa.runs import MANIFEST, write_run_files
+from sciqa.schema import CONTEXT, ID
+
+AUDIT_SUFFIX = ".retrieval.parquet"
+
+
+def corpus_path(corpus: Path | None, config: SciqaConfig) -> Path:
+    """CORPUS argument, else ``data.corpus`` (``default`` = the packaged sample)."""
+    if corpus is not None:
+        return corpus
+    if config.data.corpus == DEFAULT:
+        return default_corpus_path()
+    return resolve_corpus(config.data.corpus)
+
+
+def run_index(
+    corpus: Path | None,
+    out: Path,
+    config: SciqaConfig,
+    *,
+    shard: str | None = None,
+    train: bool = False,
+    merge: bool = False,
+    force: bool = False,
+) -> str:
+    """Build (or train / shard / merge) an index; returns a one-line summary."""
+    if sum([shard is not None, train, merge]) > 1:
+        raise RetrievalInputError("use only one of --shard, --train and --merge")
+    if merge:
+        manifest = build.merge_shards(out, config)
+        return f"{out}: merged {manifest['shards']} shards, {_counts(manifest)}"
+    path = corpus_path(corpus, config)
+    if train:
+        return f"{build.train_shared(path, out, config)}: trained; now build the shards"
+    if shard is not None:
+        i, n = build.parse_shard(shard)
+        build.build_shard(path, out, config, i, n)
+        return f"{index_dir.shard_dir(out, i, n)}: shard {i}/{n} done"
+    manifest = build.build_index(path, out, config, force=force)
+    if manifest.get("skipped"):
+        return f"{out}: up to date ({_counts(manifest)}); --force rebuilds it"
+    seconds = manifest["timings"]["total_s"]
+    return f"{out}: {_counts(manifest)} in {seconds:.1f}s"
+
+
+def _counts(manifest: dict[str, Any]) -> str:
+    counts = manifest["counts"]
+    parts = [f"{counts['passages']} passages from {counts['articles']} articles"]
+    if "faiss" in manifest:
+        parts.append(f"faiss {manifest['faiss']['factory']}")
+    if index_dir.BM25 in manifest.get("files", {}):
+        parts.append("BM25")
+    return ", ".join(parts)
+
+
+def _measure(config: SciqaConfig) -> Any:
+    if config.retrieval.context_unit == "chars":
+        return len
+    from transformers import AutoTokenizer
+
+    source = resolve_model(config.models.backbone, "backbone")
+    tokenizer = AutoTokenizer.from_pretrained(
+        source.name_or_path, **source.from_pretrained_kwargs()
+    )
+    return token_counter(tokenizer)
+
+
+def audit_path(out: Path) -> Path:
+    """``OUT``'s sibling ``<stem>.retrieval.parquet``."""
+    return out.with_name(f"{out.stem}{AUDIT_SUFFIX}")
+
+
+def audit_table(ids: list[str], hits: list[list[Any]], retriever: Retriever) -> pd.DataFrame:
+    passage_ids = retriever.passages["passage_id"].to_numpy()
+    rows = [
+        {
+            ID: qid,
+            "rank": rank,
+            "passage_id": passage_ids[hit.row],
+            "dense_score": hit.scores.get(DENSE, float("nan")),
+            "bm25_score": hit.scores.get(BM25, float("nan")),
+            "fused_score": hit.fused,
+            "rerank_score": hit.scores.get("rerank", float("nan")),
+        }
+        for qid, question_hits in zip(ids, hits, strict=True)
+        for rank, hit in enumerate(question_hits, start=1)
+    ]
+    return pd.DataFrame(rows)
+
+
+def attach_context(
+    frame: pd.DataFrame, retriever: Retriever, k: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``frame`` with ``context`` set from the top ``k`` passages, and the audit table."""
+    config = retriever.config
+    hits = retriever.search(queries(frame, config.retrieval.query_template), top=k)
+    texts = retriever.texts([[hit.row for hit in question] for question in hits])
+    measure = _measure(config)
+    budget = config.retrieval.context_budget
+    frame = frame.copy()
+    frame[CONTEXT] = [build_context(t, budget, measure) for t in texts]
+    return frame, audit_table(frame[ID].tolist(), hits, retriever)
+
+
+def run_retrieve(
+    questions: Path, index: Path, out: Path, config: SciqaConfig, k: int | None
+) -> str:
+    """``sciqa retrieve``: write OUT (questions + context) and its audit parquet."""
+    started = time.perf_counter()
+    k = config.retrieval.k if k is None else k
+    if k < 1:
+        raise RetrievalInputError(f"--k {k}: must be at least 1 passage per question")
+    frame = read_questions(questions)
+    retriever = Retriever.open(index, config)
+    if k > len(retriever.passages):
+        raise RetrievalInputError(
+            f"--k {k}: the index {index} holds only {len(retriever.passages)} passages"
+        )
+    frame, audit = attach_context(frame, retriever, k)
+    write_questions(frame, out)
+    write_table(audit, audit_path(out))
+    seconds = time.perf_counter() - started
+    empty = int((frame[CONTEXT] == "").sum())
+    write_run_files(
+        config.runs_dir / "retrieval" / out.stem,
+        "retrieve",
+        config,
+        inputs=[questions, index / MANIFEST],
+        extra={
+            "outputs": [str(out), str(audit_path(out))],
+            "index": str(index),
+            "counts": {"questions": len(frame), "k": k, "empty_contexts": empty},
+            "timings": {
+                "total_s": seconds,
+                "questions_per_s": len(frame) / seconds,
+                **retriever.timings,
+            },
+        },
+    )
+    return f"{out}: context for {len(frame)} questions (k={k}) in {seconds:.1f}s"

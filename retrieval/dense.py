@@ -1,0 +1,150 @@
+"""The dense index: one faiss factory string from config, cosine via inner product.
+
+Vectors are L2-normalised before they get here, so ``METRIC_INNER_PRODUCT`` ranks by
+cosine. Factories that need training (IVF, PQ, OPQ) are trained on a seeded sample.
+faiss ids are the passages' row numbers in ``passages.parquet``.
+
+Sharded builds follow faiss's ``contrib/ondisk`` recipe: train one empty index, let every
+shard add its vectors (with their global row numbers as ids) into its own file, then
+``merge_ondisk`` the inverted lists into one ``.ivfdata`` file that is memory-mapped at
+search time. Flat indexes merge with ``merge_from``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.errors import IndexDirError, RetrievalInputError
+
+IVF_DATA = "dense.ivfdata"
+
+
+def new_index(dim: int, factory: str) -> Any:
+    """An empty index from ``factory``; a bad string fails naming the config key."""
+    import faiss
+
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1][:200]
+        raise RetrievalInputError(
+            f"retrieval.faiss_factory = {factory!r} is not a valid faiss factory string "
+            f"for dimension {dim}: {reason}"
+        ) from None
+
+
+def needs_training(index: Any) -> bool:
+    return not index.is_trained
+
+
+def is_ivf(index: Any) -> bool:
+    import faiss
+
+    return faiss.try_extract_index_ivf(index) is not None
+
+
+def train(index: Any, sample: np.ndarray) -> None:
+    """Train on ``sample`` (faiss warns, but works, when it is small for the factory)."""
+    if len(sample) == 0:
+        raise RetrievalInputError("cannot train the faiss index on zero vectors")
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+
+
+def add(index: Any, vectors: np.ndarray, start: int) -> None:
+    """Add vectors whose passage rows are ``start, start + 1, ...``."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if is_ivf(index):
+        index.add_with_ids(vectors, np.arange(start, start + len(vectors), dtype=np.int64))
+    else:  # sequential ids; shards of a Flat index are merged back in row order
+        index.add(vectors)
+
+
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """Sorted, seeded sample of row numbers for training (all rows if n <= size)."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def write(index: Any, path: Path) -> None:
+    """Write atomically: a temp file beside ``path``, renamed on success."""
+    import faiss
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, path)
+
+
+def read(path: Path, *, mmap: bool) -> Any:
+    """Load an index; ``mmap`` maps flat codes / inverted lists instead of reading them."""
+    import faiss
+
+    # ONDISK_SAME_DIR: a merged index finds its .ivfdata beside it even after the
+    # folder was moved or copied to another machine.
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR
+    # A merged index keeps its lists in .ivfdata, which faiss always maps itself; adding
+    # IO_FLAG_MMAP to such an index loads but crashes on search (faiss 1.15), so not there.
+    if mmap and not (path.parent / IVF_DATA).exists():
+        flags |= faiss.IO_FLAG_MMAP
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1][:200]
+        raise IndexDirError(
+            f"{path}: cannot read the faiss index ({reason}); rebuild it with `sciqa index`"
+        ) from None
+
+
+def set_search_params(index: Any, nprobe: int, ef_search: int) -> None:
+    """Apply ``nprobe`` / ``efSearch`` where the index type has them."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = min(nprobe, ivf.nlist)
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if hasattr(quantizer, "hnsw"):
+            quantizer.hnsw.efSearch = ef_search
+    base = faiss.downcast_index(index.index if hasattr(index, "chain") else index)
+    if hasattr(base, "hnsw"):
+        base.hnsw.efSearch = ef_search
+
+
+def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, rows)``, each ``(n, k)``; missing hits are row -1."""
+    k = min(k, index.ntotal)
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+def merge(trained: Path, shards: Sequence[Path], out: Path) -> None:
+    """One index from shard files: ``merge_ondisk`` for IVF, ``merge_from`` otherwise."""
+    import faiss
+
+    index = read(trained, mmap=False)
+    if is_ivf(index):
+        from faiss.contrib.ondisk import merge_ondisk
+
+        ivfdata = out.parent / IVF_DATA
+        tmp_data = out.parent / f".{IVF_DATA}.tmp"
+        merge_ondisk(index, [str(s) for s in shards], str(tmp_data))
+        os.replace(tmp_data, ivfdata)
+        # The index points at the .ivfdata by path; re-point it at the final name.
+        invlists = faiss.extract_index_ivf(index).invlists
+        faiss.downcast_InvertedLists(invlists).filename = str(ivfdata)
+        write(index, out)
+        return
+    for shard in shards:
+        part = read(shard, mmap=False)
+        try:
+            index.merge_from(part)  # ids follow on: shards are merged in row order
+        except RuntimeError:
+            raise RetrievalInputError(
+                f"faiss index type {type(index).__name__} cannot be merged from shards; "
+                "use a Flat, PQ or IVF retrieval.faiss_factory for sharded builds"
+            ) from None
+    write(index, out)
