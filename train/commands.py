@@ -1,0 +1,282 @@
+"""``sciqa train``: read questions, split into folds, train each, write the run dir.
+
+>>> from train.commands import fold_plan
+>>> fold_plan(5, None), fold_plan(5, 2)
+([0, 1, 2, 3, 4], [2])
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sciqa.config import SciqaConfig
+from sciqa.errors import SciqaError
+from sciqa.io import read_questions
+from sciqa.runs import file_digest, write_run_files
+from sciqa.schema import option_letters
+from train import run_dir as layout
+
+log = logging.getLogger("train")
+# Keys that change nothing in the trained model, so a rerun with other values resumes.
+NOT_FINGERPRINTED = ("logging_steps", "dataloader_workers", "eval_batch_size")
+
+
+def fold_plan(folds: int, only: int | None) -> list[int]:
+    """Folds this invocation trains: all of them, or just ``--fold I``."""
+    if only is None:
+        return list(range(folds))
+    if not 0 <= only < folds:
+        raise SciqaError(f"--fold {only}: out of range; with --folds {folds} use 0..{folds - 1}")
+    return [only]
+
+
+def load_labelled(path: Path, letters: list[str] | None = None) -> pd.DataFrame:
+    """A schema-valid questions file where every row has an answer."""
+    frame = read_questions(path, require_answer=True)
+    found = option_letters(frame.columns)
+    if letters is not None and found != letters:
+        raise SciqaError(
+            f"{path}: options {'/'.join(found)} but the training file has {'/'.join(letters)}; "
+            "train and validation need the same option count"
+        )
+    return frame
+
+
+def fingerprint(
+    config: SciqaConfig, folds: int, questions: Path, valid: Path | None
+) -> dict[str, Any]:
+    train = config.train.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED))
+    return {
+        "train": train,
+        "backbone": config.models.backbone,
+        "seed": config.seed,
+        "folds": folds,
+        "questions": file_digest(questions),
+        "valid": file_digest(valid) if valid is not None else None,
+    }
+
+
+def split_rows(
+    frame: pd.DataFrame, folds: int, valid: pd.DataFrame | None, seed: int, source: str
+) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """``(train_frame, valid_frame)`` per fold; ``--folds 1`` trains on all of ``frame``."""
+    if folds == 1:
+        if valid is None:
+            raise SciqaError("--folds 1 trains on everything and needs --valid FILE to validate on")
+        return [(frame, valid)]
+    if valid is not None:
+        raise SciqaError(
+            "--valid FILE goes with --folds 1 (a full fit); k folds validate on their own rows"
+        )
+    from train.folds import fold_indices
+
+    return [
+        (frame.iloc[tr].reset_index(drop=True), frame.iloc[va].reset_index(drop=True))
+        for tr, va in fold_indices(frame, folds, seed=seed, source=source)
+    ]
+
+
+def run_train(
+    questions: Path,
+    out: Path,
+    config: SciqaConfig,
+    *,
+    folds: int | None = None,
+    fold: int | None = None,
+    valid: Path | None = None,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """Train the planned folds into ``out``; returns the metrics of the folds trained now."""
+    from accelerate import PartialState
+
+    _log_to_stderr()
+    folds = config.train.folds if folds is None else folds
+    if folds < 1:
+        raise SciqaError(f"--folds {folds}: must be at least 1")
+    plan = fold_plan(folds, fold)
+    frame = load_labelled(questions)
+    letters = option_letters(frame.columns)
+    valid_frame = load_labelled(valid, letters) if valid is not None else None
+    splits = split_rows(frame, folds, valid_frame, config.seed, str(questions))
+
+    from train.model import backbone_source, load_tokenizer, resolve_precision
+
+    resolve_precision(config.train.precision)  # fail before any work on a GPU-only setting
+    source = backbone_source(config)
+    tokenizer = load_tokenizer(source)
+
+    import torch
+
+    # Joins the torchrun/accelerate process group when there is one (gloo on CPU).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    print_ = log.info if state.is_main_process else log.debug
+    stamp = fingerprint(config, folds, questions, valid)
+    inputs = [questions] + ([valid] if valid is not None else [])
+    with state.main_process_first():
+        # Rank 0 checks and writes first; the others then see its fingerprint and agree.
+        layout.check_run_dir(out, stamp, overwrite=overwrite and state.is_main_process)
+        if state.is_main_process:
+            if overwrite:
+                layout.clear_run_dir(out)
+            extra = {"fingerprint": stamp, "n_questions": len(frame), "folds": folds}
+            write_run_files(out, "train", config, inputs=inputs, extra=extra)
+
+    trained = []
+    for index in plan:
+        if layout.is_finished(out, index):
+            print_("fold %d: finished already (%s), skipped", index, layout.fold_dir(out, index))
+            continue
+        trained.append(
+            train_one(index, splits[index], config, source, tokenizer, letters, out, state)
+        )
+        state.wait_for_everyone()
+
+    if state.is_main_process:
+        oof = layout.collect_oof(out)
+        labels = pd.concat([frame, valid_frame]) if valid_frame is not None else frame
+        folds_done = {f: layout.read_metrics(out, f) for f in layout.finished_folds(out)}
+        oof_score = oof_scores(oof, labels, letters)
+        extra = {
+            "fingerprint": stamp,
+            "n_questions": len(frame),
+            "n_valid_file": len(valid_frame) if valid_frame is not None else None,
+            "folds": folds,
+            "finished_folds": sorted(folds_done),
+            "oof_rows": 0 if oof is None else len(oof),
+            "oof": oof_score,
+            "world_size": state.num_processes,
+            "device": str(state.device),
+            "fold_metrics": {str(f): _summary(m) for f, m in folds_done.items()},
+        }
+        write_run_files(out, "train", config, inputs=inputs, extra=extra)
+        print(summary_table(folds_done, oof_score, folds))
+    return trained
+
+
+def _log_to_stderr() -> None:
+    """One line per fold and per evaluation on stderr, unless logging is set up already."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+def oof_scores(
+    oof: pd.DataFrame | None, labels: pd.DataFrame, letters: list[str]
+) -> dict[str, float] | None:
+    """MAP@3 and accuracy of the out-of-fold logits over all finished folds."""
+    if oof is None:
+        return None
+    from sciqa.metrics import accuracy, map_at_3, top3_letters
+    from sciqa.schema import ANSWER, ID
+
+    answers = labels.drop_duplicates(ID).set_index(ID)[ANSWER].loc[oof[ID]].tolist()
+    top3 = top3_letters(oof[letters].to_numpy())
+    return {"map_at_3": map_at_3(answers, top3), "accuracy": accuracy(answers, top3)}
+
+
+def summary_table(
+    folds_done: dict[int, dict[str, Any]], oof: dict[str, float] | None, folds: int
+) -> str:
+    """Per-fold MAP@3 as a markdown table, then the out-of-fold score."""
+    lines = [
+        "| fold | MAP@3 | accuracy | best epoch | valid | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for fold, m in folds_done.items():
+        lines.append(
+            f"| {fold} | {m['map_at_3']:.4f} | {m['accuracy']:.4f} | {m['best_epoch']} "
+            f"| {m['n_valid']} | {m['train_seconds'] or 0:.0f} |"
+        )
+    if oof is not None:
+        done = f"{len(folds_done)}/{folds} folds"
+        lines.append(f"| OOF ({done}) | {oof['map_at_3']:.4f} | {oof['accuracy']:.4f} | | | |")
+    return "\n".join(lines)
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("map_at_3", "accuracy", "best_epoch", "train_seconds", "samples_per_second")
+    return {k: metrics[k] for k in keys}
+
+
+def train_one(
+    index: int,
+    split: tuple[pd.DataFrame, pd.DataFrame],
+    config: SciqaConfig,
+    source: Any,
+    tokenizer: Any,
+    letters: list[str],
+    out: Path,
+    state: Any,
+) -> dict[str, Any]:
+    """Encode, train, save and score one fold; rank 0 writes its directory."""
+    from transformers import set_seed
+
+    from train.dataset import encode_split
+    from train.model import load_backbone, save_model_dir
+    from train.trainer import train_fold
+
+    train_cfg = config.train
+    train_frame, valid_frame = split
+    fold_dir = layout.fold_dir(out, index)
+    label = f"fold {index}"
+    encode = {"max_length": train_cfg.max_length, "use_context": train_cfg.use_context}
+    train_split = encode_split(
+        tokenizer, train_frame, letters=letters, name=f"{label} train", **encode
+    )
+    valid_split = encode_split(
+        tokenizer, valid_frame, letters=letters, name=f"{label} valid", **encode
+    )
+    if state.is_main_process:
+        log.info("%s: %d train / %d valid questions", label, len(train_split), len(valid_split))
+
+    set_seed(config.seed)  # the new classifier head starts the same in every process
+    model = load_backbone(source, train_cfg)
+    started = time.perf_counter()
+    outcome = train_fold(
+        model,
+        tokenizer,
+        train_split,
+        valid_split,
+        train=train_cfg,
+        letters=letters,
+        output_dir=fold_dir / layout.CHECKPOINTS,
+        seed=config.seed,
+        label=label,
+    )
+    metrics = {"fold": index, **outcome.metrics, "wall_seconds": time.perf_counter() - started}
+    if outcome.is_main:
+        save_model_dir(outcome.model, tokenizer, fold_dir)
+        layout.write_model_info(
+            fold_dir,
+            {
+                "max_length": train_cfg.max_length,
+                "use_context": train_cfg.use_context,
+                "n_options": len(letters),
+                "letters": letters,
+                "fold": index,
+                "backbone": config.models.backbone,
+            },
+        )
+        oof = layout.oof_frame(valid_split.ids, index, outcome.valid_logits, letters)
+        from sciqa.io import write_json, write_table
+
+        write_table(oof, fold_dir / layout.FOLD_OOF)
+        shutil.rmtree(fold_dir / layout.CHECKPOINTS, ignore_errors=True)
+        write_json(metrics, fold_dir / layout.METRICS)  # last: marks the fold finished
+        log.info(
+            "%s: MAP@3 %.4f  accuracy %.4f  best epoch %s  %.0fs",
+            label,
+            metrics["map_at_3"],
+            metrics["accuracy"],
+            metrics["best_epoch"],
+            metrics["wall_seconds"],
+        )
+    return metrics

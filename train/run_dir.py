@@ -1,0 +1,136 @@
+"""The run directory layout, the contract ``infer`` reads.
+
+::
+
+    RUN_DIR/config.yaml, manifest.json    resolved config; inputs, hashes, fingerprint
+    RUN_DIR/oof.parquet                   id, fold, one logit column per option letter
+    RUN_DIR/fold_<i>/                     save_pretrained model + tokenizer
+        sciqa_model.json                  how inputs were encoded (format sciqa-mc/1)
+        oof.parquet                       this fold's validation logits
+        checkpoints/checkpoint-<step>/    Trainer state while the fold runs (deleted after)
+        metrics.json                      written last: its presence marks the fold finished
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sciqa.errors import SciqaError
+from sciqa.io import read_table, write_table
+from sciqa.runs import MANIFEST
+from sciqa.schema import ID
+
+MODEL_FORMAT = "sciqa-mc/1"
+MODEL_INFO = "sciqa_model.json"
+METRICS = "metrics.json"
+FOLD_OOF = "oof.parquet"
+OOF = "oof.parquet"
+CHECKPOINTS = "checkpoints"
+FOLD_COLUMN = "fold"
+
+
+def fold_dir(run_dir: Path, fold: int) -> Path:
+    return run_dir / f"fold_{fold}"
+
+
+def is_finished(run_dir: Path, fold: int) -> bool:
+    return (fold_dir(run_dir, fold) / METRICS).is_file()
+
+
+def read_metrics(run_dir: Path, fold: int) -> dict[str, Any]:
+    return json.loads((fold_dir(run_dir, fold) / METRICS).read_text(encoding="utf-8"))
+
+
+def finished_folds(run_dir: Path) -> list[int]:
+    found = []
+    for path in run_dir.glob("fold_*"):
+        suffix = path.name.removeprefix("fold_")
+        if suffix.isdigit() and is_finished(run_dir, int(suffix)):
+            found.append(int(suffix))
+    return sorted(found)
+
+
+def stored_fingerprint(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
+    except ValueError:
+        return None
+
+
+def check_run_dir(run_dir: Path, fingerprint: dict[str, Any], *, overwrite: bool) -> None:
+    """Refuse a run dir holding folds of another config, unless ``overwrite``.
+
+    A run with the same fingerprint is resumed: finished folds are skipped, the
+    unfinished one continues from its last checkpoint.
+    """
+    if overwrite or not any(run_dir.glob("fold_*")):
+        return
+    stored = stored_fingerprint(run_dir)
+    if stored == fingerprint:
+        return
+    if stored is None:
+        what = "fold directories but no manifest.json fingerprint"
+    else:
+        old, new = _flat(stored), _flat(fingerprint)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        what = f"a run with a different {', '.join(changed)}"
+    raise SciqaError(
+        f"{run_dir}: already holds {what}; use another --out or pass --overwrite to replace it"
+    )
+
+
+def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"epochs": 1}}`` -> ``{"train.epochs": 1}``, to name what changed."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove what a train run writes (and nothing else) before ``--overwrite``."""
+    for path in run_dir.glob("fold_*"):
+        if path.is_dir():
+            shutil.rmtree(path)
+    for name in (OOF, MANIFEST, "config.yaml"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def write_model_info(directory: Path, info: dict[str, Any]) -> None:
+    from sciqa.io import write_json
+
+    write_json({"format": MODEL_FORMAT, **info}, directory / MODEL_INFO)
+
+
+def oof_frame(ids: list[str], fold: int, logits: Any, letters: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame(logits, columns=letters).astype(float)
+    frame.insert(0, FOLD_COLUMN, fold)
+    frame.insert(0, ID, [str(i) for i in ids])
+    return frame
+
+
+def collect_oof(run_dir: Path) -> pd.DataFrame | None:
+    """Concatenate every finished fold's validation logits into ``RUN_DIR/oof.parquet``.
+
+    Rebuilt from the folds after each one, so ``--fold I`` jobs running in parallel and
+    later reruns all end with the same file.
+    """
+    parts = [read_table(fold_dir(run_dir, f) / FOLD_OOF) for f in finished_folds(run_dir)]
+    if not parts:
+        return None
+    oof = pd.concat(parts, ignore_index=True)
+    if oof[ID].duplicated().any():
+        raise SciqaError(f"{run_dir}: fold directories disagree (an id is in two folds' oof)")
+    write_table(oof, run_dir / OOF)
+    return oof

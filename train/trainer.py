@@ -1,0 +1,198 @@
+"""One fold through the HF ``Trainer``: train, early-stop on MAP@3, keep the best epoch.
+
+Everything distributed is the Trainer's (through accelerate): the same code runs as one
+process or under ``torchrun``/``accelerate launch`` as DDP. Files are written by the
+world-process-zero only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    DataCollatorForMultipleChoice,
+    EarlyStoppingCallback,
+    EvalPrediction,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import get_last_checkpoint
+
+from sciqa.config import TrainConfig
+from sciqa.metrics import accuracy, map_at_3, top3_letters
+from train.dataset import Split
+from train.model import resolve_precision
+
+log = logging.getLogger(__name__)
+METRIC = "map_at_3"
+
+
+class LengthGroupedTrainer(Trainer):
+    """Trainer whose training batches hold questions of similar token length.
+
+    The stock ``group_by_length`` measures ``len(input_ids)``, which for multiple choice
+    is the option count; here the lengths come from the encoder.
+    """
+
+    def __init__(self, *args: Any, train_lengths: list[int] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.train_lengths = train_lengths
+        # *ForMultipleChoice forward() takes **kwargs but returns a per-batch mean loss that
+        # ignores num_items_in_batch; left True, the Trainer would skip dividing by the
+        # accumulation steps and multiply by the world size (too-large gradients and logged
+        # losses under DDP or grad_accum > 1).
+        self.model_accepts_loss_kwargs = False
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        if self.train_lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=self.train_lengths,
+        )
+
+
+class EvalLine(TrainerCallback):
+    """One log line per evaluation: epoch, eval loss, MAP@3, accuracy."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.is_world_process_zero and metrics:
+            log.info(
+                "%s epoch %.2f: eval loss %.4f  MAP@3 %.4f  accuracy %.4f",
+                self.label,
+                state.epoch or 0.0,
+                metrics.get("eval_loss", float("nan")),
+                metrics.get(f"eval_{METRIC}", float("nan")),
+                metrics.get("eval_accuracy", float("nan")),
+            )
+
+
+def metrics_for(letters: list[str]):
+    """``compute_metrics`` scoring logits with :mod:`sciqa.metrics`."""
+
+    def compute(prediction: EvalPrediction) -> dict[str, float]:
+        top3 = top3_letters(np.asarray(prediction.predictions))
+        labels = [letters[i] for i in np.asarray(prediction.label_ids).reshape(-1)]
+        return {METRIC: map_at_3(labels, top3), "accuracy": accuracy(labels, top3)}
+
+    return compute
+
+
+def training_arguments(train: TrainConfig, output_dir: Path, seed: int) -> TrainingArguments:
+    bf16, fp16 = resolve_precision(train.precision)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=train.epochs,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,  # < 1 means a ratio of the total steps
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.eval_batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        bf16=bf16,
+        fp16=fp16,
+        activation_checkpointing=train.gradient_checkpointing,
+        # Non-reentrant checkpointing works with frozen embeddings (no input grads needed).
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,  # with load_best_model_at_end: the best and the latest are kept
+        load_best_model_at_end=True,
+        metric_for_best_model=METRIC,
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=train.logging_steps,
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=train.dataloader_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        # Without use_cpu, accelerate ignores a torchrun launch on CPU (no gloo DDP).
+        use_cpu=not torch.cuda.is_available(),
+        remove_unused_columns=False,
+        average_tokens_across_devices=False,  # see LengthGroupedTrainer: mean loss per batch
+        # A frozen lower stack or LoRA leaves no unused parameters that require grad.
+        ddp_find_unused_parameters=False,
+    )
+
+
+@dataclass
+class FoldOutcome:
+    metrics: dict[str, Any]  # what goes to metrics.json
+    valid_logits: np.ndarray  # (n_valid, n_options), in the validation split's order
+    model: Any
+    is_main: bool
+
+
+def train_fold(
+    model: Any,
+    tokenizer: Any,
+    train_split: Split,
+    valid_split: Split,
+    *,
+    train: TrainConfig,
+    letters: list[str],
+    output_dir: Path,
+    seed: int,
+    label: str,
+) -> FoldOutcome:
+    """Train one fold; resume from the last ``checkpoint-*`` under ``output_dir`` if any."""
+    args = training_arguments(train, output_dir, seed)
+    pad8 = 8 if (args.bf16 or args.fp16) else None  # tensor cores like multiples of 8
+    trainer = LengthGroupedTrainer(
+        model=model,
+        args=args,
+        data_collator=DataCollatorForMultipleChoice(tokenizer, pad_to_multiple_of=pad8),
+        train_dataset=train_split.features,
+        eval_dataset=valid_split.features,
+        processing_class=tokenizer,
+        compute_metrics=metrics_for(letters),
+        callbacks=[
+            EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience),
+            EvalLine(label),
+        ],
+        train_lengths=train_split.lengths if train.group_by_length else None,
+    )
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last:
+        log.info("%s: resuming from %s", label, last)
+    result = trainer.train(resume_from_checkpoint=last)
+    prediction = trainer.predict(valid_split.features)
+    logits = np.asarray(prediction.predictions, dtype=np.float64)
+    history = [
+        {
+            "epoch": entry["epoch"],
+            "eval_loss": entry["eval_loss"],
+            METRIC: entry[f"eval_{METRIC}"],
+            "accuracy": entry["eval_accuracy"],
+        }
+        for entry in trainer.state.log_history
+        if f"eval_{METRIC}" in entry
+    ]
+    best = max(history, key=lambda e: e[METRIC]) if history else None
+    metrics = {
+        METRIC: prediction.metrics[f"test_{METRIC}"],
+        "accuracy": prediction.metrics["test_accuracy"],
+        "eval_loss": prediction.metrics["test_loss"],
+        "best_epoch": best["epoch"] if best else None,
+        "epochs": history,
+        "train_seconds": result.metrics.get("train_runtime"),
+        "samples_per_second": result.metrics.get("train_samples_per_second"),
+        "resumed_from": last,
+        "n_train": len(train_split),
+        "n_valid": len(valid_split),
+        "world_size": args.world_size,
+    }
+    return FoldOutcome(metrics, logits, trainer.model, trainer.is_world_process_zero())
