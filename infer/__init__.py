@@ -1,4 +1,7 @@
 """infer: offline ensemble inference over fold checkpoints into ``submission.csv``.
 
-Not implemented yet; ``sciqa infer`` says so and exits non-zero.
+``sciqa infer QUESTIONS MODEL_DIR... --out OUT_DIR`` (see :mod:`infer.commands`).
+Modules: ``models`` (which checkpoints), ``predict`` (one model, fast), ``tta``,
+``ensemble``, ``oof_weights`` (``--weights auto``), ``budget``, ``cascade``,
+``runner`` (the loop), ``outputs`` (what OUT_DIR holds).
 """

@@ -1,0 +1,86 @@
+"""Ensembling is data: a weighted mean of aligned per-model logits.
+
+``mode="probs"`` averages softmax probabilities (what most LLM Science Exam teams did;
+a confident model cannot drown the others by the scale of its logits) and returns their
+log, so the result is again a logits array; ``mode="logits"`` averages raw logits.
+A NaN row means "this model did not score this question" (the cascade, an interrupted
+model): the mean then uses the models that did, with their weights renormalised.
+
+>>> combine([np.array([[0.0, 1.0]]), np.array([[1.0, 0.0]])], [1, 1], "logits").tolist()
+[[0.5, 0.5]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from infer.errors import InferError
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax; NaN rows (not scored) stay NaN."""
+    top = np.max(np.nan_to_num(logits, nan=-np.inf), axis=1, keepdims=True)
+    shifted = logits - np.where(np.isfinite(top), top, 0)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def combine(arrays: Sequence[np.ndarray], weights: Sequence[float], mode: str) -> np.ndarray:
+    """Weighted mean of ``(n, n_options)`` arrays; all-NaN rows stay NaN."""
+    if not arrays:
+        raise ValueError("nothing to combine")
+    stack = np.stack([np.asarray(a, dtype=np.float64) for a in arrays])  # (m, n, c)
+    if mode == "probs":
+        stack = np.stack([softmax(a) for a in stack])
+    elif mode != "logits":
+        raise ValueError(f"unknown ensemble mode {mode!r}; use 'probs' or 'logits'")
+    w = np.asarray(weights, dtype=np.float64)[:, None]  # (m, 1)
+    scored = ~np.isnan(stack).any(axis=2)  # (m, n): which model scored which question
+    w_rows = w * scored
+    total = w_rows.sum(axis=0)  # (n,)
+    mean = (
+        np.einsum("mn,mnc->nc", w_rows, np.nan_to_num(stack)) / np.where(total, total, 1)[:, None]
+    )
+    mean[total == 0] = np.nan
+    if mode == "probs":
+        with np.errstate(divide="ignore"):
+            mean = np.log(np.clip(mean, 1e-12, None))
+    return mean.astype(np.float32)
+
+
+def tta_mean(passes: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean of one model's TTA passes (already mapped back to the original letters)."""
+    return np.mean(np.stack(passes), axis=0).astype(np.float32)
+
+
+def margin(logits: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 probability per question: low = unsure.
+
+    >>> margin(np.log(np.array([[0.5, 0.3, 0.2]]))).round(3).tolist()
+    [0.2]
+    """
+    probs = np.sort(softmax(np.asarray(logits, dtype=np.float64)), axis=1)
+    return probs[:, -1] - probs[:, -2]
+
+
+def parse_weights(text: str, n_models: int, names: Sequence[str]) -> list[float]:
+    """``"equal"`` or ``"w1,w2,..."`` (one non-negative number per model, not all 0)."""
+    if text == "equal":
+        return [1.0] * n_models
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        weights = [float(p) for p in parts]
+    except ValueError:
+        raise InferError(
+            f"--weights {text!r}: expected 'auto', 'equal' or numbers like 1,0.5,2"
+        ) from None
+    if len(weights) != n_models:
+        raise InferError(
+            f"--weights {text!r}: {len(weights)} weight(s) for {n_models} model(s) "
+            f"({', '.join(names)}); give one per model, in that order"
+        )
+    if any(w < 0 or not np.isfinite(w) for w in weights) or not any(weights):
+        raise InferError(f"--weights {text!r}: weights must be finite, >= 0 and not all 0")
+    return weights

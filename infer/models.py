@@ -1,0 +1,163 @@
+"""Which checkpoints to run: expand MODEL_DIR arguments into checked model directories.
+
+An argument is a model directory (anything ``AutoModelForMultipleChoice.from_pretrained``
+loads: a ``sciqa train`` fold, a Kaggle-style ``run_i``), a ``sciqa train`` RUN_DIR (its
+finished ``fold_*`` dirs), or a glob of either. A fold's ``sciqa_model.json`` says how
+its inputs were encoded; dirs without one use ``infer.max_length`` / ``infer.use_context``.
+
+This module reads only JSON and file names, so it needs no torch.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infer.errors import InferError
+
+MODEL_FORMAT = "sciqa-mc/1"
+MODEL_META = "sciqa_model.json"
+FINISHED_MARK = "metrics.json"  # a fold with this file finished training
+OOF = "oof.parquet"
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+
+
+@dataclass
+class ModelSpec:
+    """One checkpoint to run and how to encode questions for it."""
+
+    path: Path
+    name: str  # unique label: file names under OUT_DIR/logits and rows of the table
+    max_length: int
+    use_context: bool
+    letters: list[str] | None = None  # option letters it was trained on; None = unknown
+    run_dir: Path | None = None  # the sciqa train run it belongs to (holds oof.parquet)
+    meta: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
+
+    @property
+    def weight_bytes(self) -> int:
+        """Size of the weight files: the cost proxy before a model has been timed."""
+        return sum(p.stat().st_size for pat in WEIGHT_FILES for p in self.path.glob(pat)) or 1
+
+    def fingerprint(self) -> str:
+        """Identity for the logits cache: path plus size and mtime of every weight file."""
+        parts = [str(self.path.resolve())]
+        for pattern in (*WEIGHT_FILES, "config.json", MODEL_META):
+            for file in sorted(self.path.glob(pattern)):
+                stat = file.stat()
+                parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
+        return "|".join(parts)
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(
+        any(path.glob(pattern)) for pattern in WEIGHT_FILES
+    )
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    file = path / MODEL_META
+    if not file.is_file():
+        return {}
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InferError(f"{file}: not valid JSON ({exc}); re-run `sciqa train`") from None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise InferError(
+            f"{file}: format {found!r} is not {MODEL_FORMAT!r}; "
+            "re-train it or delete the file to use infer.max_length / infer.use_context"
+        )
+    return meta
+
+
+def _spec(path: Path, run_dir: Path | None, max_length: int, use_context: bool) -> ModelSpec:
+    meta = _read_meta(path)
+    letters = meta.get("letters")
+    return ModelSpec(
+        path=path,
+        name=path.name if run_dir is None else f"{run_dir.name}-{path.name}",
+        max_length=int(meta.get("max_length", max_length)),
+        use_context=bool(meta.get("use_context", use_context)),
+        letters=list(letters) if letters else None,
+        run_dir=run_dir,
+        meta=meta,
+    )
+
+
+def _fold_dirs(run_dir: Path) -> list[Path]:
+    folds = sorted(
+        (p for p in run_dir.glob("fold_*") if p.is_dir()),
+        key=lambda p: (len(p.name), p.name),  # fold_10 after fold_9
+    )
+    return [p for p in folds if (p / FINISHED_MARK).is_file() and _is_model_dir(p)]
+
+
+def _expand_one(path: Path, max_length: int, use_context: bool) -> list[ModelSpec]:
+    if not path.exists():
+        raise InferError(f"{path}: no such model directory")
+    if not path.is_dir():
+        raise InferError(f"{path}: not a directory; pass a model dir or a sciqa train run dir")
+    if _is_model_dir(path):
+        # A fold dir inside a train run still knows its run (for --weights auto).
+        parent = path.parent if (path.parent / OOF).is_file() else None
+        return [_spec(path, parent, max_length, use_context)]
+    if any(path.glob("fold_*")):
+        folds = _fold_dirs(path)
+        if not folds:
+            raise InferError(
+                f"{path}: no finished fold (a fold_* dir with {FINISHED_MARK} and weights); "
+                "wait for `sciqa train` to finish or pass model dirs"
+            )
+        return [_spec(fold, path, max_length, use_context) for fold in folds]
+    raise InferError(
+        f"{path}: not a model (no config.json + weights) and not a sciqa train run "
+        "(no fold_* dirs); pass a directory saved with save_pretrained"
+    )
+
+
+def expand_model_dirs(args: list[str], *, max_length: int, use_context: bool) -> list[ModelSpec]:
+    """Model specs for the command-line arguments, in order, each model once.
+
+    Names are unique: a clash gets ``-2``, ``-3``... so logits files never overwrite.
+    """
+    if not args:
+        raise InferError("no MODEL_DIR given; pass fold dirs, run dirs or a glob")
+    specs: list[ModelSpec] = []
+    seen: set[Path] = set()
+    for arg in args:
+        if glob.has_magic(arg):
+            matches = sorted(glob.glob(os.path.expanduser(arg)))
+            if not matches:
+                raise InferError(f"{arg}: the glob matches nothing")
+        else:
+            matches = [os.path.expanduser(arg)]
+        for match in matches:
+            for spec in _expand_one(Path(match), max_length, use_context):
+                if spec.path.resolve() not in seen:
+                    seen.add(spec.path.resolve())
+                    specs.append(spec)
+    names: dict[str, int] = {"ensemble": 1}  # reserved for OUT_DIR/logits/ensemble.npy
+    for spec in specs:
+        count = names.get(spec.name, 0) + 1
+        names[spec.name] = count
+        if count > 1:
+            spec.name = f"{spec.name}-{count}"
+    return specs
+
+
+def check_letters(specs: list[ModelSpec], letters: list[str], source: str) -> None:
+    """Refuse models trained on another option count than the questions have."""
+    for spec in specs:
+        if spec.letters is not None and len(spec.letters) != len(letters):
+            raise InferError(
+                f"{spec.path}: trained on {len(spec.letters)} options "
+                f"({spec.letters[0]}-{spec.letters[-1]}) but {source} has {len(letters)} "
+                f"({letters[0]}-{letters[-1]}); use models trained on this option count"
+            )

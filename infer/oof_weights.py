@@ -1,0 +1,159 @@
+"""``--weights auto``: fit ensemble weights on the out-of-fold predictions of train runs.
+
+A ``sciqa train`` run writes ``oof.parquet``: for every training question, the logits of
+the fold model that held it out. Each run therefore has one honest prediction per
+question, so the weights are fitted per *run* (a recipe: backbone, context, ...) and
+then split evenly over the run's folds that are in the ensemble.
+
+The fit is Caruana-style greedy selection with replacement (the usual Kaggle recipe):
+start from the best single run, then for ``rounds`` rounds add the run whose extra copy
+gives the highest MAP@3; the weights are the copy counts of the best round. It only ever
+evaluates the real metric, needs no gradient, and cannot give a negative weight.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from infer.ensemble import combine
+from infer.errors import InferError
+from infer.models import OOF, ModelSpec
+from sciqa.io import read_questions, read_table
+from sciqa.schema import ANSWER, ID
+
+
+def map3_from_logits(logits: np.ndarray, labels: np.ndarray) -> float:
+    """MAP@3 of ``(n, c)`` scores against label indices, ties in option order.
+
+    Same result as ``map_at_3(labels, top3_letters(logits))``, without building strings.
+
+    >>> map3_from_logits(np.array([[0.1, 2.0, -1.0]]), np.array([0]))
+    0.5
+    """
+    label_scores = logits[np.arange(len(labels)), labels][:, None]
+    columns = np.arange(logits.shape[1])[None, :]
+    ahead = (logits > label_scores) | ((logits == label_scores) & (columns < labels[:, None]))
+    rank = ahead.sum(axis=1)
+    return float(np.where(rank < 3, 1.0 / (rank + 1), 0.0).mean())
+
+
+def greedy_weights(
+    arrays: Sequence[np.ndarray], labels: np.ndarray, mode: str, rounds: int
+) -> tuple[np.ndarray, float]:
+    """Copy counts (as weights) and the MAP@3 they reach on ``labels``."""
+    m = len(arrays)
+    singles = [map3_from_logits(a, labels) for a in arrays]
+    counts = np.zeros(m)
+    counts[int(np.argmax(singles))] = 1
+    best_counts, best_score = counts.copy(), max(singles)
+    for _ in range(rounds - 1):
+        trials = []
+        for i in range(m):
+            trial = counts.copy()
+            trial[i] += 1
+            trials.append(map3_from_logits(combine(arrays, trial, mode), labels))
+        pick = int(np.argmax(trials))
+        counts[pick] += 1
+        if trials[pick] > best_score:  # strict: ties keep the smaller ensemble
+            best_counts, best_score = counts.copy(), trials[pick]
+    return best_counts / best_counts.sum(), best_score
+
+
+def _read_oof(run_dir: Path) -> pd.DataFrame:
+    path = run_dir / OOF
+    frame = read_table(path)
+    if ID not in frame.columns:
+        raise InferError(f"{path}: no 'id' column; re-run `sciqa train`")
+    frame[ID] = frame[ID].astype(str)
+    if frame[ID].duplicated().any():
+        dup = frame[ID][frame[ID].duplicated()].iat[0]
+        raise InferError(f"{path}: id {dup!r} appears twice; each question is out-of-fold once")
+    return frame
+
+
+def _labels_from_manifest(run_dir: Path, ids: set[str]) -> pd.Series | None:
+    """The run's training questions, as listed in its manifest's inputs."""
+    manifest = run_dir / "manifest.json"
+    if not manifest.is_file():
+        return None
+    inputs = json.loads(manifest.read_text(encoding="utf-8")).get("inputs", [])
+    for entry in inputs:
+        path = Path(entry.get("path", "")) if isinstance(entry, dict) else Path(str(entry))
+        if path.suffix.lower() not in {".csv", ".parquet", ".pq", ".jsonl"} or not path.is_file():
+            continue
+        try:
+            frame = read_questions(path, require_answer=True)
+        except Exception:  # not a questions table (e.g. a corpus file): try the next input
+            continue
+        if ids <= set(frame[ID]):
+            return frame.set_index(ID)[ANSWER]
+    return None
+
+
+def _labels(run_dir: Path, oof: pd.DataFrame, labels_path: str | None) -> pd.Series:
+    if ANSWER in oof.columns:
+        return oof.set_index(ID)[ANSWER].astype(str)
+    if labels_path is not None:
+        return read_questions(labels_path, require_answer=True).set_index(ID)[ANSWER]
+    found = _labels_from_manifest(run_dir, set(oof[ID]))
+    if found is None:
+        raise InferError(
+            f"{run_dir / OOF}: has no 'answer' column and the run's manifest names no labelled "
+            "questions file holding its ids; set infer.oof_labels to the training questions"
+        )
+    return found
+
+
+def fit_auto_weights(
+    specs: list[ModelSpec], letters: list[str], mode: str, rounds: int, labels_path: str | None
+) -> tuple[list[float], dict]:
+    """Weight per model spec, plus a report for the manifest/scores."""
+    orphans = [s.name for s in specs if s.run_dir is None]
+    if orphans:
+        raise InferError(
+            f"--weights auto needs the oof.parquet of a sciqa train run, but {', '.join(orphans)} "
+            "is not inside one; pass explicit --weights w1,w2,... instead"
+        )
+    runs = list(dict.fromkeys(s.run_dir for s in specs))
+    frames = {run: _read_oof(run) for run in runs}
+    for run, frame in frames.items():
+        missing = [c for c in letters if c not in frame.columns]
+        if missing:
+            raise InferError(f"{run / OOF}: missing logit column(s) {missing} for the options")
+    first = runs[0]
+    ids = set(frames[first][ID])
+    for run in runs[1:]:
+        other = set(frames[run][ID])
+        if other != ids:
+            raise InferError(
+                f"--weights auto: {run / OOF} covers {len(other)} questions and "
+                f"{first / OOF} {len(ids)}, {len(other ^ ids)} differ; the runs must be trained "
+                "on the same questions (or pass explicit --weights)"
+            )
+    order = sorted(ids)
+    labels = _labels(first, frames[first], labels_path)
+    unknown = [i for i in order if i not in labels.index]
+    if unknown:
+        raise InferError(f"--weights auto: no label for OOF id {unknown[0]!r} (and others)")
+    index = {letter: i for i, letter in enumerate(letters)}
+    y = np.array([index[labels[i]] for i in order])
+    arrays = [frames[r].set_index(ID).loc[order, letters].to_numpy(np.float64) for r in runs]
+    run_weights, score = greedy_weights(arrays, y, mode, rounds)
+    per_run = dict(zip(runs, run_weights, strict=True))
+    folds = {run: sum(s.run_dir == run for s in specs) for run in runs}
+    weights = [float(per_run[s.run_dir] / folds[s.run_dir]) for s in specs]
+    report = {
+        "method": f"greedy selection with replacement, {rounds} rounds, MAP@3 on OOF",
+        "oof_questions": len(order),
+        "oof_map_at_3": score,
+        "run_weights": {str(r): float(w) for r, w in per_run.items()},
+        "single_run_map_at_3": {
+            str(r): map3_from_logits(a, y) for r, a in zip(runs, arrays, strict=True)
+        },
+    }
+    return weights, report

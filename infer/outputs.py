@@ -1,0 +1,93 @@
+"""What ``sciqa infer`` leaves in OUT_DIR, every file written atomically.
+
+::
+
+    OUT_DIR/submission.csv          id,prediction  (top-3 letters, Kaggle format)
+    OUT_DIR/logits/ids.json         question ids, the row order of every .npy below
+    OUT_DIR/logits/<model>.npy      (n, n_options) float32, TTA-averaged; NaN = not scored
+    OUT_DIR/logits/ensemble.npy     the weighted ensemble (log-probabilities in probs mode)
+    OUT_DIR/scores.json             MAP@3 / accuracy per model and ensemble (labelled input)
+    OUT_DIR/config.yaml, manifest.json
+    OUT_DIR/cache/                  per-pass logits keyed by questions+model+pass (resume)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sciqa.io import atomic_path, write_json
+from sciqa.metrics import accuracy, map_at_3, top3_letters
+from sciqa.schema import CONTEXT, ID, PROMPT
+from sciqa.submission import make_submission, write_submission
+
+LOGITS = "logits"
+ENSEMBLE = "ensemble"
+SUBMISSION = "submission.csv"
+SCORES = "scores.json"
+CACHE = "cache"
+
+
+def questions_hash(frame: pd.DataFrame, letters: list[str]) -> str:
+    """Hash of what the models see (ids, prompts, options, context), not of the labels."""
+    columns = [ID, PROMPT, *letters] + ([CONTEXT] if CONTEXT in frame.columns else [])
+    payload = frame[columns].astype(str).to_json(orient="values", force_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def cache_path(out_dir: Path, name: str, key_parts: list[str]) -> Path:
+    key = hashlib.sha256("\n".join(key_parts).encode()).hexdigest()[:20]
+    return out_dir / CACHE / f"{name}-{key}.npy"
+
+
+def save_npy(array: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+
+
+def write_logits(out_dir: Path, ids: list[str], name: str, logits: np.ndarray) -> None:
+    ids_path = out_dir / LOGITS / "ids.json"
+    if not ids_path.is_file() or json.loads(ids_path.read_text(encoding="utf-8")) != ids:
+        write_json(ids, ids_path)
+    save_npy(logits, out_dir / LOGITS / f"{name}.npy")
+
+
+def write_predictions(out_dir: Path, ids: list[str], ensemble: np.ndarray) -> Path:
+    """``submission.csv`` from ensemble logits; every id gets 3 letters."""
+    if np.isnan(ensemble).any():
+        raise ValueError("ensemble has unscored questions; cannot write a complete submission")
+    return write_submission(make_submission(ids, top3_letters(ensemble)), out_dir / SUBMISSION)
+
+
+def score(logits: np.ndarray, answers: list[str]) -> dict[str, float | int]:
+    """MAP@3 and accuracy over the questions this array scored (non-NaN rows)."""
+    rows = ~np.isnan(logits).any(axis=1)
+    if not rows.any():
+        return {"questions": 0}
+    predicted = top3_letters(logits[rows])
+    labels = [a for a, keep in zip(answers, rows, strict=True) if keep]
+    return {
+        "map_at_3": map_at_3(labels, predicted),
+        "accuracy": accuracy(labels, predicted),
+        "questions": int(rows.sum()),
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table of the per-model and ensemble rows."""
+    header = "| model | weight | passes | questions | seconds | MAP@3 | accuracy |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        m3 = f"{r['map_at_3']:.4f}" if "map_at_3" in r else "-"
+        acc = f"{r['accuracy']:.4f}" if "accuracy" in r else "-"
+        secs = f"{r['seconds']:.1f}" if r.get("seconds") is not None else "-"
+        weight = f"{r['weight']:.3f}" if r.get("weight") is not None else "-"
+        lines.append(
+            f"| {r['model']} | {weight} | {r.get('passes', '-')} | {r.get('questions', '-')} "
+            f"| {secs} | {m3} | {acc} |"
+        )
+    return "\n".join(lines)
