@@ -1,4 +1,7 @@
-"""data_gen: turn Wikipedia chunks into new multiple-choice questions with an LLM.
+"""data_gen: turn Wikipedia passages into new multiple-choice questions with an LLM.
 
-Not implemented yet; ``sciqa gen`` says so and exits non-zero.
+``sciqa gen`` (:func:`data_gen.commands.run_gen`) selects passages, asks an
+OpenAI-compatible endpoint through a resumable SQLite cache, validates every reply and
+filters the questions; ``sciqa serve-llm`` (:mod:`data_gen.server`) runs the packaged
+SmolLM2 behind ``transformers serve``. See docs/data_gen.md.
 """

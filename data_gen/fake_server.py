@@ -1,0 +1,295 @@
+"""A scripted OpenAI-compatible server on 127.0.0.1 for tests and ``benchmarks/gen.py``.
+
+Real HTTP (stdlib ``http.server`` in a thread), so the openai SDK, its retries and our
+limits run exactly as against a real endpoint. Each request is recognised by the
+``Title: ...`` line of its last user message; ``script[title]`` lists what to do for
+that title's 1st, 2nd, ... request (afterwards: ``valid``). Behaviours:
+
+``valid``, ``fenced`` (valid JSON inside chatter and a code fence), ``malformed``,
+``missing_field``, ``six_options``, ``answer_f``, ``duplicate_options``, ``length``
+(finish_reason length), ``429`` (with ``Retry-After: 0``), ``500``, ``slow`` (sleeps
+``slow_seconds`` before answering).
+
+It also serves the Batch API subset sciqa uses: ``POST /v1/files``, ``POST /v1/batches``,
+``GET /v1/batches/{id}``, ``GET /v1/files/{id}/content``.
+
+>>> with FakeLLM() as fake: fake.base_url.startswith("http://127.0.0.1:")
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.parser
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import Counter, defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_TITLE = re.compile(r"^Title: (.*)$", re.MULTILINE)
+
+
+def body_key(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def valid_question(title: str, letters: str = "ABCDE") -> dict[str, str]:
+    """A well-formed reply about ``title``; the correct answer is always A."""
+    reply = {"question": f"Which statement about {title} does the passage support?"}
+    for i, letter in enumerate(letters):
+        reply[letter] = f"{title} fact number {i}" if i else f"The passage's claim on {title}"
+    return reply | {"answer": "A"}
+
+
+class FakeLLM:
+    """Start with ``with FakeLLM(...) as fake:``; ``fake.base_url`` ends in ``/v1``."""
+
+    def __init__(
+        self,
+        script: dict[str, list[str]] | None = None,
+        *,
+        latency: float = 0.0,
+        slow_seconds: float = 5.0,
+        reject_json_schema: bool = False,
+        batch_polls: int = 1,
+    ) -> None:
+        self.script = {k: list(v) for k, v in (script or {}).items()}
+        self.latency = latency
+        self.slow_seconds = slow_seconds
+        self.reject_json_schema = reject_json_schema
+        self.batch_polls = batch_polls  # GETs of a batch before it reports completed
+        self.requests: list[dict[str, Any]] = []  # every chat request body, in arrival order
+        self.answered: Counter[str] = Counter()  # body key -> replies sent (200s)
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self._seen: defaultdict[str, int] = defaultdict(int)
+        self._lock = threading.Lock()
+        self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeLLM:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # -- behaviour -------------------------------------------------------------------
+
+    def _next(self, title: str) -> str:
+        with self._lock:
+            count = self._seen[title]
+            self._seen[title] += 1
+        steps = self.script.get(title, [])
+        return steps[count] if count < len(steps) else "valid"
+
+    def chat(self, body: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """``(status, headers, json)`` for one chat-completion request body."""
+        with self._lock:
+            self.requests.append(body)
+        if self.latency:
+            time.sleep(self.latency)
+        fmt = (body.get("response_format") or {}).get("type")
+        if self.reject_json_schema and fmt == "json_schema":
+            return 400, {}, _error("response_format json_schema is not supported", 400)
+        text = "\n".join(m["content"] for m in body["messages"] if m["role"] == "user")
+        found = _TITLE.findall(text)
+        title = found[-1].strip() if found else ""
+        behaviour = self._next(title)
+        if behaviour == "429":
+            return 429, {"Retry-After": "0"}, _error("rate limited", 429)
+        if behaviour == "500":
+            return 500, {}, _error("internal error", 500)
+        if behaviour == "slow":
+            time.sleep(self.slow_seconds)
+        content, finish = _content(behaviour, title)
+        with self._lock:
+            self.answered[body_key(body)] += 1
+        return 200, {}, _completion(body, content, finish)
+
+
+def _content(behaviour: str, title: str) -> tuple[str, str]:
+    reply = valid_question(title)
+    if behaviour == "malformed":
+        return '{"question": "Unfinished, "A": ', "stop"
+    if behaviour == "missing_field":
+        reply.pop("answer")
+    elif behaviour == "six_options":
+        reply = valid_question(title, "ABCDEF")
+    elif behaviour == "answer_f":
+        reply["answer"] = "F"
+    elif behaviour == "duplicate_options":
+        reply["C"] = reply["B"]
+    elif behaviour == "length":
+        return json.dumps(reply)[:40], "length"
+    elif behaviour == "fenced":
+        return f"Sure! Here it is:\n```json\n{json.dumps(reply)}\n```\nGood luck.", "stop"
+    return json.dumps(reply), "stop"
+
+
+def _completion(body: dict[str, Any], content: str, finish: str) -> dict[str, Any]:
+    prompt_tokens = len(json.dumps(body["messages"])) // 4
+    completion_tokens = max(1, len(content) // 4)
+    return {
+        "id": f"chatcmpl-{body_key(body)[:12]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "fake"),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": finish,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _error(message: str, status: int) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "fake", "code": status}}
+
+
+def _batch_json(fake: FakeLLM, batch_id: str) -> dict[str, Any]:
+    batch = fake.batches[batch_id]
+    batch["polls"] += 1
+    done = batch["polls"] > fake.batch_polls
+    return {
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": "/v1/chat/completions",
+        "input_file_id": batch["input_file_id"],
+        "completion_window": "24h",
+        "status": "completed" if done else "in_progress",
+        "created_at": batch["created_at"],
+        "output_file_id": batch["output_file_id"] if done else None,
+        "error_file_id": None,
+        "request_counts": {"total": batch["total"], "completed": batch["total"], "failed": 0},
+    }
+
+
+def _run_batch(fake: FakeLLM, input_file_id: str) -> tuple[str, int]:
+    """Answer every line of the input file now; return (output file id, line count)."""
+    lines = [json.loads(line) for line in fake.files[input_file_id].decode().splitlines() if line]
+    out = []
+    for line in lines:
+        status, _, reply = fake.chat(line["body"])
+        out.append(
+            {
+                "id": f"batch_req_{len(out)}",
+                "custom_id": line["custom_id"],
+                "response": {"status_code": status, "body": reply},
+                "error": None,
+            }
+        )
+    file_id = f"file-out-{len(fake.files)}"
+    fake.files[file_id] = "".join(json.dumps(o) + "\n" for o in out).encode()
+    return file_id, len(lines)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients killed or timed out mid-request (the tests do that) are not errors."""
+
+
+def _handler_for(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:  # keep test output quiet
+            pass
+
+        def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            # The client may have given up (timeout): nothing to do then.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(data)
+
+        def _body(self) -> bytes:
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            if path in ("/health", "/v1/health"):
+                return self._send(200, {"status": "ok"})
+            if match := re.fullmatch(r"/v1/batches/([\w-]+)", path):
+                return self._send(200, _batch_json(fake, match.group(1)))
+            if match := re.fullmatch(r"/v1/files/([\w-]+)/content", path):
+                return self._send(200, fake.files[match.group(1)])
+            return self._send(404, _error(f"no route {path}", 404))
+
+        def do_POST(self) -> None:
+            path = self.path.split("?")[0]
+            raw = self._body()
+            if path == "/v1/chat/completions":
+                status, headers, payload = fake.chat(json.loads(raw))
+                return self._send(status, payload, headers)
+            if path == "/v1/files":
+                header = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode()
+                message = email.parser.BytesParser().parsebytes(header + raw)
+                part = next(p for p in message.walk() if p.get_filename())
+                file_id = f"file-in-{len(fake.files)}"
+                fake.files[file_id] = part.get_payload(decode=True)
+                return self._send(
+                    200,
+                    {
+                        "id": file_id,
+                        "object": "file",
+                        "bytes": len(fake.files[file_id]),
+                        "created_at": int(time.time()),
+                        "filename": part.get_filename(),
+                        "purpose": "batch",
+                        "status": "processed",
+                    },
+                )
+            if path == "/v1/batches":
+                request = json.loads(raw)
+                output_id, total = _run_batch(fake, request["input_file_id"])
+                batch_id = f"batch-{len(fake.batches)}"
+                fake.batches[batch_id] = {
+                    "input_file_id": request["input_file_id"],
+                    "output_file_id": output_id,
+                    "created_at": int(time.time()),
+                    "total": total,
+                    "polls": -1,  # the create response below counts as no poll
+                }
+                return self._send(200, _batch_json(fake, batch_id))
+            return self._send(404, _error(f"no route {path}", 404))
+
+    return Handler
+
+
+def main() -> None:
+    """``python -m data_gen.fake_server --latency 0.2``: serve until killed (benchmarks)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Scripted OpenAI-compatible test server.")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per reply")
+    args = parser.parse_args()
+    with FakeLLM(latency=args.latency) as fake:
+        print(fake.base_url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

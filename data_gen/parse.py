@@ -1,0 +1,192 @@
+"""Turn an LLM reply into a validated question, or a one-word reason it was rejected.
+
+The reply is a JSON object ``{"question": ..., "A": ..., ..., "answer": "B"}`` with the
+configured number of option letters. Nothing is ``eval()``-ed: replies are read with
+``json.loads`` (after a tolerant extraction of the first balanced ``{...}`` for plain-text
+replies) and validated by :class:`GeneratedQuestion`.
+
+>>> parse_reply('Sure! {"question": "Q?", "A": "1", "B": "2", "answer": "B"}', ["A", "B"])
+GeneratedQuestion(question='Q?', options=['1', '2'], answer='B')
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from typing import Any
+
+from pydantic import BaseModel, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+# "all of the above", "none of these", "both A and B": options the prompt forbids.
+_META_OPTION = re.compile(
+    r"\b(all|none|both|neither)\b.*\b(above|these|of the options)\b|\bboth [a-e] and [a-e]\b",
+    re.IGNORECASE,
+)
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+
+
+class Rejected(ValueError):
+    """A reply that cannot become a question; ``reason`` is a short stable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _reject(reason: str, detail: str) -> PydanticCustomError:
+    return PydanticCustomError(reason, detail)
+
+
+class GeneratedQuestion(BaseModel):
+    """One question as the LLM wrote it; ``context={"letters": [...]}`` sets the options."""
+
+    question: str
+    options: list[str]
+    answer: str
+
+    @field_validator("question")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise _reject("empty_prompt", "the question is empty")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        letters = info.context["letters"]
+        value = [str(v).strip() for v in value]
+        if len(value) != len(letters):
+            raise _reject("wrong_option_count", f"{len(value)} options instead of {len(letters)}")
+        if not all(value):
+            raise _reject("empty_option", "an option is empty")
+        if len({v.casefold() for v in value}) != len(value):
+            raise _reject("duplicate_options", "two options are the same")
+        if any(_META_OPTION.search(v) for v in value):
+            raise _reject("meta_option", 'an option is "all/none of the above"-like')
+        return value
+
+    @model_validator(mode="after")
+    def _answer_is_letter(self, info: ValidationInfo) -> GeneratedQuestion:
+        letters = info.context["letters"]
+        self.answer = self.answer.strip().rstrip(".)").upper()
+        if self.answer not in letters:
+            raise _reject(
+                "answer_not_a_letter", f"answer {self.answer!r} is not one of {', '.join(letters)}"
+            )
+        return self
+
+
+def json_schema(letters: list[str]) -> dict[str, Any]:
+    """The strict JSON schema sent as ``response_format`` (json_schema mode)."""
+    properties: dict[str, Any] = {"question": {"type": "string"}}
+    properties.update({letter: {"type": "string"} for letter in letters})
+    properties["answer"] = {"type": "string", "enum": list(letters)}
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+def example_reply(letters: list[str]) -> str:
+    """The reply shape shown to the model in the prompt."""
+    example = {"question": "..."} | {letter: "..." for letter in letters}
+    return json.dumps(example | {"answer": letters[0]})
+
+
+def extract_json(text: str) -> Any:
+    """Parse ``text`` as JSON, else the first balanced ``{...}`` inside it (fences ok)."""
+    text = text.strip()
+    fenced = _FENCE.search(text)
+    candidates = [text] + ([fenced.group(1).strip()] if fenced else [])
+    for candidate in candidates:
+        try:
+            return json.loads(candidate)
+        except ValueError:
+            pass
+    start = text.find("{")
+    while start != -1:
+        end = _balanced_end(text, start)
+        if end is not None:
+            try:
+                return json.loads(text[start : end + 1])
+            except ValueError:
+                pass
+        start = text.find("{", start + 1)
+    raise Rejected("not_json", "no JSON object found in the reply")
+
+
+def _balanced_end(text: str, start: int) -> int | None:
+    """Index of the ``}`` closing the ``{`` at ``start``, skipping braces inside strings."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, len(text)):
+        char = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
+def _normalise(data: Any, letters: list[str]) -> dict[str, Any]:
+    """Map the reply's keys onto ``question/options/answer`` (case-insensitive keys)."""
+    if not isinstance(data, dict):
+        raise Rejected("not_json", f"reply is a JSON {type(data).__name__}, not an object")
+    keys = {str(k).strip().casefold(): v for k, v in data.items()}
+    if isinstance(keys.get("options"), dict):  # {"options": {"A": ..}} nesting
+        keys |= {str(k).strip().casefold(): v for k, v in keys["options"].items()}
+    question = next((keys[k] for k in ("question", "prompt") if k in keys), None)
+    if question is None or "answer" not in keys:
+        missing = [
+            n for n, v in (("question", question), ("answer", keys.get("answer"))) if v is None
+        ]
+        raise Rejected("missing_field", f"missing {', '.join(missing)}")
+    # Every letter key present, contiguous from A: six options means F is there too.
+    present = []
+    for letter in string.ascii_uppercase:
+        if letter.casefold() not in keys:
+            break
+        present.append(keys[letter.casefold()])
+    if isinstance(keys.get("options"), list):
+        present = keys["options"]
+    if not present:
+        raise Rejected("missing_field", f"missing options {', '.join(letters)}")
+    return {"question": str(question), "options": present, "answer": str(keys["answer"])}
+
+
+def parse_reply(text: str, letters: list[str]) -> GeneratedQuestion:
+    """Validated question from a reply's text; raises :class:`Rejected` with the reason."""
+    data = _normalise(extract_json(text), letters)
+    try:
+        return GeneratedQuestion.model_validate(data, context={"letters": letters})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        reason = first["type"] if first["type"] in _REASONS else "invalid_field"
+        raise Rejected(reason, first["msg"]) from None
+
+
+_REASONS = {
+    "empty_prompt",
+    "wrong_option_count",
+    "empty_option",
+    "duplicate_options",
+    "meta_option",
+    "answer_not_a_letter",
+}

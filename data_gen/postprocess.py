@@ -1,0 +1,216 @@
+"""From valid questions to the ones worth keeping: no duplicates, no leaks into
+evaluation sets, answerable from the passage, not answerable without it, and finally
+options shuffled so the answer letters are balanced.
+
+Each step is switchable in config; every dropped question becomes a record
+``{"stage": "filter", "id", "reason", "detail", ...}`` for the rejects file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data_gen.scorers import Scorer
+from sciqa.config import GenConfig
+from sciqa.schema import ANSWER, CONTEXT, ID, PROMPT, SOURCE_ID, option_letters
+
+Drops = list[dict[str, Any]]
+
+
+def letter_counts(frame: pd.DataFrame) -> dict[str, int]:
+    letters = option_letters(frame.columns)
+    counts = Counter(frame[ANSWER]) if len(frame) else Counter()
+    return {letter: int(counts.get(letter, 0)) for letter in letters}
+
+
+def balance_letters(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Shuffle each row's options so the correct letters cycle evenly over A, B, ...
+
+    Targets are a shuffled round-robin, so counts differ by at most one; the
+    distractors are shuffled too, so their order carries no signal either.
+    """
+    letters = option_letters(frame.columns)
+    n = len(letters)
+    rng = np.random.default_rng(seed)
+    targets = rng.permutation(np.arange(len(frame)) % n)
+    options = frame[letters].to_numpy(dtype=object)
+    shuffled = np.empty_like(options)
+    for row, target in enumerate(targets):
+        rest = list(options[row])
+        correct = rest.pop(letters.index(frame[ANSWER].iat[row]))
+        rng.shuffle(rest)
+        rest.insert(int(target), correct)
+        shuffled[row] = rest
+    frame = frame.copy()
+    frame[letters] = shuffled
+    frame[ANSWER] = [letters[int(t)] for t in targets]
+    return frame
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\W+", " ", str(text).casefold()).strip()
+
+
+def _drop(frame: pd.DataFrame, rows: list[int], reason: str, details: list[str]) -> Drops:
+    return [
+        {
+            "stage": "filter",
+            "id": frame.at[row, ID],
+            "source_id": frame.at[row, SOURCE_ID],
+            "reason": reason,
+            "detail": detail,
+            "question": frame.loc[row].drop(CONTEXT).to_dict(),
+        }
+        for row, detail in zip(rows, details, strict=True)
+    ]
+
+
+def _keep(frame: pd.DataFrame, dropped: list[int]) -> pd.DataFrame:
+    return frame.drop(index=dropped).reset_index(drop=True)
+
+
+def _question_text(frame: pd.DataFrame) -> list[str]:
+    """What near-duplicates are compared on: the question and its correct option."""
+    letters = option_letters(frame.columns)
+    correct = [
+        frame.at[i, frame.at[i, ANSWER]] if frame.at[i, ANSWER] in letters else ""
+        for i in frame.index
+    ]
+    return [f"{p} {c}".strip() for p, c in zip(frame[PROMPT], correct, strict=True)]
+
+
+def remove_duplicates(
+    frame: pd.DataFrame, encoder: Any | None, threshold: float
+) -> tuple[pd.DataFrame, Drops]:
+    """Drop exact repeats (normalised prompt), then embedding near-duplicates of earlier rows."""
+    seen: dict[str, str] = {}
+    rows, details = [], []
+    for row, prompt in enumerate(frame[PROMPT]):
+        key = _norm(prompt)
+        if key in seen:
+            rows.append(row)
+            details.append(f"same prompt as {seen[key]}")
+        else:
+            seen[key] = frame.at[row, ID]
+    drops = _drop(frame, rows, "duplicate_exact", details)
+    frame = _keep(frame, rows)
+    if encoder is None or len(frame) < 2:
+        return frame, drops
+    vectors = np.asarray(encoder.encode(_question_text(frame), normalize_embeddings=True))
+    similarity = vectors @ vectors.T
+    rows, details, kept = [], [], []
+    for row in range(len(frame)):
+        best = max(kept, key=lambda k: similarity[row, k], default=None)
+        if best is not None and similarity[row, best] >= threshold:
+            rows.append(row)
+            details.append(f"cosine {similarity[row, best]:.3f} with {frame.at[best, ID]}")
+        else:
+            kept.append(row)
+    return _keep(frame, rows), drops + _drop(frame, rows, "duplicate_near", details)
+
+
+def remove_leaks(
+    frame: pd.DataFrame,
+    excluded: dict[str, pd.DataFrame],
+    encoder: Any | None,
+    threshold: float,
+) -> tuple[pd.DataFrame, Drops]:
+    """Drop questions whose prompt matches, or embeds within ``threshold`` of, an excluded one."""
+    if not excluded or frame.empty:
+        return frame, []
+    prompts, origins = [], []
+    for name, other in excluded.items():
+        prompts += other[PROMPT].astype(str).tolist()
+        origins += [f"{name} id={i}" for i in other[ID]]
+    exact = {_norm(p): o for p, o in zip(prompts, origins, strict=True)}
+    best_sim = np.full(len(frame), -1.0)
+    best_at = np.zeros(len(frame), dtype=int)
+    if encoder is not None and prompts:
+        ours = np.asarray(encoder.encode(frame[PROMPT].tolist(), normalize_embeddings=True))
+        theirs = np.asarray(encoder.encode(prompts, normalize_embeddings=True, batch_size=64))
+        similarity = ours @ theirs.T
+        best_at = similarity.argmax(axis=1)
+        best_sim = similarity.max(axis=1)
+    rows, details = [], []
+    for row, prompt in enumerate(frame[PROMPT]):
+        if _norm(prompt) in exact:
+            rows.append(row)
+            details.append(f"same prompt as {exact[_norm(prompt)]}")
+        elif best_sim[row] >= threshold:
+            rows.append(row)
+            details.append(f"cosine {best_sim[row]:.3f} with {origins[best_at[row]]}")
+    return _keep(frame, rows), _drop(frame, rows, "leak", details)
+
+
+def _answer_index(frame: pd.DataFrame) -> np.ndarray:
+    letters = option_letters(frame.columns)
+    return frame[ANSWER].map(letters.index).to_numpy()
+
+
+def filter_unanswerable(frame: pd.DataFrame, scorer: Scorer) -> tuple[pd.DataFrame, Drops]:
+    """Keep questions whose labelled answer the scorer picks when it reads the passage."""
+    if frame.empty:
+        return frame, []
+    probs = scorer.probabilities(frame, use_context=True)
+    answer = _answer_index(frame)
+    picked = probs.argmax(axis=1)
+    letters = option_letters(frame.columns)
+    rows = [int(r) for r in np.flatnonzero(picked != answer)]
+    details = [
+        f"{scorer.name} with passage picks {letters[picked[r]]} (p={probs[r, picked[r]]:.2f}), "
+        f"label {letters[answer[r]]}"
+        for r in rows
+    ]
+    return _keep(frame, rows), _drop(frame, rows, "unanswerable", details)
+
+
+def filter_too_easy(
+    frame: pd.DataFrame, scorer: Scorer, confidence: float
+) -> tuple[pd.DataFrame, Drops]:
+    """Drop questions the scorer answers without the passage with p >= ``confidence``."""
+    if frame.empty:
+        return frame, []
+    probs = scorer.probabilities(frame, use_context=False)
+    answer = _answer_index(frame)
+    p_answer = probs[np.arange(len(frame)), answer]
+    easy = (probs.argmax(axis=1) == answer) & (p_answer >= confidence)
+    rows = [int(r) for r in np.flatnonzero(easy)]
+    details = [f"{scorer.name} without passage: p(answer)={p_answer[r]:.2f}" for r in rows]
+    return _keep(frame, rows), _drop(frame, rows, "too_easy", details)
+
+
+def postprocess(
+    frame: pd.DataFrame,
+    config: GenConfig,
+    seed: int,
+    *,
+    encoder: Any | None = None,
+    scorer: Scorer | None = None,
+    excluded: dict[str, pd.DataFrame] | None = None,
+) -> tuple[pd.DataFrame, Drops, dict[str, Any]]:
+    """Run the enabled steps in order; return kept questions, drop records and counts."""
+    counts: dict[str, Any] = {"valid": len(frame), "letters_before": letter_counts(frame)}
+    drops: Drops = []
+    if config.dedup:
+        frame, dropped = remove_duplicates(frame, encoder, config.near_dup_threshold)
+        drops += dropped
+    frame, dropped = remove_leaks(frame, excluded or {}, encoder, config.near_dup_threshold)
+    drops += dropped
+    if config.answerability_filter and scorer is not None:
+        frame, dropped = filter_unanswerable(frame, scorer)
+        drops += dropped
+    if config.too_easy_filter and scorer is not None:
+        frame, dropped = filter_too_easy(frame, scorer, config.too_easy_confidence)
+        drops += dropped
+    # Last, so the letters of what is kept (not of what was generated) are balanced.
+    if config.balance_letters and len(frame):
+        frame = balance_letters(frame, seed)
+    counts["dropped_by_reason"] = dict(Counter(d["reason"] for d in drops).most_common())
+    counts["kept"] = len(frame)
+    counts["letters_after"] = letter_counts(frame)
+    return frame, drops, counts

@@ -1,0 +1,98 @@
+"""Render the chat messages for one passage from the templates file.
+
+The templates (``configs/gen_prompts.yaml`` by default) hold ``system``, ``user``,
+optional ``few_shot`` turns and the ``reask`` message sent after an invalid reply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data_gen.parse import example_reply
+from sciqa.config import DEFAULT
+from sciqa.errors import SciqaError
+
+DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "configs" / "gen_prompts.yaml"
+REQUIRED = ("system", "user", "reask")
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Templates:
+    system: str
+    user: str
+    reask: str
+    few_shot: tuple[Message, ...] = ()
+
+
+def load_templates(name: str = DEFAULT) -> Templates:
+    """Templates from ``name`` (a YAML path) or the default file for ``default``."""
+    path = DEFAULT_TEMPLATES if name == DEFAULT else Path(name).expanduser()
+    if not path.is_file():
+        raise SciqaError(f"gen.prompts = {name!r}: templates file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise SciqaError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    missing = [key for key in REQUIRED if not isinstance(data.get(key), str)]
+    if missing:
+        raise SciqaError(f"{path}: missing template(s) {', '.join(missing)} (text values)")
+    few_shot = data.get("few_shot") or []
+    if not all(isinstance(t, dict) and {"role", "content"} <= set(t) for t in few_shot):
+        raise SciqaError(f"{path}: few_shot must be a list of {{role, content}} turns")
+    return Templates(
+        data["system"],
+        data["user"],
+        data["reask"],
+        tuple({"role": str(t["role"]), "content": str(t["content"])} for t in few_shot),
+    )
+
+
+def _fields(letters: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "n_options": len(letters),
+        "letters": ", ".join(letters),
+        "last_letter": letters[-1],
+        "example": example_reply(letters),
+        **extra,
+    }
+
+
+def _format(template: str, fields: dict[str, Any], what: str) -> str:
+    try:
+        return template.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise SciqaError(f"gen.prompts: template {what!r} has a bad placeholder: {exc}") from None
+
+
+def render_messages(
+    templates: Templates, title: str, passage: str, letters: list[str]
+) -> list[Message]:
+    """System, few-shot turns, then the user message asking about ``passage``."""
+    fields = _fields(letters, title=title, passage=passage.strip())
+    return [
+        {"role": "system", "content": _format(templates.system, fields, "system")},
+        *templates.few_shot,
+        {"role": "user", "content": _format(templates.user, fields, "user")},
+    ]
+
+
+def reask_messages(
+    templates: Templates,
+    messages: list[Message],
+    reply: str,
+    reason: str,
+    letters: list[str],
+) -> list[Message]:
+    """The conversation continued after an invalid ``reply``: ask once more, saying why."""
+    fields = _fields(letters, reason=reason)
+    return [
+        *messages,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": _format(templates.reask, fields, "reask")},
+    ]

@@ -1,0 +1,104 @@
+"""Scorers behind the answerability and too-easy filters: option probabilities per question.
+
+``zero_shot`` (default) turns :func:`sciqa.zero_shot.option_scores` cosines into
+probabilities with a temperature softmax; any other ``gen.scorer`` value is a
+``sciqa train`` model directory (an ``AutoModelForMultipleChoice`` checkpoint + tokenizer)
+whose logits are soft-maxed. Heavy imports stay inside functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from sciqa.assets import resolve_model
+from sciqa.config import SciqaConfig
+from sciqa.errors import SciqaError
+from sciqa.zero_shot import option_scores
+
+ZERO_SHOT = "zero_shot"
+
+
+class Scorer(Protocol):
+    name: str
+
+    def probabilities(self, frame: pd.DataFrame, *, use_context: bool) -> np.ndarray: ...
+
+
+def softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``scores / temperature``.
+
+    >>> softmax(np.array([[0.0, 0.0]])).tolist()
+    [[0.5, 0.5]]
+    """
+    z = np.asarray(scores, dtype=np.float64) / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def load_encoder(config: SciqaConfig) -> Any:
+    """The ``models.embedding`` sentence-transformers model, on CPU unless CUDA is there."""
+    from sentence_transformers import SentenceTransformer
+
+    source = resolve_model(config.models.embedding, "embedding")
+    return SentenceTransformer(source.name_or_path)
+
+
+class ZeroShotScorer:
+    name = ZERO_SHOT
+
+    def __init__(self, encoder: Any, temperature: float) -> None:
+        self.encoder = encoder
+        self.temperature = temperature
+
+    def probabilities(self, frame: pd.DataFrame, *, use_context: bool) -> np.ndarray:
+        return softmax(
+            option_scores(self.encoder, frame, use_context=use_context), self.temperature
+        )
+
+
+class TrainedScorer:
+    """A multiple-choice checkpoint written by ``sciqa train`` (or any HF MC model dir)."""
+
+    def __init__(self, path: str, max_length: int = 256, batch_size: int = 8) -> None:
+        from transformers import AutoModelForMultipleChoice, AutoTokenizer
+
+        if not Path(path).is_dir():
+            raise SciqaError(
+                f"gen.scorer = {path!r}: not a model directory; use zero_shot or a "
+                "`sciqa train` checkpoint folder"
+            )
+        self.name = path
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForMultipleChoice.from_pretrained(path).eval()
+        self.max_length = max_length
+        self.batch_size = batch_size
+
+    def probabilities(self, frame: pd.DataFrame, *, use_context: bool) -> np.ndarray:
+        import torch
+        from transformers import DataCollatorForMultipleChoice
+
+        from sciqa.mc_encoding import encode_questions
+
+        encoded = encode_questions(
+            self.tokenizer,
+            frame,  # with its answers: this transformers' collator requires labels
+            self.max_length,
+            use_context=use_context,
+        )
+        collate = DataCollatorForMultipleChoice(self.tokenizer)
+        logits = []
+        with torch.inference_mode():
+            for start in range(0, len(encoded.features), self.batch_size):
+                batch = collate(encoded.features[start : start + self.batch_size])
+                logits.append(self.model(**batch).logits.float().numpy())
+        return softmax(np.concatenate(logits)) if logits else np.zeros((0, encoded.n_options))
+
+
+def make_scorer(config: SciqaConfig, encoder: Any) -> Scorer:
+    if config.gen.scorer == ZERO_SHOT:
+        return ZeroShotScorer(encoder, config.gen.scorer_temperature)
+    return TrainedScorer(config.gen.scorer)
