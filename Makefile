@@ -39,7 +39,7 @@ demo: install
 	$(BIN)/sciqa index --out $(DEMO)/index
 	@for s in arc_challenge arc_easy; do test -f $(DEMO)/$${s}_ctx.csv || \
 	  $(BIN)/sciqa retrieve $(DEMO)/$$s.csv --index $(DEMO)/index --out $(DEMO)/$${s}_ctx.csv || exit 1; done
-	# train: 3-fold MiniLM on ARC-Easy with context (finished folds are skipped).
+	# train: 2-fold MiniLM on ARC-Easy with context (finished folds are skipped).
 	$(BIN)/sciqa train $(DEMO)/arc_easy_ctx.csv --out $(DEMO)/train -c configs/train_minilm_cpu.yaml
 	# infer: ensemble the folds on ARC-Challenge (never trained on), then score it.
 	$(BIN)/sciqa infer $(DEMO)/arc_challenge_ctx.csv $(DEMO)/train --out $(DEMO)/infer
