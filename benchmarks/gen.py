@@ -28,7 +28,7 @@ import pandas as pd
 
 from data_gen.cache import request_key
 from data_gen.commands import run_gen
-from data_gen.fake_server import FakeLLM
+from data_gen.fake_server import FakeLLM, write_fake_passages
 from sciqa.assets import packaged_wikipedia
 from sciqa.config import load_config
 
@@ -40,19 +40,6 @@ NO_FILTERS = [
 ]
 
 
-def fake_passages(path: Path, n: int) -> Path:
-    pd.DataFrame(
-        {
-            "passage_id": [f"p{i}" for i in range(n)],
-            "title": [f"T{i}" for i in range(n)],
-            "text": [
-                f"Passage {i} about the energy of electrons. " + "word " * 45 for i in range(n)
-            ],
-        }
-    ).to_parquet(path)
-    return path
-
-
 def wiki_passages(path: Path) -> Path:
     """The packaged Wikipedia sample as passages (id = hash of the title)."""
     frame = packaged_wikipedia()
@@ -62,7 +49,7 @@ def wiki_passages(path: Path) -> Path:
 
 
 def throughput(work: Path, n: int) -> list[str]:
-    passages = fake_passages(work / "fake.parquet", n)
+    passages = write_fake_passages(work / "fake.parquet", n)
     os.environ.setdefault("OPENAI_API_KEY", "benchmark")
     import openai  # noqa: F401  (imported once here, not inside the first timed run)
 
@@ -97,7 +84,7 @@ def throughput(work: Path, n: int) -> list[str]:
 
 
 def kill_and_resume(work: Path, n: int) -> list[str]:
-    passages = fake_passages(work / "resume.parquet", n)
+    passages = write_fake_passages(work / "resume.parquet", n)
     out = work / "resume" / "q.parquet"
     env = {**os.environ, "OPENAI_API_KEY": "benchmark"}
     with FakeLLM(latency=0.2) as fake:

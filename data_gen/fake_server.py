@@ -28,6 +28,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 _TITLE = re.compile(r"^Title: (.*)$", re.MULTILINE)
@@ -43,6 +44,22 @@ def valid_question(title: str, letters: str = "ABCDE") -> dict[str, str]:
     for i, letter in enumerate(letters):
         reply[letter] = f"{title} fact number {i}" if i else f"The passage's claim on {title}"
     return reply | {"answer": "A"}
+
+
+def write_fake_passages(path: Path, n: int) -> Path:
+    """``n`` science-looking passages of 50 words (``passage_id, title, text``) as parquet."""
+    import pandas as pd
+
+    pd.DataFrame(
+        {
+            "passage_id": [f"p{i}" for i in range(n)],
+            "title": [f"T{i}" for i in range(n)],
+            "text": [
+                f"Passage {i} about the energy of electrons. " + "word " * 45 for i in range(n)
+            ],
+        }
+    ).to_parquet(path)
+    return path
 
 
 class FakeLLM:

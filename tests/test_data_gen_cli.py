@@ -8,12 +8,10 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pandas as pd
 from typer.testing import CliRunner
 
-from data_gen.fake_server import FakeLLM
+from data_gen.fake_server import FakeLLM, write_fake_passages
 from sciqa.cli import app
 from sciqa.io import read_questions
 
@@ -27,22 +25,9 @@ OFFLINE = [
 ]  # fmt: skip
 
 
-def write_passages(path: Path, n: int) -> Path:
-    pd.DataFrame(
-        {
-            "passage_id": [f"p{i}" for i in range(n)],
-            "title": [f"T{i}" for i in range(n)],
-            "text": [
-                f"Passage {i} on the energy of an electron. " + "word " * 45 for i in range(n)
-            ],
-        }
-    ).to_parquet(path)
-    return path
-
-
 def test_missing_key_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    passages = write_passages(tmp_path / "p.parquet", 2)
+    passages = write_fake_passages(tmp_path / "p.parquet", 2)
     args = ["gen", str(passages), "--out", str(tmp_path / "q.csv"), "--n", "2", *OFFLINE]
     result = CliRunner().invoke(app, [*args, "--set", "llm.base_url=http://127.0.0.1:9/v1"])
     assert result.exit_code == 1
@@ -65,7 +50,7 @@ def test_passages_without_text_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 def test_killed_run_resumes_without_repeating_answered_requests(tmp_path):
-    passages = write_passages(tmp_path / "p.parquet", 8)
+    passages = write_fake_passages(tmp_path / "p.parquet", 8)
     out = tmp_path / "gen" / "q.parquet"
     env = {**os.environ, "OPENAI_API_KEY": "k"}
     with FakeLLM(latency=0.3) as fake:

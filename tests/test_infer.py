@@ -21,6 +21,8 @@ from sciqa.submission import read_submission
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from tiny_models import tiny_sizes, write_vocab  # noqa: E402
+
 from infer import predict  # noqa: E402
 from infer.commands import run_infer  # noqa: E402
 from infer.errors import BudgetError, InferError  # noqa: E402
@@ -95,26 +97,14 @@ def _questions(n: int = 10, seed: int = 0, context: bool = True) -> pd.DataFrame
 
 
 def _tokenizer(folder: Path):
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text(
-        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n", encoding="utf-8"
-    )
-    return transformers.BertTokenizerFast(vocab_file=str(vocab))
+    return transformers.BertTokenizerFast(vocab_file=str(write_vocab(folder, WORDS)))
 
 
 def make_model(path: Path, seed: int, *, meta: bool = True, letters=LETTERS, fold: int = 0):
     """A tiny random BertForMultipleChoice, saved like a sciqa train fold."""
     tokenizer = _tokenizer(path)
     torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        vocab_size=len(WORDS) + 5,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=128,
-    )
+    config = transformers.BertConfig(**tiny_sizes(WORDS, hidden=16, layers=1))
     transformers.BertForMultipleChoice(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     if meta:

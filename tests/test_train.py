@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from tiny_models import tiny_sizes, write_vocab  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from sciqa.cli import app  # noqa: E402
@@ -42,13 +43,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _vocab(directory: Path) -> Path:
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    path = directory / "vocab.txt"
-    path.write_text("\n".join(vocab) + "\n")
-    return path
-
-
 def _save_tiny(directory: Path, model, vocab: Path) -> str:
     from transformers import BertTokenizer
 
@@ -63,15 +57,8 @@ def tiny_bert(tmp_path_factory) -> str:
 
     directory = tmp_path_factory.mktemp("tiny_bert")
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(WORDS) + 5,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    return _save_tiny(directory, BertForMultipleChoice(config), _vocab(directory))
+    config = BertConfig(**tiny_sizes(WORDS, hidden=32, layers=2))
+    return _save_tiny(directory, BertForMultipleChoice(config), write_vocab(directory, WORDS))
 
 
 @pytest.fixture(scope="session")
@@ -82,19 +69,14 @@ def tiny_deberta(tmp_path_factory) -> str:
     torch.manual_seed(0)
     # The DeBERTa-v3 layout in miniature: relative attention with position buckets.
     config = DebertaV2Config(
-        vocab_size=len(WORDS) + 5,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
+        **tiny_sizes(WORDS, hidden=32, layers=2),
         type_vocab_size=0,
         relative_attention=True,
         position_buckets=16,
         pos_att_type=["p2c", "c2p"],
         pad_token_id=0,
     )
-    return _save_tiny(directory, DebertaV2ForMultipleChoice(config), _vocab(directory))
+    return _save_tiny(directory, DebertaV2ForMultipleChoice(config), write_vocab(directory, WORDS))
 
 
 def make_questions(n: int = 24, n_options: int = 4, *, groups: int | None = None) -> pd.DataFrame:
