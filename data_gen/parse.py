@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import re
-import string
 from typing import Any
 
 from pydantic import BaseModel, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from sciqa.schema import option_letters
 
 # "all of the above", "none of these", "both A and B": options the prompt forbids.
 _META_OPTION = re.compile(
@@ -159,11 +160,7 @@ def _normalise(data: Any, letters: list[str]) -> dict[str, Any]:
         ]
         raise Rejected("missing_field", f"missing {', '.join(missing)}")
     # Every letter key present, contiguous from A: six options means F is there too.
-    present = []
-    for letter in string.ascii_uppercase:
-        if letter.casefold() not in keys:
-            break
-        present.append(keys[letter.casefold()])
+    present = [keys[letter.casefold()] for letter in option_letters([k.upper() for k in keys])]
     if isinstance(keys.get("options"), list):
         present = keys["options"]
     if not present:

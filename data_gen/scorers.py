@@ -17,6 +17,7 @@ import pandas as pd
 from sciqa.assets import resolve_model
 from sciqa.config import SciqaConfig
 from sciqa.errors import SciqaError
+from sciqa.metrics import softmax
 from sciqa.zero_shot import option_scores
 
 ZERO_SHOT = "zero_shot"
@@ -26,17 +27,6 @@ class Scorer(Protocol):
     name: str
 
     def probabilities(self, frame: pd.DataFrame, *, use_context: bool) -> np.ndarray: ...
-
-
-def softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``scores / temperature``.
-
-    >>> softmax(np.array([[0.0, 0.0]])).tolist()
-    [[0.5, 0.5]]
-    """
-    z = np.asarray(scores, dtype=np.float64) / temperature
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
 
 
 def load_encoder(config: SciqaConfig) -> Any:

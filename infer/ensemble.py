@@ -17,14 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from infer.errors import InferError
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax; NaN rows (not scored) stay NaN."""
-    top = np.max(np.nan_to_num(logits, nan=-np.inf), axis=1, keepdims=True)
-    shifted = logits - np.where(np.isfinite(top), top, 0)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+from sciqa.metrics import softmax
 
 
 def combine(arrays: Sequence[np.ndarray], weights: Sequence[float], mode: str) -> np.ndarray:

@@ -12,7 +12,6 @@ search time. Flat indexes merge with ``merge_from``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.errors import IndexDirError, RetrievalInputError
+from sciqa.io import atomic_path
 
 IVF_DATA = "dense.ivfdata"
 
@@ -75,9 +75,8 @@ def write(index: Any, path: Path) -> None:
     """Write atomically: a temp file beside ``path``, renamed on success."""
     import faiss
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
 
 
 def read(path: Path, *, mmap: bool) -> Any:
@@ -130,9 +129,8 @@ def merge(trained: Path, shards: Sequence[Path], out: Path) -> None:
         from faiss.contrib.ondisk import merge_ondisk
 
         ivfdata = out.parent / IVF_DATA
-        tmp_data = out.parent / f".{IVF_DATA}.tmp"
-        merge_ondisk(index, [str(s) for s in shards], str(tmp_data))
-        os.replace(tmp_data, ivfdata)
+        with atomic_path(ivfdata) as tmp_data:
+            merge_ondisk(index, [str(s) for s in shards], str(tmp_data))
         # The index points at the .ivfdata by path; re-point it at the final name.
         invlists = faiss.extract_index_ivf(index).invlists
         faiss.downcast_InvertedLists(invlists).filename = str(ivfdata)

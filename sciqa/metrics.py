@@ -72,3 +72,15 @@ def top3_letters(logits: np.ndarray | Sequence[Sequence[float]], k: int = K) -> 
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     letters = np.array(list(string.ascii_uppercase[: scores.shape[1]]))
     return [" ".join(row) for row in letters[order]]
+
+
+def softmax(scores: np.ndarray | Sequence[Sequence[float]], temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``scores / temperature``; all-NaN rows (not scored) stay NaN.
+
+    >>> softmax([[0.0, 0.0]]).tolist()
+    [[0.5, 0.5]]
+    """
+    z = np.asarray(scores, dtype=np.float64) / temperature
+    top = np.max(np.nan_to_num(z, nan=-np.inf), axis=1, keepdims=True)
+    exp = np.exp(z - np.where(np.isfinite(top), top, 0))
+    return exp / exp.sum(axis=1, keepdims=True)

@@ -10,11 +10,11 @@ import pytest
 
 from infer.budget import Budget, Candidate, CostModel, make_plan, parse_duration
 from infer.cascade import escalate
-from infer.ensemble import combine, margin, parse_weights, softmax
+from infer.ensemble import combine, margin, parse_weights
 from infer.errors import InferError
 from infer.oof_weights import greedy_weights, map3_from_logits
 from infer.tta import permute_options, rotation, rotations, unpermute
-from sciqa.metrics import map_at_3, top3_letters
+from sciqa.metrics import map_at_3, softmax, top3_letters
 
 
 def test_combine_logits_is_weighted_mean():
