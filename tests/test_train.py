@@ -168,8 +168,10 @@ def test_tiny_run_writes_the_contract_and_reloads_to_the_oof_logits(finished_run
     questions, out = finished_run
     frame = read_table(questions)
     oof = pd.read_parquet(out / "oof.parquet")
-    assert list(oof.columns) == ["id", "fold", "A", "B", "C", "D"]
+    assert list(oof.columns) == ["id", "fold", "A", "B", "C", "D", "answer"]
     assert sorted(oof["id"]) == sorted(frame["id"])  # each question validated once
+    # The labels travel with the logits, so infer's --weights auto needs no other file.
+    assert oof["answer"].tolist() == frame.set_index("id")["answer"].loc[oof["id"]].tolist()
     assert (out / "config.yaml").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["finished_folds"] == [0, 1] and manifest["oof_rows"] == 24

@@ -19,7 +19,7 @@ from sciqa.config import SciqaConfig
 from sciqa.errors import SciqaError
 from sciqa.io import read_questions
 from sciqa.runs import file_digest, write_run_files
-from sciqa.schema import option_letters
+from sciqa.schema import ANSWER, option_letters
 from train import run_dir as layout
 
 log = logging.getLogger("train")
@@ -175,7 +175,7 @@ def oof_scores(
     if oof is None:
         return None
     from sciqa.metrics import accuracy, map_at_3, top3_letters
-    from sciqa.schema import ANSWER, ID
+    from sciqa.schema import ID
 
     answers = labels.drop_duplicates(ID).set_index(ID)[ANSWER].loc[oof[ID]].tolist()
     top3 = top3_letters(oof[letters].to_numpy())
@@ -265,7 +265,9 @@ def train_one(
                 "backbone": config.models.backbone,
             },
         )
-        oof = layout.oof_frame(valid_split.ids, index, outcome.valid_logits, letters)
+        oof = layout.oof_frame(
+            valid_split.ids, index, outcome.valid_logits, letters, valid_frame[ANSWER].tolist()
+        )
         from sciqa.io import write_json, write_table
 
         write_table(oof, fold_dir / layout.FOLD_OOF)

@@ -3,7 +3,7 @@
 ::
 
     RUN_DIR/config.yaml, manifest.json    resolved config; inputs, hashes, fingerprint
-    RUN_DIR/oof.parquet                   id, fold, one logit column per option letter
+    RUN_DIR/oof.parquet                   id, fold, one logit column per option letter, answer
     RUN_DIR/fold_<i>/                     save_pretrained model + tokenizer
         sciqa_model.json                  how inputs were encoded (format sciqa-mc/1)
         oof.parquet                       this fold's validation logits
@@ -23,7 +23,7 @@ import pandas as pd
 from sciqa.errors import SciqaError
 from sciqa.io import read_table, write_table
 from sciqa.runs import MANIFEST
-from sciqa.schema import ID
+from sciqa.schema import ANSWER, ID
 
 MODEL_FORMAT = "sciqa-mc/1"
 MODEL_INFO = "sciqa_model.json"
@@ -113,10 +113,14 @@ def write_model_info(directory: Path, info: dict[str, Any]) -> None:
     write_json({"format": MODEL_FORMAT, **info}, directory / MODEL_INFO)
 
 
-def oof_frame(ids: list[str], fold: int, logits: Any, letters: list[str]) -> pd.DataFrame:
+def oof_frame(
+    ids: list[str], fold: int, logits: Any, letters: list[str], answers: list[str]
+) -> pd.DataFrame:
+    """One fold's validation logits, with the labels so ensemble weights need no other file."""
     frame = pd.DataFrame(logits, columns=letters).astype(float)
     frame.insert(0, FOLD_COLUMN, fold)
     frame.insert(0, ID, [str(i) for i in ids])
+    frame[ANSWER] = list(answers)
     return frame
 
 
