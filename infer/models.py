@@ -18,11 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from infer.errors import InferError
+from sciqa.runs import FOLD_METRICS, FOLD_PREFIX, MODEL_FORMAT, MODEL_INFO, OOF
 
-MODEL_FORMAT = "sciqa-mc/1"
-MODEL_META = "sciqa_model.json"
-FINISHED_MARK = "metrics.json"  # a fold with this file finished training
-OOF = "oof.parquet"
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 
 
@@ -47,7 +44,7 @@ class ModelSpec:
     def fingerprint(self) -> str:
         """Identity for the logits cache: path plus size and mtime of every weight file."""
         parts = [str(self.path.resolve())]
-        for pattern in (*WEIGHT_FILES, "config.json", MODEL_META):
+        for pattern in (*WEIGHT_FILES, "config.json", MODEL_INFO):
             for file in sorted(self.path.glob(pattern)):
                 stat = file.stat()
                 parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
@@ -61,7 +58,7 @@ def _is_model_dir(path: Path) -> bool:
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    file = path / MODEL_META
+    file = path / MODEL_INFO
     if not file.is_file():
         return {}
     try:
@@ -93,10 +90,10 @@ def _spec(path: Path, run_dir: Path | None, max_length: int, use_context: bool) 
 
 def _fold_dirs(run_dir: Path) -> list[Path]:
     folds = sorted(
-        (p for p in run_dir.glob("fold_*") if p.is_dir()),
+        (p for p in run_dir.glob(f"{FOLD_PREFIX}*") if p.is_dir()),
         key=lambda p: (len(p.name), p.name),  # fold_10 after fold_9
     )
-    return [p for p in folds if (p / FINISHED_MARK).is_file() and _is_model_dir(p)]
+    return [p for p in folds if (p / FOLD_METRICS).is_file() and _is_model_dir(p)]
 
 
 def _expand_one(path: Path, max_length: int, use_context: bool) -> list[ModelSpec]:
@@ -108,11 +105,11 @@ def _expand_one(path: Path, max_length: int, use_context: bool) -> list[ModelSpe
         # A fold dir inside a train run still knows its run (for --weights auto).
         parent = path.parent if (path.parent / OOF).is_file() else None
         return [_spec(path, parent, max_length, use_context)]
-    if any(path.glob("fold_*")):
+    if any(path.glob(f"{FOLD_PREFIX}*")):
         folds = _fold_dirs(path)
         if not folds:
             raise InferError(
-                f"{path}: no finished fold (a fold_* dir with {FINISHED_MARK} and weights); "
+                f"{path}: no finished fold (a fold_* dir with {FOLD_METRICS} and weights); "
                 "wait for `sciqa train` to finish or pass model dirs"
             )
         return [_spec(fold, path, max_length, use_context) for fold in folds]

@@ -22,8 +22,9 @@ import pandas as pd
 
 from infer.ensemble import combine
 from infer.errors import InferError
-from infer.models import OOF, ModelSpec
+from infer.models import ModelSpec
 from sciqa.io import read_questions, read_table
+from sciqa.runs import OOF
 from sciqa.schema import ANSWER, ID
 
 

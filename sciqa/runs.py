@@ -22,6 +22,12 @@ from sciqa.io import write_json, write_text
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
+# The train -> infer contract: a train RUN_DIR holds fold_<i>/ model dirs and oof.parquet.
+FOLD_PREFIX = "fold_"
+MODEL_INFO = "sciqa_model.json"  # in a fold: how its inputs were encoded
+MODEL_FORMAT = "sciqa-mc/1"  # MODEL_INFO's "format"; a reader refuses any other
+FOLD_METRICS = "metrics.json"  # written last in a fold: its presence marks it finished
+OOF = "oof.parquet"  # out-of-fold logits (id, fold, one column per letter, answer)
 # Libraries whose versions change results; absent ones are simply left out.
 TRACKED_LIBRARIES = (
     "sciqa",

@@ -272,7 +272,7 @@ def train_one(
 
         write_table(oof, fold_dir / layout.FOLD_OOF)
         shutil.rmtree(fold_dir / layout.CHECKPOINTS, ignore_errors=True)
-        write_json(metrics, fold_dir / layout.METRICS)  # last: marks the fold finished
+        write_json(metrics, fold_dir / layout.FOLD_METRICS)  # last: marks the fold finished
         log.info(
             "%s: MAP@3 %.4f  accuracy %.4f  best epoch %s  %.0fs",
             label,

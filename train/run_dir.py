@@ -22,34 +22,30 @@ import pandas as pd
 
 from sciqa.errors import SciqaError
 from sciqa.io import read_table, write_table
-from sciqa.runs import MANIFEST
+from sciqa.runs import CONFIG, FOLD_METRICS, FOLD_PREFIX, MANIFEST, MODEL_FORMAT, MODEL_INFO, OOF
 from sciqa.schema import ANSWER, ID
 
-MODEL_FORMAT = "sciqa-mc/1"
-MODEL_INFO = "sciqa_model.json"
-METRICS = "metrics.json"
-FOLD_OOF = "oof.parquet"
-OOF = "oof.parquet"
+FOLD_OOF = OOF  # each fold's own validation logits, collected into RUN_DIR/oof.parquet
 CHECKPOINTS = "checkpoints"
 FOLD_COLUMN = "fold"
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
-    return run_dir / f"fold_{fold}"
+    return run_dir / f"{FOLD_PREFIX}{fold}"
 
 
 def is_finished(run_dir: Path, fold: int) -> bool:
-    return (fold_dir(run_dir, fold) / METRICS).is_file()
+    return (fold_dir(run_dir, fold) / FOLD_METRICS).is_file()
 
 
 def read_metrics(run_dir: Path, fold: int) -> dict[str, Any]:
-    return json.loads((fold_dir(run_dir, fold) / METRICS).read_text(encoding="utf-8"))
+    return json.loads((fold_dir(run_dir, fold) / FOLD_METRICS).read_text(encoding="utf-8"))
 
 
 def finished_folds(run_dir: Path) -> list[int]:
     found = []
-    for path in run_dir.glob("fold_*"):
-        suffix = path.name.removeprefix("fold_")
+    for path in run_dir.glob(f"{FOLD_PREFIX}*"):
+        suffix = path.name.removeprefix(FOLD_PREFIX)
         if suffix.isdigit() and is_finished(run_dir, int(suffix)):
             found.append(int(suffix))
     return sorted(found)
@@ -71,7 +67,7 @@ def check_run_dir(run_dir: Path, fingerprint: dict[str, Any], *, overwrite: bool
     A run with the same fingerprint is resumed: finished folds are skipped, the
     unfinished one continues from its last checkpoint.
     """
-    if overwrite or not any(run_dir.glob("fold_*")):
+    if overwrite or not any(run_dir.glob(f"{FOLD_PREFIX}*")):
         return
     stored = stored_fingerprint(run_dir)
     if stored == fingerprint:
@@ -100,10 +96,10 @@ def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def clear_run_dir(run_dir: Path) -> None:
     """Remove what a train run writes (and nothing else) before ``--overwrite``."""
-    for path in run_dir.glob("fold_*"):
+    for path in run_dir.glob(f"{FOLD_PREFIX}*"):
         if path.is_dir():
             shutil.rmtree(path)
-    for name in (OOF, MANIFEST, "config.yaml"):
+    for name in (OOF, MANIFEST, CONFIG):
         (run_dir / name).unlink(missing_ok=True)
 
 
