@@ -11,8 +11,6 @@ Example: ``with embedded_server(config) as (base_url, model): ...`` gives
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 import shutil
 import signal
 import socket
@@ -27,9 +25,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sciqa.assets import resolve_model
 from sciqa.config import SciqaConfig
 from sciqa.errors import SciqaError
+from sciqa.llm_assets import prepare_model
 
 HOST = "127.0.0.1"
 LOG_TAIL = 2000  # characters of the server's log quoted when it fails to start
@@ -37,55 +35,6 @@ LOG_TAIL = 2000  # characters of the server's log quoted when it fails to start
 
 class ServerError(SciqaError):
     """The embedded LLM server could not be prepared or started."""
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sciqa" / "llm"
-
-
-def prepare_model(name: str, cache_dir: Path | None) -> str:
-    """What ``transformers serve`` should load for ``models.llm = name``.
-
-    A GGUF file is converted (once; later calls reuse the folder) into a safetensors
-    folder under ``cache_dir``; a directory or Hub name is passed through.
-    """
-    source = resolve_model(name, "llm")
-    if not source.gguf_file:
-        return source.name_or_path
-    gguf = Path(source.name_or_path) / source.gguf_file
-    stat = gguf.stat()
-    tag = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-    target = (cache_dir or default_cache_dir()) / f"{gguf.stem}-{tag[:10]}"
-    if (target / "config.json").is_file():
-        return str(target)
-    _convert_gguf(source.name_or_path, source.gguf_file, target)
-    return str(target)
-
-
-def _convert_gguf(folder: str, gguf_file: str, target: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    print(f"converting {gguf_file} to a safetensors folder (once): {target}", file=sys.stderr)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    # The dequantised weights are plain tensors; the leftover GGUF quantization_config
-    # makes save_pretrained refuse ("quantized with gguf and is not serializable").
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    # Written beside the target and renamed, so an interrupted conversion is redone.
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -130,8 +130,32 @@ class InferConfig(_Section):
     attention: str = "sdpa"  # attn_implementation; falls back to "eager" where unsupported
     cascade_fraction: float = Field(1.0, gt=0, le=1)  # share of least-confident questions
     cascade_cheap: int = Field(0, ge=0)  # cheapest models that score every question; 0 = off
+    cascade_expensive: list[str] = []  # model args/names run only on the unsure (e.g. llm:default)
     oof_labels: str | None = None  # labelled questions for --weights auto; None = the run's
     weight_rounds: int = Field(50, ge=1)  # greedy hill-climbing rounds for --weights auto
+
+
+class CausalLMConfig(_Section):
+    """Causal LMs as option scorers: ``sciqa infer Q llm:NAME`` and ``sciqa train`` with a
+    causal ``models.backbone`` (docs/llm.md). Templates take {context}, {prompt}, and
+    {options} (letter) or {option} (yes_no); a fine-tuned fold keeps the ones it used."""
+
+    mode: Literal["cloze", "letter", "yes_no"] = "cloze"  # how an option is scored
+    normalise: Literal["mean", "sum", "chars"] = "mean"  # cloze: log-prob per token/total/per char
+    chat_template: Literal["auto", "on", "off"] = "auto"  # letter/yes_no: wrap in the chat template
+    context_template: str = "Context: {context}\n\n"  # how retrieved context precedes the question
+    cloze_template: str = "{context}Question: {prompt}\nAnswer:"  # the option follows it
+    letter_template: str = "{context}Question: {prompt}\n{options}\nAnswer:"  # then a letter
+    yes_no_template: str = (  # followed by the logit of yes minus no
+        "{context}Question: {prompt}\nProposed answer: {option}\n"
+        "Is the proposed answer correct? Answer yes or no.\nAnswer:"
+    )
+    max_length: int = Field(512, ge=16)  # tokens per scored sequence; only the context is cut
+    use_context: bool = True  # put the `context` column before the question when present
+    batch_size: int = Field(8, ge=1)  # questions per forward pass in infer (x options)
+    prefix_cache: bool = True  # run context + question once, reuse its KV cache per option
+    load_in: Literal["none", "8bit", "4bit"] = "none"  # bitsandbytes quantisation (CUDA only)
+    device_map: str | None = None  # "auto": spread layers over all visible GPUs (accelerate)
 
 
 # gen.science_filter defaults: words that mark a science passage (matched as whole words,
@@ -208,6 +232,7 @@ class SciqaConfig(_Section):
     retrieval: RetrievalConfig = RetrievalConfig()
     train: TrainConfig = TrainConfig()
     infer: InferConfig = InferConfig()
+    causal_lm: CausalLMConfig = CausalLMConfig()
     gen: GenConfig = GenConfig()
     llm: LLMConfig = LLMConfig()
 

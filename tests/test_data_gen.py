@@ -444,7 +444,8 @@ def test_embedded_server_converts_the_gguf_once_and_answers():
     """
     import openai
 
-    from data_gen.server import prepare_model, serve
+    from data_gen.server import serve
+    from sciqa.llm_assets import prepare_model
 
     folder = prepare_model("default", None)
     assert (Path(folder) / "config.json").is_file()
