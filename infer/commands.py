@@ -146,7 +146,7 @@ def run_infer(
 
     runner = Runner(
         frame, letters, specs, cfg, out_dir, budget, perms,
-        outputs.questions_hash(frame, letters), on_progress, clock,
+        outputs.questions_hash(frame, letters), on_progress, clock, config.causal_lm,
     )  # fmt: skip
     from tqdm.contrib.logging import logging_redirect_tqdm
 

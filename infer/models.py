@@ -2,10 +2,13 @@
 
 An argument is a model directory (anything ``AutoModelForMultipleChoice.from_pretrained``
 loads: a ``sciqa train`` fold, a Kaggle-style ``run_i``), a ``sciqa train`` RUN_DIR (its
-finished ``fold_*`` dirs), or a glob of either. A fold's ``sciqa_model.json`` says how
-its inputs were encoded; dirs without one use ``infer.max_length`` / ``infer.use_context``.
+finished ``fold_*`` dirs), a glob of either, or ``llm:<default|path|Hub name>``: a causal
+LM that scores options zero-shot (``causal_lm`` config). A fold's ``sciqa_model.json``
+says how its inputs were encoded; dirs without one use ``infer.max_length`` /
+``infer.use_context`` (encoders) or the ``causal_lm`` section (causal LMs).
 
-This module reads only JSON and file names, so it needs no torch.
+This module reads only JSON and file names (``llm:default`` converts the packaged GGUF
+once, through transformers), so it needs no torch.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from infer.errors import InferError
+from sciqa.llm_assets import LLM_PREFIX, causal_lm_path, is_causal_lm
+from sciqa.llm_prompts import PromptSpec
 from sciqa.runs import FOLD_METRICS, FOLD_PREFIX, MODEL_FORMAT, MODEL_INFO, OOF
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
@@ -35,6 +40,15 @@ class ModelSpec:
     run_dir: Path | None = None  # the sciqa train run it belongs to (holds oof.parquet)
     meta: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0
+    family: str = "mc"  # "mc" (AutoModelForMultipleChoice) or "causal_lm" (option scorer)
+    prompt: PromptSpec | None = None  # causal_lm: how it encodes; None = from config at load
+    arg: str = ""  # the command-line argument it came from (infer.cascade_expensive)
+
+    def encoding_key(self) -> tuple:
+        """What decides its inputs besides the tokenizer: equal keys share one encoding."""
+        if self.family == "causal_lm":
+            return ("causal_lm", repr(self.prompt))
+        return ("mc", self.max_length, self.use_context)
 
     @property
     def weight_bytes(self) -> int:
@@ -77,6 +91,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
 def _spec(path: Path, run_dir: Path | None, max_length: int, use_context: bool) -> ModelSpec:
     meta = _read_meta(path)
     letters = meta.get("letters")
+    causal = meta.get("family") == "causal_lm" or (not meta and is_causal_lm(path))
+    prompt = PromptSpec.from_meta(meta["prompt"]) if causal and "prompt" in meta else None
     return ModelSpec(
         path=path,
         name=path.name if run_dir is None else f"{run_dir.name}-{path.name}",
@@ -85,7 +101,24 @@ def _spec(path: Path, run_dir: Path | None, max_length: int, use_context: bool) 
         letters=list(letters) if letters else None,
         run_dir=run_dir,
         meta=meta,
+        family="causal_lm" if causal else "mc",
+        prompt=prompt,
     )
+
+
+def _llm_spec(arg: str) -> ModelSpec:
+    """``llm:NAME``: a causal LM scoring zero-shot; its prompt comes from ``causal_lm``."""
+    from sciqa.errors import SciqaError
+
+    try:
+        target = causal_lm_path(arg)
+    except SciqaError as exc:
+        raise InferError(f"{arg}: {exc}") from None
+    assert target is not None  # an llm: argument always resolves or raises
+    label = arg[len(LLM_PREFIX) :] or "default"
+    name = "llm-" + (label if label == "default" else Path(label).name.removesuffix(".gguf"))
+    return ModelSpec(path=Path(target), name=name, max_length=0, use_context=True,
+                     family="causal_lm")  # fmt: skip
 
 
 def _fold_dirs(run_dir: Path) -> list[Path]:
@@ -129,14 +162,22 @@ def expand_model_dirs(args: list[str], *, max_length: int, use_context: bool) ->
     specs: list[ModelSpec] = []
     seen: set[Path] = set()
     for arg in args:
-        if glob.has_magic(arg):
+        if arg.startswith(LLM_PREFIX):
+            matches = [arg]
+        elif glob.has_magic(arg):
             matches = sorted(glob.glob(os.path.expanduser(arg)))
             if not matches:
                 raise InferError(f"{arg}: the glob matches nothing")
         else:
             matches = [os.path.expanduser(arg)]
         for match in matches:
-            for spec in _expand_one(Path(match), max_length, use_context):
+            expanded = (
+                [_llm_spec(match)]
+                if match.startswith(LLM_PREFIX)
+                else _expand_one(Path(match), max_length, use_context)
+            )
+            for spec in expanded:
+                spec.arg = arg
                 if spec.path.resolve() not in seen:
                     seen.add(spec.path.resolve())
                     specs.append(spec)

@@ -23,7 +23,7 @@ from infer import outputs
 from infer.budget import Budget, Candidate, CostModel, make_plan
 from infer.cascade import escalate, split_models
 from infer.ensemble import combine, tta_mean
-from infer.errors import BudgetError
+from infer.errors import BudgetError, InferError
 from infer.models import ModelSpec
 from infer.predict import (
     BatchTiming,
@@ -37,7 +37,7 @@ from infer.predict import (
     tokenizer_fingerprint,
 )
 from infer.tta import permute_options, unpermute
-from sciqa.config import InferConfig
+from sciqa.config import CausalLMConfig, InferConfig
 from sciqa.mc_encoding import EncodedQuestions, encode_questions
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,10 @@ class Runner:
         qhash: str,
         on_progress: Callable[[Runner], None],
         clock: Callable[[], float],
+        causal: CausalLMConfig | None = None,
     ):
         self.frame, self.letters, self.specs, self.cfg = frame, letters, specs, cfg
+        self.causal = causal or CausalLMConfig()
         self.out_dir, self.budget, self.perms, self.qhash = out_dir, budget, perms, qhash
         self.on_progress, self.clock = on_progress, clock
         self.ids = frame["id"].astype(str).tolist()
@@ -80,7 +82,7 @@ class Runner:
 
     def _tokens(self, spec: ModelSpec, n_rows: int, rows: np.ndarray | None = None) -> int:
         """Padded tokens of one pass: exact once this tokenizer has encoded the questions."""
-        key = (self._fingerprint(spec), spec.max_length, spec.use_context, 0)
+        key = (self._fingerprint(spec), spec.encoding_key(), 0)
         c = len(self.letters)
         if key in self._encodings:
             enc = self._encodings[key]
@@ -95,7 +97,8 @@ class Runner:
 
     def _fingerprint(self, spec: ModelSpec) -> str:
         if spec.name not in self._fingerprints:
-            self._fingerprints[spec.name] = tokenizer_fingerprint(spec.path)
+            # A Hub-named LLM has no local files to hash: its name tells tokenizers apart.
+            self._fingerprints[spec.name] = f"{spec.path}|{tokenizer_fingerprint(spec.path)}"
         return self._fingerprints[spec.name]
 
     def _replan(
@@ -125,17 +128,20 @@ class Runner:
 
     # --- one model --------------------------------------------------------------
 
-    def _encode(self, spec: ModelSpec, tokenizer: Any, fp: str, k: int) -> EncodedQuestions:
-        key = (fp, spec.max_length, spec.use_context, k)
+    def _encode(self, spec: ModelSpec, tokenizer: Any, fp: str, k: int) -> Any:
+        key = (fp, spec.encoding_key(), k)
         if key not in self._encodings:
             frame = permute_options(self.frame, self.letters, self.perms[k])
-            self._encodings[key] = encode_questions(
-                tokenizer,
-                frame,
-                spec.max_length,
-                use_context=spec.use_context,
-                letters=self.letters,
-            )
+            if spec.family == "causal_lm":
+                self._encodings[key] = _encode_llm(spec, tokenizer, frame, self.letters)
+            else:
+                self._encodings[key] = encode_questions(
+                    tokenizer,
+                    frame,
+                    spec.max_length,
+                    use_context=spec.use_context,
+                    letters=self.letters,
+                )
             enc = self._encodings[key]
             if enc.overlong:
                 log.warning(
@@ -150,6 +156,9 @@ class Runner:
         rows_key = "all" if rows is None else ",".join(map(str, rows.tolist()))
         parts = [self.qhash, spec.fingerprint(), str(self.perms[k].tolist()), rows_key]
         parts += [str(spec.max_length), str(spec.use_context), str(self.dtype)]
+        parts += [repr(spec.encoding_key())]
+        if spec.family == "causal_lm" and spec.prompt is None:  # llm:NAME: prompt from config
+            parts.append(self.causal.model_dump_json())
         return outputs.cache_path(self.out_dir, spec.name, parts)
 
     def _run_model(
@@ -171,12 +180,14 @@ class Runner:
 
         fp = self._fingerprint(spec)
         if fp not in self._tokenizers:
-            self._tokenizers[fp] = load_tokenizer(spec.path)
+            self._tokenizers[fp] = _load_tokenizer(spec)
         tokenizer = self._tokenizers[fp]
+        if spec.family == "causal_lm" and spec.prompt is None:
+            spec.prompt = _prompt_from_config(self.causal, tokenizer, spec.name)
+        self._encode(spec, tokenizer, fp, 0)  # a prompt the tokenizer cannot express fails first
         began = self.clock()
-        model = load_model(spec.path, self.device, self.dtype, self.cfg.attention)
+        predictor = self._predictor(spec, tokenizer)
         load_seconds = self.clock() - began
-        predictor = Predictor(model, tokenizer, self.device, self.cfg.batch_size, self.clock)
         state = {"passes": planned, "timed": False}
 
         def on_batch(timing: BatchTiming) -> None:
@@ -200,7 +211,7 @@ class Runner:
                 # One untimed question first: lazy kernel set-up would inflate the warm-up
                 # batch's timing, and with it every estimate.
                 enc = self._encode(spec, tokenizer, fp, 0)
-                predictor.logits(enc.features, enc.lengths, rows=np.array([0]), desc="warm-up")
+                predictor.logits(_inputs(enc), enc.lengths, rows=np.array([0]), desc="warm-up")
             for k in range(planned):
                 if k >= state["passes"]:
                     break
@@ -209,7 +220,7 @@ class Runner:
                     continue
                 enc = self._encode(spec, tokenizer, fp, k)
                 raw = predictor.logits(
-                    enc.features,
+                    _inputs(enc),
                     enc.lengths,
                     rows=rows,
                     desc=f"{spec.name} pass {k + 1}",
@@ -229,6 +240,21 @@ class Runner:
             "load_seconds": round(load_seconds, 2),
         }
         return passes
+
+    def _predictor(self, spec: ModelSpec, tokenizer: Any) -> Any:
+        if spec.family != "causal_lm":
+            model = load_model(spec.path, self.device, self.dtype, self.cfg.attention)
+            return Predictor(model, tokenizer, self.device, self.cfg.batch_size, self.clock)
+        from infer.llm_predict import LLMPredictor, load_llm
+
+        model = load_llm(spec.path, self.device, self.dtype, self.causal, self.cfg.attention)
+        return LLMPredictor(
+            model,
+            tokenizer.pad_token_id,
+            self.causal.batch_size,
+            self.causal.prefix_cache,
+            self.clock,
+        )
 
     def _check_plan(
         self, spec: ModelSpec, state: dict, pending: list, load_seconds: float, spent: float
@@ -274,10 +300,20 @@ class Runner:
             if spec.weight == 0:
                 self.runs[spec.name] = {"status": "skipped: weight 0"}
         by_weight = sorted(active, key=lambda s: -s.weight)  # stable: file order on ties
-        use_cascade = 0 < self.cfg.cascade_cheap < len(active) and self.cfg.cascade_fraction < 1
-        cheap, expensive = (
-            split_models(by_weight, self.cfg.cascade_cheap) if use_cascade else ([], by_weight)
-        )
+        named = set(self.cfg.cascade_expensive)
+        if named:
+            # Named members (e.g. llm:default) are the expensive stage, the rest are cheap.
+            expensive = [s for s in by_weight if s.name in named or s.arg in named]
+            cheap = [s for s in by_weight if s not in expensive]
+            use_cascade = bool(cheap) and bool(expensive) and self.cfg.cascade_fraction < 1
+        else:
+            use_cascade = 0 < self.cfg.cascade_cheap < len(active)
+            use_cascade = use_cascade and self.cfg.cascade_fraction < 1
+            cheap, expensive = (
+                split_models(by_weight, self.cfg.cascade_cheap) if use_cascade else ([], by_weight)
+            )
+        if not use_cascade:
+            cheap, expensive = [], by_weight
         n = len(self.ids)
         n_escalated = math.ceil(self.cfg.cascade_fraction * n) if use_cascade else n
         queue = [(s, n) for s in cheap] + [(s, n_escalated) for s in expensive]
@@ -298,3 +334,43 @@ class Runner:
             passes = self._run_model(spec, rows, queue[i:])
             if passes:
                 self._finish(spec, passes)
+
+
+def _load_tokenizer(spec: ModelSpec) -> Any:
+    if spec.family != "causal_lm":
+        return load_tokenizer(spec.path)
+    from sciqa.errors import SciqaError
+    from sciqa.llm_assets import load_causal_tokenizer
+
+    try:
+        return load_causal_tokenizer(str(spec.path), local_only=True)
+    except SciqaError as exc:
+        raise InferError(str(exc)) from None
+
+
+def _prompt_from_config(cfg: CausalLMConfig, tokenizer: Any, name: str) -> Any:
+    from sciqa.errors import SciqaError
+    from sciqa.llm_prompts import PromptSpec
+
+    try:
+        return PromptSpec.from_config(cfg, tokenizer, name)
+    except SciqaError as exc:
+        raise InferError(str(exc)) from None
+
+
+def _encode_llm(spec: ModelSpec, tokenizer: Any, frame: pd.DataFrame, letters: list[str]) -> Any:
+    from sciqa.errors import SciqaError
+    from sciqa.llm_prompts import encode_for_llm
+
+    try:
+        enc = encode_for_llm(tokenizer, frame, spec.prompt, letters=letters, name=spec.name)
+    except SciqaError as exc:
+        raise InferError(str(exc)) from None
+    if enc.truncated:
+        log.info("%s: context cut to fit for %d question(s)", spec.name, enc.truncated)
+    return enc
+
+
+def _inputs(enc: Any) -> Any:
+    """What a predictor reads: the encoder features, or the whole LLM encoding."""
+    return enc.features if isinstance(enc, EncodedQuestions) else enc

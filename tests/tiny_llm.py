@@ -18,6 +18,7 @@ BASE_TEXT = [
     "Question: Answer: Context: Proposed answer: Is the proposed answer correct? "
     "Answer yes or no. yes no Yes No",
     "A. B. C. D. E. A B C D E",
+    "yes\nno\nYes\nNo\nA\nB\nC\nD\nE",
 ]
 
 
@@ -37,7 +38,8 @@ def build_tiny_llama(
         special_tokens=SPECIALS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    bpe.train_from_iterator([*BASE_TEXT, *texts], trainer)
+    # Repeated so the template words and answer tokens are merged before anything else.
+    bpe.train_from_iterator([*BASE_TEXT * 20, *texts], trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
     )

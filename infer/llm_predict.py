@@ -1,0 +1,109 @@
+"""Run one causal LM as an option scorer, with the same interface as ``Predictor``.
+
+Questions are sorted longest first and batched like the encoder path; each batch goes
+through :func:`sciqa.llm_scoring.score_rows` (the prefix KV cache reused for every option
+when ``causal_lm.prefix_cache`` is on). A half-precision batch with non-finite scores is
+re-run in fp32 and the model stays in fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from infer.errors import InferError
+from infer.predict import BatchTiming, length_order
+from sciqa.errors import SciqaError
+from sciqa.llm_prompts import LLMEncoded
+from sciqa.llm_scoring import ScoreHead, score_rows
+
+log = logging.getLogger(__name__)
+
+
+def load_llm(path: Path, device: torch.device, dtype: torch.dtype, cfg: Any, attention: str) -> Any:
+    """The causal LM on ``device`` (or spread by ``causal_lm.device_map``), offline."""
+    from sciqa.llm_assets import load_causal_lm
+
+    try:
+        model = load_causal_lm(
+            str(path),
+            dtype=dtype,
+            attention=attention,
+            load_in=cfg.load_in,
+            device_map=cfg.device_map,
+            local_only=True,
+        )
+    except SciqaError as exc:
+        raise InferError(str(exc)) from None
+    if cfg.load_in == "none" and not cfg.device_map:
+        model = model.to(device)
+    return model.eval()
+
+
+class LLMPredictor:
+    """A loaded causal LM; ``logits`` takes an :class:`LLMEncoded` as its features."""
+
+    def __init__(
+        self,
+        model: Any,
+        pad_id: int,
+        batch_size: int,
+        prefix_cache: bool,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self.model, self.pad_id, self.batch_size = model, pad_id, batch_size
+        self.prefix_cache, self.clock = prefix_cache, clock
+
+    def _scores(self, enc: LLMEncoded, rows: list[int], head: ScoreHead) -> torch.Tensor:
+        scores = score_rows(
+            self.model, enc, rows, head, self.pad_id, prefix_cache=self.prefix_cache
+        )
+        if not torch.isfinite(scores).all() and self.model.dtype != torch.float32:
+            log.warning("non-finite scores in %s; switching this model to fp32", self.model.dtype)
+            self.model = self.model.float()
+            scores = score_rows(
+                self.model, enc, rows, head, self.pad_id, prefix_cache=self.prefix_cache
+            )
+        return scores
+
+    def logits(
+        self,
+        features: LLMEncoded,
+        lengths: list[int],
+        *,
+        rows: np.ndarray | None = None,
+        desc: str = "",
+        on_batch: Callable[[BatchTiming], None] | None = None,
+    ) -> np.ndarray:
+        """``(n, n_options)`` float32 scores; rows not in ``rows`` are NaN."""
+        head = ScoreHead.of(features)
+        n_options = features.n_options
+        out = np.full((len(features), n_options), np.nan, dtype=np.float32)
+        order = length_order(lengths, rows)
+        with tqdm(total=len(order), desc=desc, unit="q", leave=False) as bar:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                began = self.clock()
+                out[chunk] = self._scores(features, chunk.tolist(), head).numpy()
+                if self.model.device.type == "cuda":
+                    torch.cuda.synchronize(self.model.device)
+                bar.update(len(chunk))
+                if on_batch is not None:
+                    # Same unit as the encoder path (questions x options x longest), so the
+                    # budget's seconds-per-token transfers between model families.
+                    tokens = len(chunk) * n_options * max(lengths[i] for i in chunk)
+                    on_batch(BatchTiming(len(chunk), tokens, self.clock() - began))
+        return out
+
+    def close(self) -> None:
+        device = self.model.device
+        del self.model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,161 @@
+"""sciqa infer with causal LMs (llm:NAME and causal folds) on a tiny random Llama."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from test_infer import WORDS, _questions, make_model  # noqa: E402
+from tiny_llm import build_tiny_llama  # noqa: E402
+
+from infer.commands import run_infer  # noqa: E402
+from sciqa.cli import app  # noqa: E402
+from sciqa.config import load_config  # noqa: E402
+from sciqa.io import write_questions  # noqa: E402
+from sciqa.llm_assets import load_causal_lm, load_causal_tokenizer  # noqa: E402
+from sciqa.llm_prompts import PromptSpec, encode_for_llm  # noqa: E402
+from sciqa.llm_scoring import ScoreHead, score_rows  # noqa: E402
+from sciqa.submission import read_submission  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("llm") / "tiny", [" ".join(WORDS)] * 3)
+
+
+@pytest.fixture
+def qfile(tmp_path) -> Path:
+    return write_questions(_questions(), tmp_path / "questions.csv")
+
+
+def _config(*overrides: str):
+    return load_config(None, ["infer.batch_size=3", "causal_lm.batch_size=3", *overrides])
+
+
+def _logits(out: Path, name: str) -> np.ndarray:
+    return np.load(out / "logits" / f"{name}.npy")
+
+
+@pytest.mark.parametrize("mode", ["cloze", "letter", "yes_no"])
+def test_zero_shot_llm_scores_every_option(qfile, tiny_llm, tmp_path, mode):
+    out = tmp_path / "out"
+    cfg = _config(f"causal_lm.mode={mode}")
+    result = run_infer(qfile, [f"llm:{tiny_llm}"], out, cfg)
+    assert [m["model"] for m in result["models"]] == ["llm-tiny", "ensemble"]
+    got = _logits(out, "llm-tiny")
+    # The same scores straight from the core, one question at a time and without the cache.
+    tok = load_causal_tokenizer(str(tiny_llm))
+    model = load_causal_lm(str(tiny_llm)).eval()
+    from sciqa.io import read_questions
+
+    enc = encode_for_llm(
+        tok, read_questions(qfile), PromptSpec.from_config(cfg.causal_lm, tok, "t")
+    )
+    head = ScoreHead.of(enc)
+    expected = torch.cat([score_rows(model, enc, [i], head, tok.pad_token_id, prefix_cache=False)
+                          for i in range(len(enc))]).numpy()  # fmt: skip
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert len(read_submission(out / "submission.csv")) == 10
+
+
+def test_tta_matters_for_letter_scoring_only(qfile, tiny_llm, tmp_path):
+    def run(mode: str, tta: int) -> np.ndarray:
+        out = tmp_path / f"{mode}{tta}"
+        run_infer(qfile, [f"llm:{tiny_llm}"], out, _config(f"causal_lm.mode={mode}"), tta=tta)
+        return _logits(out, "llm-tiny")
+
+    np.testing.assert_allclose(run("cloze", 1), run("cloze", 3), atol=1e-5)  # option order is moot
+    assert not np.allclose(run("letter", 1), run("letter", 3), atol=1e-4)  # letters see the list
+
+
+def test_llm_joins_the_ensemble_and_reruns_from_cache(qfile, tiny_llm, tmp_path):
+    mc = make_model(tmp_path / "bert", 3, meta=False)
+    out = tmp_path / "out"
+    cfg = _config("infer.use_context=false")
+    first = run_infer(qfile, [str(mc), f"llm:{tiny_llm}"], out, cfg)
+    assert {m["model"] for m in first["models"]} == {"bert", "llm-tiny", "ensemble"}
+    again = run_infer(qfile, [str(mc), f"llm:{tiny_llm}"], out, cfg)
+    assert {m["status"] for m in again["models"] if m["model"] != "ensemble"} == {"cached"}
+    changed = run_infer(qfile, [f"llm:{tiny_llm}"], out, _config("causal_lm.mode=letter"))
+    assert changed["models"][0]["status"] == "done"  # another mode is not served from cache
+
+
+def test_causal_lm_folder_is_detected_without_the_prefix(qfile, tiny_llm, tmp_path):
+    result = run_infer(qfile, [str(tiny_llm)], tmp_path / "out", _config())
+    assert result["models"][0]["model"] == "tiny"
+    assert np.isfinite(_logits(tmp_path / "out", "tiny")).all()
+
+
+def test_cascade_can_name_the_llm_as_the_expensive_stage(qfile, tiny_llm, tmp_path):
+    mc = make_model(tmp_path / "bert", 3, meta=False)
+    cfg = _config("infer.cascade_fraction=0.3", f"infer.cascade_expensive=[llm:{tiny_llm}]")
+    result = run_infer(qfile, [f"llm:{tiny_llm}", str(mc)], tmp_path / "out", cfg)
+    assert result["cascade"]["cheap"] == ["bert"]
+    assert result["cascade"]["expensive"] == ["llm-tiny"]
+    llm = _logits(tmp_path / "out", "llm-tiny")
+    assert (~np.isnan(llm).any(axis=1)).sum() == 3  # ceil(0.3 * 10) least-confident questions
+    assert len(read_submission(tmp_path / "out" / "submission.csv")) == 10
+
+
+def test_fold_meta_prompt_wins_over_config(qfile, tiny_llm, tmp_path):
+    fold = tmp_path / "run" / "fold_0"
+    fold.parent.mkdir()
+    import shutil
+
+    shutil.copytree(tiny_llm, fold)
+    tok = load_causal_tokenizer(str(fold))
+    spec = PromptSpec.from_config(_config("causal_lm.mode=letter").causal_lm, tok, "t")
+    meta = {"format": "sciqa-mc/1", "family": "causal_lm", "prompt": spec.to_meta(),
+            "max_length": spec.max_length, "use_context": True, "letters": list("ABCDE")}  # fmt: skip
+    (fold / "sciqa_model.json").write_text(json.dumps(meta))
+    (fold / "metrics.json").write_text("{}")
+    run_infer(qfile, [str(fold.parent)], tmp_path / "a", _config("causal_lm.mode=cloze"))
+    run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "b", _config("causal_lm.mode=letter"))
+    np.testing.assert_allclose(
+        _logits(tmp_path / "a", "run-fold_0"), _logits(tmp_path / "b", "llm-tiny"), atol=1e-5
+    )
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, ["infer", *args])
+
+
+@pytest.mark.parametrize(
+    ("arg", "sets", "message"),
+    [
+        ("llm:./no/such/model", [], "no such file or directory"),
+        ("BYTES", ["causal_lm.mode=letter", "causal_lm.chat_template=off"], "into 2 tokens"),
+        ("NOCHAT", ["causal_lm.mode=letter", "causal_lm.chat_template=on"], "no chat template"),
+        ("TINY", ["causal_lm.load_in=4bit"], "need a CUDA GPU"),
+    ],
+)
+def test_bad_llm_input_one_line_error(qfile, tiny_llm, tmp_path, arg, sets, message):
+    if arg == "BYTES":
+        arg = "llm:" + str(build_tiny_llama(tmp_path / "bytes", [], vocab=259))
+    elif arg == "NOCHAT":
+        arg = "llm:" + str(build_tiny_llama(tmp_path / "nochat", WORDS, chat=False))
+    elif arg == "TINY":
+        arg = f"llm:{tiny_llm}"
+    out = tmp_path / "out"
+    flags = [x for s in sets for x in ("--set", s)]
+    result = _cli(str(qfile), arg, "--out", str(out), *flags)
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1
+    assert not (out / "submission.csv").exists()
+
+
+@pytest.mark.gpu
+def test_llm_4bit_on_gpu_matches_fp32_ranking(qfile, tiny_llm, tmp_path):
+    """bitsandbytes 4-bit + device_map: same top choice as fp32 on most questions."""
+    a = run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "a", _config("infer.device=cuda"))
+    b = run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "b",
+                  _config("infer.device=cuda", "causal_lm.load_in=4bit", "causal_lm.device_map=auto"))  # fmt: skip
+    assert a["models"][0]["status"] == b["models"][0]["status"] == "done"
