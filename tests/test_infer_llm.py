@@ -59,8 +59,12 @@ def test_zero_shot_llm_scores_every_option(qfile, tiny_llm, tmp_path, mode):
         tok, read_questions(qfile), PromptSpec.from_config(cfg.causal_lm, tok, "t")
     )
     head = ScoreHead.of(enc)
-    expected = torch.cat([score_rows(model, enc, [i], head, tok.pad_token_id, prefix_cache=False)
-                          for i in range(len(enc))]).numpy()  # fmt: skip
+    expected = torch.cat(
+        [
+            score_rows(model, enc, [i], head, tok.pad_token_id, prefix_cache=False)
+            for i in range(len(enc))
+        ]
+    ).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert len(read_submission(out / "submission.csv")) == 10
 
@@ -112,8 +116,14 @@ def test_fold_meta_prompt_wins_over_config(qfile, tiny_llm, tmp_path):
     shutil.copytree(tiny_llm, fold)
     tok = load_causal_tokenizer(str(fold))
     spec = PromptSpec.from_config(_config("causal_lm.mode=letter").causal_lm, tok, "t")
-    meta = {"format": "sciqa-mc/1", "family": "causal_lm", "prompt": spec.to_meta(),
-            "max_length": spec.max_length, "use_context": True, "letters": list("ABCDE")}  # fmt: skip
+    meta = {
+        "format": "sciqa-mc/1",
+        "family": "causal_lm",
+        "prompt": spec.to_meta(),
+        "max_length": spec.max_length,
+        "use_context": True,
+        "letters": list("ABCDE"),
+    }
     (fold / "sciqa_model.json").write_text(json.dumps(meta))
     (fold / "metrics.json").write_text("{}")
     run_infer(qfile, [str(fold.parent)], tmp_path / "a", _config("causal_lm.mode=cloze"))
@@ -156,6 +166,10 @@ def test_bad_llm_input_one_line_error(qfile, tiny_llm, tmp_path, arg, sets, mess
 def test_llm_4bit_on_gpu_matches_fp32_ranking(qfile, tiny_llm, tmp_path):
     """bitsandbytes 4-bit + device_map: same top choice as fp32 on most questions."""
     a = run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "a", _config("infer.device=cuda"))
-    b = run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "b",
-                  _config("infer.device=cuda", "causal_lm.load_in=4bit", "causal_lm.device_map=auto"))  # fmt: skip
+    b = run_infer(
+        qfile,
+        [f"llm:{tiny_llm}"],
+        tmp_path / "b",
+        _config("infer.device=cuda", "causal_lm.load_in=4bit", "causal_lm.device_map=auto"),
+    )
     assert a["models"][0]["status"] == b["models"][0]["status"] == "done"
