@@ -141,7 +141,7 @@ class CausalLMConfig(_Section):
     {options} (letter) or {option} (yes_no); a fine-tuned fold keeps the ones it used."""
 
     mode: Literal["cloze", "letter", "yes_no"] = "cloze"  # how an option is scored
-    normalise: Literal["mean", "sum", "chars"] = "mean"  # cloze: log-prob per token/total/per char
+    normalise: Literal["mean", "sum", "chars", "pmi"] = "mean"  # cloze: per token/total/char/PMI
     chat_template: Literal["auto", "on", "off"] = "auto"  # letter/yes_no: wrap in the chat template
     context_template: str = "Context: {context}\n\n"  # how retrieved context precedes the question
     cloze_template: str = "{context}Question: {prompt}\nAnswer:"  # the option follows it

@@ -4,7 +4,9 @@ Every question becomes one shared *prefix* (context + question, and in ``letter`
 listed options) and, per option, a *suffix*:
 
 - ``cloze``: suffix = the option text; its score is the log-probability of those tokens
-  given the prefix, normalised per token (``mean``), not at all (``sum``) or per character.
+  given the prefix, normalised per token (``mean``), not at all (``sum``), per character,
+  or (``pmi``) minus their log-probability after the bare answer cue ("Answer:"), which
+  removes how likely an option's wording is in itself (Holtzman et al., 2021).
 - ``yes_no``: suffix = the option + the rest of the template; its score is the logit of
   "yes" minus "no" after it.
 - ``letter``: no suffix; the option letters' logits after the prefix are the scores.
@@ -94,6 +96,8 @@ class LLMEncoded:
     norms: list[list[float]]  # cloze divisor per option (1 for sum, tokens, or characters)
     labels: list[int] | None
     n_options: int
+    uncond_prefix: list[int] = field(default_factory=list)  # pmi: the bare answer cue
+    uncond_suffixes: list[list[list[int]]] = field(default_factory=list)  # pmi: options after it
     answer_ids: list[int] = field(default_factory=list)  # letter: one token per option letter
     yes_ids: list[int] = field(default_factory=list)  # yes_no: single-token spellings of yes
     no_ids: list[int] = field(default_factory=list)
@@ -265,6 +269,10 @@ def encode_for_llm(
         labels = [index[a] for a in frame[ANSWER]]
     result = LLMEncoded(spec.mode, prefixes, suffixes, norms, labels, n, truncated=truncated)
     result.overlong = overlong
+    if spec.mode == "cloze" and spec.normalise == "pmi" and len(frame):
+        result.uncond_prefix, result.uncond_suffixes = _unconditional(
+            tokenizer, prefixes[0], options, special
+        )
     first = _render(spec, tokenizer, prompts[0], "", "") if len(frame) else ""
     if spec.mode == "letter" and len(frame):
         result.answer_ids = _single_tokens(tokenizer, first, letters, name)
@@ -272,6 +280,19 @@ def encode_for_llm(
         probe = first.replace(OPTION_SLOT, str(options[0][0]))
         result.yes_ids, result.no_ids = _yes_no_ids(tokenizer, probe, name)
     return result
+
+
+def _unconditional(
+    tokenizer: Any, prefix_ids: list[int], options: Any, special: bool
+) -> tuple[list[int], list[list[list[int]]]]:
+    """The answer cue alone (the prefix's last line) and every option's ids after it."""
+    cue = tokenizer.decode(prefix_ids, skip_special_tokens=True).rsplit("\n", 1)[-1]
+    flat = [str(o) for row in options for o in row]
+    fulls = [cue + (o if cue[-1:].isspace() else " " + o) for o in flat]
+    tails = _tail_ids(tokenizer, [cue] * len(flat), fulls, special)
+    n = options.shape[1]
+    cue_ids = tokenizer(cue, add_special_tokens=special)["input_ids"]
+    return cue_ids, [tails[i : i + n] for i in range(0, len(tails), n)]
 
 
 def _norm(normalise: str, n_tokens: int, n_chars: int) -> float:

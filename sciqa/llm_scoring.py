@@ -18,7 +18,7 @@ never shifts a real token's position and both paths agree to float tolerance.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -52,6 +52,13 @@ class ScoreHead:
 def full_features(enc: LLMEncoded, rows: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """One feature per question: the sequence per option (one shared sequence in letter
     mode), how many trailing tokens are scored (cloze) and the divisor, plus the label."""
+    if enc.uncond_suffixes:
+        from sciqa.llm_prompts import LLMPromptError
+
+        raise LLMPromptError(
+            "causal_lm.normalise = 'pmi' scores zero-shot only (its second, unconditional "
+            "pass is not trained); train with normalise=mean, sum or chars"
+        )
     rows = range(len(enc)) if rows is None else rows
     features = []
     for i in rows:
@@ -192,6 +199,12 @@ def score_rows(
     prefix_cache: bool = True,
 ) -> torch.Tensor:
     """``(len(rows), C)`` float32 scores on CPU, by the cached or the full path."""
+    if enc.uncond_suffixes:  # pmi: minus each option's log-prob after the bare cue
+        if not prefix_cache:
+            raise ValueError("pmi scoring runs through the prefix cache")
+        cond = score_rows(model, _summed(enc), rows, head, pad_id, prefix_cache=prefix_cache)
+        bare = score_rows(model, _bare(enc), rows, head, pad_id, prefix_cache=prefix_cache)
+        return cond - bare
     with torch.inference_mode():
         if prefix_cache:
             scores = cached_scores(model, enc, rows, head, pad_id)
@@ -200,3 +213,15 @@ def score_rows(
             batch = {k: v.to(model.device) for k, v in batch.items() if k != "labels"}
             scores = full_scores(model, batch, head)
     return scores.float().cpu()
+
+
+def _summed(enc: LLMEncoded) -> LLMEncoded:
+    """The conditional half of pmi: summed log-probs (divisor 1)."""
+    ones = [[1.0] * enc.n_options for _ in enc.prefixes]
+    return replace(enc, norms=ones, uncond_prefix=[], uncond_suffixes=[])
+
+
+def _bare(enc: LLMEncoded) -> LLMEncoded:
+    """The unconditional half of pmi: every option after the bare answer cue."""
+    prefixes = [enc.uncond_prefix] * len(enc.prefixes)
+    return replace(_summed(enc), prefixes=prefixes, suffixes=enc.uncond_suffixes)

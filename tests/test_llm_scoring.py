@@ -16,7 +16,7 @@ from tiny_llm import build_tiny_llama  # noqa: E402
 from sciqa.config import load_config  # noqa: E402
 from sciqa.llm_assets import load_causal_lm, load_causal_tokenizer  # noqa: E402
 from sciqa.llm_prompts import LLMPromptError, PromptSpec, encode_for_llm  # noqa: E402
-from sciqa.llm_scoring import ScoreHead, score_rows  # noqa: E402
+from sciqa.llm_scoring import ScoreHead, full_features, score_rows  # noqa: E402
 
 FRAME = pd.DataFrame(
     {
@@ -178,3 +178,24 @@ def test_labels_follow_the_answer_letters(llm):
     assert encode_for_llm(tok, frame, _spec(tok)).labels == [0, 2, 3]
     assert encode_for_llm(tok, frame.drop(columns="answer"), _spec(tok)).labels is None
     assert np.isfinite(np.array(encode_for_llm(tok, frame, _spec(tok)).norms)).all()
+
+
+def test_pmi_subtracts_the_log_prob_after_the_bare_answer_cue(llm):
+    _, tok, model = llm
+    enc = encode_for_llm(tok, FRAME, _spec(tok, "causal_lm.normalise=pmi"))
+    assert tok.decode(enc.uncond_prefix) == "Answer:"
+    scores = score_rows(model, enc, [0, 1], ScoreHead.of(enc), tok.pad_token_id)
+    for i in (0, 1):
+        for k in range(4):
+            cond = _logprobs(model, enc.prefixes[i] + enc.suffixes[i][k])
+            bare = _logprobs(model, enc.uncond_prefix + enc.uncond_suffixes[i][k])
+            expected = sum(
+                cond[len(enc.prefixes[i]) - 1 + j, t].item()
+                for j, t in enumerate(enc.suffixes[i][k])
+            ) - sum(
+                bare[len(enc.uncond_prefix) - 1 + j, t].item()
+                for j, t in enumerate(enc.uncond_suffixes[i][k])
+            )
+            assert scores[i, k].item() == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(LLMPromptError, match="zero-shot only"):
+        full_features(enc)

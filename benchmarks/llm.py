@@ -1,0 +1,189 @@
+"""Benchmark causal-LM option scoring with the packaged SmolLM2-135M-Instruct, CPU.
+
+1. ``quality``: zero-shot MAP@3 / accuracy of every scoring mode (cloze with each
+   normalisation, letter, yes_no) on ARC-Challenge, OpenBookQA and ARC-Easy, with and
+   without retrieved context (``{set}_ctx.csv`` from ``sciqa retrieve`` in ``--data``).
+2. ``speed``: the shared-prefix KV cache vs scoring every option's full sequence, on
+   questions with context: same scores (max abs difference) and questions/s, runs
+   interleaved, median of ``--repeats``.
+3. ``members``: MAP@3 of ``sciqa infer`` over given MODEL_DIR arguments one by one and
+   ensembled (``--members runs/bench/llm_train llm:default runs/demo/train``).
+
+    .venv/bin/python -m benchmarks.llm quality --data runs/demo --limit 295
+    .venv/bin/python -m benchmarks.llm speed --data runs/demo --limit 60
+    .venv/bin/python -m benchmarks.llm members --questions runs/demo/arc_challenge_ctx.csv \
+        --members runs/bench/llm_train llm:default
+
+Prints markdown tables; figures go to docs/llm.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Run as a script, this file's folder comes first on sys.path and would hide `infer`.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from sciqa.benchmarks import benchmark_questions  # noqa: E402
+from sciqa.config import load_config  # noqa: E402
+from sciqa.io import read_questions  # noqa: E402
+from sciqa.metrics import accuracy, map_at_3, top3_letters  # noqa: E402
+from sciqa.schema import option_letters  # noqa: E402
+
+SETS = ("arc_challenge", "openbookqa", "arc_easy")
+VARIANTS = {  # label -> causal_lm overrides
+    "cloze mean": ["causal_lm.mode=cloze", "causal_lm.normalise=mean"],
+    "cloze chars": ["causal_lm.mode=cloze", "causal_lm.normalise=chars"],
+    "cloze pmi": ["causal_lm.mode=cloze", "causal_lm.normalise=pmi"],
+    "letter": ["causal_lm.mode=letter"],
+    "yes_no": ["causal_lm.mode=yes_no"],
+}
+
+
+def load_set(name: str, data: Path | None, context: bool, limit: int | None) -> pd.DataFrame | None:
+    """A benchmark set, from ``data/{name}[_ctx].csv`` when there, else exported."""
+    file = data / f"{name}{'_ctx' if context else ''}.csv" if data else None
+    if file is not None and file.is_file():
+        frame = read_questions(file)
+    elif context:
+        return None
+    else:
+        frame = benchmark_questions(name.replace("_", "-"))[0]
+    return frame.head(limit) if limit else frame
+
+
+class Scorer:
+    """SmolLM2 loaded once; scores frames through the same path as ``sciqa infer``."""
+
+    def __init__(self, name: str, dtype: str, batch_size: int):
+        import torch
+
+        from infer.llm_predict import LLMPredictor
+        from sciqa.llm_assets import causal_lm_path, load_causal_lm, load_causal_tokenizer
+
+        path = causal_lm_path(name)
+        self.tokenizer = load_causal_tokenizer(path)
+        torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        self.model = load_causal_lm(path, dtype=torch_dtype).eval()
+        self.batch_size = batch_size
+        self.predictor = lambda cache: LLMPredictor(
+            self.model, self.tokenizer.pad_token_id, batch_size, cache
+        )
+
+    def encode(self, frame: pd.DataFrame, overrides: list[str]):
+        from sciqa.llm_prompts import PromptSpec, encode_for_llm
+
+        cfg = load_config(None, overrides).causal_lm
+        spec = PromptSpec.from_config(cfg, self.tokenizer, "smollm2")
+        return encode_for_llm(self.tokenizer, frame, spec, letters=option_letters(frame.columns))
+
+    def scores(self, enc, cache: bool = True) -> tuple[np.ndarray, float]:
+        began = time.perf_counter()
+        out = self.predictor(cache).logits(enc, enc.lengths)
+        return out, time.perf_counter() - began
+
+
+def score(frame: pd.DataFrame, logits: np.ndarray) -> tuple[float, float]:
+    top3 = top3_letters(logits)  # letters A.. in column order, as the frames use
+    answers = frame["answer"].tolist()
+    return map_at_3(answers, top3), accuracy(answers, top3)
+
+
+def quality(args: argparse.Namespace) -> None:
+    scorer = Scorer(args.model, args.dtype, args.batch_size)
+    print("| set | context | scoring | MAP@3 | accuracy | seconds | q/s | context cut |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.sets:
+        for context in (False, True):
+            frame = load_set(name, args.data, context, args.limit)
+            if frame is None:
+                print(f"| {name} | yes | (no {name}_ctx.csv in {args.data}) | | | | | |")
+                continue
+            for label in args.variants:
+                overrides = [*VARIANTS[label], f"causal_lm.use_context={context}"]
+                enc = scorer.encode(frame, overrides)
+                logits, seconds = scorer.scores(enc)
+                m, a = score(frame, logits)
+                print(
+                    f"| {name} | {'yes' if context else 'no'} | {label} | {m:.4f} | {a:.4f} "
+                    f"| {seconds:.0f} | {len(frame) / seconds:.1f} | {enc.truncated} |",
+                    flush=True,
+                )
+
+
+def speed(args: argparse.Namespace) -> None:
+    scorer = Scorer(args.model, args.dtype, args.batch_size)
+    frame = load_set(args.sets[0], args.data, True, args.limit)
+    if frame is None:
+        raise SystemExit(f"speed needs {args.sets[0]}_ctx.csv in --data (run sciqa retrieve)")
+    print("| scoring | tokens/question | cache s | full s | speed-up | max abs diff |")
+    print("|---|---|---|---|---|---|")
+    for label in args.variants:
+        enc = scorer.encode(frame, [*VARIANTS[label], "causal_lm.use_context=true"])
+        if label == "cloze pmi":
+            continue  # pmi runs through the cache only
+        times: dict[bool, list[float]] = {True: [], False: []}
+        outs: dict[bool, np.ndarray] = {}
+        for _ in range(args.repeats):
+            for cache in (True, False):  # interleaved: drift on a shared CPU hits both
+                outs[cache], seconds = scorer.scores(enc, cache)
+                times[cache].append(seconds)
+        cached, full = statistics.median(times[True]), statistics.median(times[False])
+        diff = float(np.nanmax(np.abs(outs[True] - outs[False])))
+        tokens = float(np.mean(enc.lengths))
+        print(
+            f"| {label} | {tokens:.0f} | {cached:.1f} | {full:.1f} | {full / cached:.2f}x "
+            f"| {diff:.1e} |",
+            flush=True,
+        )
+
+
+def members(args: argparse.Namespace) -> None:
+    from infer.commands import run_infer
+
+    cfg = load_config(args.config, args.set)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_infer(args.questions, args.members, Path(tmp) / "out", cfg)
+        rows = result["models"]
+    print("| member | weight | MAP@3 | accuracy | seconds |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        nan = float("nan")
+        m, a = row.get("map_at_3", nan), row.get("accuracy", nan)
+        weight = row.get("weight") or "-"
+        print(f"| {row['model']} | {weight} | {m:.4f} | {a:.4f} | {row.get('seconds', 0):.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["quality", "speed", "members"])
+    parser.add_argument("--model", default="llm:default", help="llm:NAME to score with")
+    parser.add_argument("--data", type=Path, default=Path("runs/demo"), help="*_ctx.csv folder")
+    parser.add_argument("--sets", type=lambda s: s.split(","), default=list(SETS))
+    parser.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
+    parser.add_argument("--limit", type=int, default=None, help="first N questions per set")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--questions", type=Path, help="members: labelled questions")
+    parser.add_argument("--members", nargs="+", default=[], help="members: MODEL_DIR args")
+    parser.add_argument("--config", "-c", type=Path, default=None)
+    parser.add_argument("--set", action="append", default=[], help="members: config override")
+    args = parser.parse_args()
+    {"quality": quality, "speed": speed, "members": members}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
