@@ -191,6 +191,7 @@ def test_tiny_run_writes_the_contract_and_reloads_to_the_oof_logits(finished_run
             "letters": ["A", "B", "C", "D"],
             "fold": fold,
             "backbone": info["backbone"],
+            "family": "mc",
         }
         metrics = json.loads((directory / "metrics.json").read_text())
         assert metrics["n_train"] + metrics["n_valid"] == 24

@@ -11,7 +11,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
@@ -22,9 +22,32 @@ from sciqa.runs import file_digest, write_run_files
 from sciqa.schema import ANSWER, option_letters
 from train import run_dir as layout
 
+if TYPE_CHECKING:
+    from train.dataset import Split
+
 log = logging.getLogger("train")
 # Keys that change nothing in the trained model, so a rerun with other values resumes.
 NOT_FINGERPRINTED = ("logging_steps", "dataloader_workers", "eval_batch_size")
+# causal_lm keys that only matter to infer (or only to where layers sit), same reason.
+CAUSAL_NOT_FINGERPRINTED = ("batch_size", "prefix_cache", "device_map")
+
+
+class FoldBackend(Protocol):
+    """One model family's part of a fold: ``train.model.EncoderBackend`` (multiple-choice
+    encoders) or ``train.causal.CausalBackend`` (causal LMs scoring options)."""
+
+    family: str  # sciqa_model.json "family", what infer dispatches on
+    tokenizer: Any
+
+    def encode(self, frame: pd.DataFrame, name: str) -> Split: ...
+
+    def load_model(self) -> Any: ...
+
+    def fold_options(self) -> dict[str, Any]: ...  # extra train.trainer.train_fold kwargs
+
+    def save(self, model: Any, directory: Path) -> None: ...
+
+    def model_info(self) -> dict[str, Any]: ...  # sciqa_model.json keys of this family
 
 
 def fold_plan(folds: int, only: int | None) -> list[int]:
@@ -49,10 +72,15 @@ def load_labelled(path: Path, letters: list[str] | None = None) -> pd.DataFrame:
 
 
 def fingerprint(
-    config: SciqaConfig, folds: int, questions: Path, valid: Path | None
+    config: SciqaConfig,
+    folds: int,
+    questions: Path,
+    valid: Path | None,
+    *,
+    causal: bool = False,
 ) -> dict[str, Any]:
     train = config.train.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED))
-    return {
+    stamp = {
         "train": train,
         "backbone": config.models.backbone,
         "seed": config.seed,
@@ -60,6 +88,10 @@ def fingerprint(
         "questions": file_digest(questions),
         "valid": file_digest(valid) if valid is not None else None,
     }
+    if causal:  # only then: encoder runs keep their fingerprint and still resume
+        exclude = set(CAUSAL_NOT_FINGERPRINTED)
+        stamp["causal_lm"] = config.causal_lm.model_dump(mode="json", exclude=exclude)
+    return stamp
 
 
 def split_rows(
@@ -105,18 +137,14 @@ def run_train(
     valid_frame = load_labelled(valid, letters) if valid is not None else None
     splits = split_rows(frame, folds, valid_frame, config.seed, str(questions))
 
-    from train.model import backbone_source, load_tokenizer, resolve_precision
-
-    resolve_precision(config.train.precision)  # fail before any work on a GPU-only setting
-    source = backbone_source(config)
-    tokenizer = load_tokenizer(source)
-
     import torch
 
     # Joins the torchrun/accelerate process group when there is one (gloo on CPU).
     state = PartialState(cpu=not torch.cuda.is_available())
     print_ = log.info if state.is_main_process else log.debug
-    stamp = fingerprint(config, folds, questions, valid)
+    with state.main_process_first():  # llm:default converts its GGUF once, on rank 0
+        backend = make_backend(config, frame, letters)
+    stamp = fingerprint(config, folds, questions, valid, causal=backend.family == "causal_lm")
     inputs = [questions] + ([valid] if valid is not None else [])
     with state.main_process_first():
         # Rank 0 checks and writes first; the others then see its fingerprint and agree.
@@ -124,7 +152,12 @@ def run_train(
         if state.is_main_process:
             if overwrite:
                 layout.clear_run_dir(out)
-            extra = {"fingerprint": stamp, "n_questions": len(frame), "folds": folds}
+            extra = {
+                "fingerprint": stamp,
+                "family": backend.family,
+                "n_questions": len(frame),
+                "folds": folds,
+            }
             write_run_files(out, "train", config, inputs=inputs, extra=extra)
 
     trained = []
@@ -132,9 +165,7 @@ def run_train(
         if layout.is_finished(out, index):
             print_("fold %d: finished already (%s), skipped", index, layout.fold_dir(out, index))
             continue
-        trained.append(
-            train_one(index, splits[index], config, source, tokenizer, letters, out, state)
-        )
+        trained.append(train_one(index, splits[index], config, backend, letters, out, state))
         state.wait_for_everyone()
 
     if state.is_main_process:
@@ -144,6 +175,7 @@ def run_train(
         oof_score = oof_scores(oof, labels, letters)
         extra = {
             "fingerprint": stamp,
+            "family": backend.family,
             "n_questions": len(frame),
             "n_valid_file": len(valid_frame) if valid_frame is not None else None,
             "folds": folds,
@@ -157,6 +189,20 @@ def run_train(
         write_run_files(out, "train", config, inputs=inputs, extra=extra)
         print(summary_table(folds_done, oof_score, folds))
     return trained
+
+
+def make_backend(config: SciqaConfig, frame: pd.DataFrame, letters: list[str]) -> FoldBackend:
+    """The causal-LM backend when ``models.backbone`` is one (``llm:...`` or a folder whose
+    config is ``*ForCausalLM``), else the multiple-choice encoder one; either checks its
+    settings here, before the run dir is touched."""
+    from train.causal import CausalBackend, causal_backbone_path
+
+    path = causal_backbone_path(config.models.backbone)
+    if path is not None:
+        return CausalBackend(path, config, frame, letters)
+    from train.model import EncoderBackend
+
+    return EncoderBackend(config, letters)
 
 
 def _log_to_stderr() -> None:
@@ -210,8 +256,7 @@ def train_one(
     index: int,
     split: tuple[pd.DataFrame, pd.DataFrame],
     config: SciqaConfig,
-    source: Any,
-    tokenizer: Any,
+    backend: FoldBackend,
     letters: list[str],
     out: Path,
     state: Any,
@@ -219,30 +264,23 @@ def train_one(
     """Encode, train, save and score one fold; rank 0 writes its directory."""
     from transformers import set_seed
 
-    from train.dataset import encode_split
-    from train.model import load_backbone, save_model_dir
     from train.trainer import train_fold
 
     train_cfg = config.train
     train_frame, valid_frame = split
     fold_dir = layout.fold_dir(out, index)
     label = f"fold {index}"
-    encode = {"max_length": train_cfg.max_length, "use_context": train_cfg.use_context}
-    train_split = encode_split(
-        tokenizer, train_frame, letters=letters, name=f"{label} train", **encode
-    )
-    valid_split = encode_split(
-        tokenizer, valid_frame, letters=letters, name=f"{label} valid", **encode
-    )
+    train_split = backend.encode(train_frame, f"{label} train")
+    valid_split = backend.encode(valid_frame, f"{label} valid")
     if state.is_main_process:
         log.info("%s: %d train / %d valid questions", label, len(train_split), len(valid_split))
 
-    set_seed(config.seed)  # the new classifier head starts the same in every process
-    model = load_backbone(source, train_cfg)
+    set_seed(config.seed)  # a new head (or LoRA) starts the same in every process
+    model = backend.load_model()
     started = time.perf_counter()
     outcome = train_fold(
         model,
-        tokenizer,
+        backend.tokenizer,
         train_split,
         valid_split,
         train=train_cfg,
@@ -250,19 +288,19 @@ def train_one(
         output_dir=fold_dir / layout.CHECKPOINTS,
         seed=config.seed,
         label=label,
+        **backend.fold_options(),
     )
     metrics = {"fold": index, **outcome.metrics, "wall_seconds": time.perf_counter() - started}
     if outcome.is_main:
-        save_model_dir(outcome.model, tokenizer, fold_dir)
+        backend.save(outcome.model, fold_dir)
         layout.write_model_info(
             fold_dir,
             {
-                "max_length": train_cfg.max_length,
-                "use_context": train_cfg.use_context,
                 "n_options": len(letters),
                 "letters": letters,
                 "fold": index,
                 "backbone": config.models.backbone,
+                **backend.model_info(),  # family, max_length, use_context (+ prompt)
             },
         )
         oof = layout.oof_frame(

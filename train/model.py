@@ -15,6 +15,7 @@ from transformers import AutoModelForMultipleChoice, AutoTokenizer, PreTrainedMo
 from sciqa.assets import ModelSource, resolve_model
 from sciqa.config import SciqaConfig, TrainConfig
 from sciqa.errors import ConfigError, SciqaError
+from train.dataset import Split, encode_split
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -105,24 +106,48 @@ def mergeable(model: Any) -> PreTrainedModel:
     return model
 
 
-def resolve_precision(precision: str) -> tuple[bool, bool]:
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (x86 AVX512-BF16/AMX, Arm BF16): there
+    bf16 autocast runs natively instead of being emulated at a loss."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:  # not Linux: no cheap way to tell, so no bf16
+        return False
+    flags = {
+        word
+        for line in text.splitlines()
+        if line.lower().startswith(("flags", "features"))
+        for word in line.partition(":")[2].split()
+    }
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_precision(precision: str, *, cpu_bf16: bool = False) -> tuple[bool, bool]:
     """``(bf16, fp16)`` for TrainingArguments; GPU-only settings fail on a CPU machine.
 
     DeBERTa-v3 overflows in fp16 in its attention (NaN losses reported by Kaggle teams), so
     ``auto`` picks bf16 where the GPU supports it and fp32 otherwise, never fp16.
+    ``cpu_bf16`` (the causal-LM path) also allows bf16 autocast on a CPU with bf16
+    instructions, and makes ``auto`` pick it there; the encoder path keeps fp32 on CPUs
+    so its measured figures stay comparable.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"train.precision = {precision!r}: use one of {', '.join(PRECISIONS)}")
     cuda = torch.cuda.is_available()
-    if precision in ("bf16", "fp16") and not cuda:
+    cpu_ok = cpu_bf16 and not cuda and cpu_supports_bf16()
+    if (precision == "fp16" and not cuda) or (precision == "bf16" and not (cuda or cpu_ok)):
+        need, none = "a CUDA GPU", "none is visible"
+        if cpu_bf16 and precision == "bf16":
+            need += " or a CPU with bf16 instructions (avx512_bf16, amx_bf16)"
+            none = "this machine has neither"
         raise ConfigError(
-            f"train.precision = {precision!r} needs a CUDA GPU and none is visible; "
+            f"train.precision = {precision!r} needs {need} and {none}; "
             "use train.precision=auto or fp32 on this machine"
         )
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise ConfigError("train.precision = 'bf16': this GPU has no bf16; use fp16 or fp32")
     if precision == "auto":
-        return (cuda and torch.cuda.is_bf16_supported(), False)
+        return ((cuda and torch.cuda.is_bf16_supported()) or cpu_ok, False)
     return (precision == "bf16", precision == "fp16")
 
 
@@ -130,3 +155,45 @@ def save_model_dir(model: Any, tokenizer: Any, directory: Path) -> None:
     """``save_pretrained`` of model and tokenizer, loadable by the Auto classes offline."""
     mergeable(model).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+
+
+class EncoderBackend:
+    """The ``AutoModelForMultipleChoice`` path of ``sciqa train`` (see ``train.commands``:
+    what a backend provides for one fold)."""
+
+    family = "mc"
+
+    def __init__(self, config: SciqaConfig, letters: list[str]) -> None:
+        resolve_precision(config.train.precision)  # fail before any work on a GPU-only setting
+        self.config = config
+        self.letters = letters
+        self.source = backbone_source(config)
+        self.tokenizer = load_tokenizer(self.source)
+
+    def encode(self, frame: Any, name: str) -> Split:
+        train = self.config.train
+        return encode_split(
+            self.tokenizer,
+            frame,
+            max_length=train.max_length,
+            use_context=train.use_context,
+            letters=self.letters,
+            name=name,
+        )
+
+    def load_model(self) -> Any:
+        return load_backbone(self.source, self.config.train)
+
+    def fold_options(self) -> dict[str, Any]:
+        return {}  # train_fold's defaults: the stock Trainer loss and the MC collator
+
+    def save(self, model: Any, directory: Path) -> None:
+        save_model_dir(model, self.tokenizer, directory)
+
+    def model_info(self) -> dict[str, Any]:
+        train = self.config.train
+        return {
+            "family": self.family,
+            "max_length": train.max_length,
+            "use_context": train.use_context,
+        }

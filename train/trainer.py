@@ -88,8 +88,10 @@ def metrics_for(letters: list[str]):
     return compute
 
 
-def training_arguments(train: TrainConfig, output_dir: Path, seed: int) -> TrainingArguments:
-    bf16, fp16 = resolve_precision(train.precision)
+def training_arguments(
+    train: TrainConfig, output_dir: Path, seed: int, *, cpu_bf16: bool = False
+) -> TrainingArguments:
+    bf16, fp16 = resolve_precision(train.precision, cpu_bf16=cpu_bf16)
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=train.epochs,
@@ -147,14 +149,24 @@ def train_fold(
     output_dir: Path,
     seed: int,
     label: str,
+    trainer_class: type[LengthGroupedTrainer] = LengthGroupedTrainer,
+    collator: Any = None,
+    trainer_kwargs: dict[str, Any] | None = None,
+    cpu_bf16: bool = False,
 ) -> FoldOutcome:
-    """Train one fold; resume from the last ``checkpoint-*`` under ``output_dir`` if any."""
-    args = training_arguments(train, output_dir, seed)
-    pad8 = 8 if (args.bf16 or args.fp16) else None  # tensor cores like multiples of 8
-    trainer = LengthGroupedTrainer(
+    """Train one fold; resume from the last ``checkpoint-*`` under ``output_dir`` if any.
+
+    The defaults train an ``AutoModelForMultipleChoice``; another model family passes its
+    Trainer subclass (its loss), collator, extra Trainer arguments and ``cpu_bf16``.
+    """
+    args = training_arguments(train, output_dir, seed, cpu_bf16=cpu_bf16)
+    if collator is None:
+        pad8 = 8 if (args.bf16 or args.fp16) else None  # tensor cores like multiples of 8
+        collator = DataCollatorForMultipleChoice(tokenizer, pad_to_multiple_of=pad8)
+    trainer = trainer_class(
         model=model,
         args=args,
-        data_collator=DataCollatorForMultipleChoice(tokenizer, pad_to_multiple_of=pad8),
+        data_collator=collator,
         train_dataset=train_split.features,
         eval_dataset=valid_split.features,
         processing_class=tokenizer,
@@ -164,6 +176,7 @@ def train_fold(
             EvalLine(label),
         ],
         train_lengths=train_split.lengths if train.group_by_length else None,
+        **(trainer_kwargs or {}),
     )
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     if last:
@@ -194,5 +207,6 @@ def train_fold(
         "n_train": len(train_split),
         "n_valid": len(valid_split),
         "world_size": args.world_size,
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
     }
     return FoldOutcome(metrics, logits, trainer.model, trainer.is_world_process_zero())
