@@ -27,13 +27,28 @@ from sciqa.llm_scoring import ScoreHead, score_rows
 log = logging.getLogger(__name__)
 
 
-def load_llm(path: Path, device: torch.device, dtype: torch.dtype, cfg: Any, attention: str) -> Any:
-    """The causal LM on ``device`` (or spread by ``causal_lm.device_map``), offline."""
+def load_llm(
+    path: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    cfg: Any,
+    attention: str,
+    meta: dict[str, Any] | None = None,
+) -> Any:
+    """The causal LM on ``device`` (or spread by ``causal_lm.device_map``), offline.
+
+    A fold saved as a LoRA adapter (trained over a 4/8-bit base) loads its base, named in
+    ``sciqa_model.json``, then the adapter on top with peft.
+    """
     from sciqa.llm_assets import load_causal_lm
 
+    adapter = bool((meta or {}).get("adapter"))
+    base = str((meta or {}).get("base", "")) if adapter else str(path)
+    if adapter and not base:
+        raise InferError(f"{path}: an adapter fold without a 'base' in its sciqa_model.json")
     try:
         model = load_causal_lm(
-            str(path),
+            base,
             dtype=dtype,
             attention=attention,
             load_in=cfg.load_in,
@@ -42,6 +57,10 @@ def load_llm(path: Path, device: torch.device, dtype: torch.dtype, cfg: Any, att
         )
     except SciqaError as exc:
         raise InferError(str(exc)) from None
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
     if cfg.load_in == "none" and not cfg.device_map:
         model = model.to(device)
     return model.eval()

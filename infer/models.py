@@ -66,9 +66,9 @@ class ModelSpec:
 
 
 def _is_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(
-        any(path.glob(pattern)) for pattern in WEIGHT_FILES
-    )
+    """Weights plus their config: a full model, or a LoRA adapter saved over a 4/8-bit base."""
+    has_config = (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+    return has_config and any(any(path.glob(pattern)) for pattern in WEIGHT_FILES)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

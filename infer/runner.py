@@ -239,6 +239,9 @@ class Runner:
             "seconds": round(self.clock() - began, 2),
             "load_seconds": round(load_seconds, 2),
         }
+        enc = self._encodings.get((fp, spec.encoding_key(), 0))
+        if enc is not None and getattr(enc, "truncated", 0):  # causal LMs: contexts cut to fit
+            self.runs[spec.name]["context_cut"] = enc.truncated
         return passes
 
     def _predictor(self, spec: ModelSpec, tokenizer: Any) -> Any:
@@ -247,7 +250,9 @@ class Runner:
             return Predictor(model, tokenizer, self.device, self.cfg.batch_size, self.clock)
         from infer.llm_predict import LLMPredictor, load_llm
 
-        model = load_llm(spec.path, self.device, self.dtype, self.causal, self.cfg.attention)
+        model = load_llm(
+            spec.path, self.device, self.dtype, self.causal, self.cfg.attention, spec.meta
+        )
         return LLMPredictor(
             model,
             tokenizer.pad_token_id,

@@ -173,3 +173,50 @@ def test_llm_4bit_on_gpu_matches_fp32_ranking(qfile, tiny_llm, tmp_path):
         _config("infer.device=cuda", "causal_lm.load_in=4bit", "causal_lm.device_map=auto"),
     )
     assert a["models"][0]["status"] == b["models"][0]["status"] == "done"
+
+
+def test_adapter_fold_loads_its_base_then_the_adapter(qfile, tiny_llm, tmp_path):
+    """What train saves over a 4/8-bit base: adapter files + base path in the meta."""
+    from peft import LoraConfig, get_peft_model
+
+    base = load_causal_lm(str(tiny_llm))
+    lora = get_peft_model(
+        base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    )
+    fold = tmp_path / "run" / "fold_0"
+    lora.save_pretrained(fold)
+    load_causal_tokenizer(str(tiny_llm)).save_pretrained(fold)
+    assert not (fold / "config.json").exists()
+    tok = load_causal_tokenizer(str(fold))
+    spec = PromptSpec.from_config(_config().causal_lm, tok, "t")
+    meta = {
+        "format": "sciqa-mc/1",
+        "family": "causal_lm",
+        "prompt": spec.to_meta(),
+        "adapter": True,
+        "base": str(tiny_llm),
+    }
+    (fold / "sciqa_model.json").write_text(json.dumps(meta))
+    (fold / "metrics.json").write_text("{}")
+    run_infer(qfile, [str(fold.parent)], tmp_path / "a", _config())
+    run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "b", _config())
+    merged = lora.merge_and_unload()
+    from sciqa.io import read_questions
+
+    enc = encode_for_llm(tok, read_questions(qfile), spec)
+    expected = score_rows(
+        merged.eval(), enc, list(range(len(enc))), ScoreHead.of(enc), tok.pad_token_id
+    )
+    np.testing.assert_allclose(_logits(tmp_path / "a", "run-fold_0"), expected.numpy(), atol=1e-4)
+    assert not np.allclose(
+        _logits(tmp_path / "a", "run-fold_0"), _logits(tmp_path / "b", "llm-tiny")
+    )
+
+
+def test_contexts_cut_to_the_window_are_counted_in_the_manifest(qfile, tiny_llm, tmp_path):
+    result = run_infer(
+        qfile, [f"llm:{tiny_llm}"], tmp_path / "out", _config("causal_lm.max_length=40")
+    )
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    cut = result["models"][0]["context_cut"]
+    assert 0 < cut <= 10 and manifest["models"][0]["context_cut"] == cut
