@@ -2,7 +2,10 @@
 
 ``mode="probs"`` averages softmax probabilities (what most LLM Science Exam teams did;
 a confident model cannot drown the others by the scale of its logits) and returns their
-log, so the result is again a logits array; ``mode="logits"`` averages raw logits.
+log, so the result is again a logits array; ``mode="logits"`` averages raw logits;
+``mode="zscore"`` standardises each model's scores per question (mean 0, std 1 over the
+options) first, for members on unrelated scales such as a causal LM's log-probability
+per character next to an encoder's logits.
 A NaN row means "this model did not score this question" (the cascade, an interrupted
 model): the mean then uses the models that did, with their weights renormalised.
 
@@ -27,8 +30,10 @@ def combine(arrays: Sequence[np.ndarray], weights: Sequence[float], mode: str) -
     stack = np.stack([np.asarray(a, dtype=np.float64) for a in arrays])  # (m, n, c)
     if mode == "probs":
         stack = np.stack([softmax(a) for a in stack])
+    elif mode == "zscore":
+        stack = np.stack([zscore(a) for a in stack])
     elif mode != "logits":
-        raise ValueError(f"unknown ensemble mode {mode!r}; use 'probs' or 'logits'")
+        raise ValueError(f"unknown ensemble mode {mode!r}; use 'probs', 'logits' or 'zscore'")
     w = np.asarray(weights, dtype=np.float64)[:, None]  # (m, 1)
     scored = ~np.isnan(stack).any(axis=2)  # (m, n): which model scored which question
     w_rows = w * scored
@@ -41,6 +46,17 @@ def combine(arrays: Sequence[np.ndarray], weights: Sequence[float], mode: str) -
         with np.errstate(divide="ignore"):
             mean = np.log(np.clip(mean, 1e-12, None))
     return mean.astype(np.float32)
+
+
+def zscore(scores: np.ndarray) -> np.ndarray:
+    """Each row shifted to mean 0 and scaled to std 1; constant rows become all 0.
+
+    >>> zscore(np.array([[1.0, 3.0], [2.0, 2.0]])).tolist()
+    [[-1.0, 1.0], [0.0, 0.0]]
+    """
+    centred = scores - scores.mean(axis=1, keepdims=True)
+    std = centred.std(axis=1, keepdims=True)
+    return centred / np.where(std > 0, std, 1.0)
 
 
 def tta_mean(passes: Sequence[np.ndarray]) -> np.ndarray:

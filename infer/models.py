@@ -43,11 +43,12 @@ class ModelSpec:
     family: str = "mc"  # "mc" (AutoModelForMultipleChoice) or "causal_lm" (option scorer)
     prompt: PromptSpec | None = None  # causal_lm: how it encodes; None = from config at load
     arg: str = ""  # the command-line argument it came from (infer.cascade_expensive)
+    overrides: dict[str, str] = field(default_factory=dict)  # llm:NAME?key=value causal_lm keys
 
     def encoding_key(self) -> tuple:
         """What decides its inputs besides the tokenizer: equal keys share one encoding."""
         if self.family == "causal_lm":
-            return ("causal_lm", repr(self.prompt))
+            return ("causal_lm", repr(self.prompt), tuple(self.overrides.items()))
         return ("mc", self.max_length, self.use_context)
 
     @property
@@ -107,18 +108,41 @@ def _spec(path: Path, run_dir: Path | None, max_length: int, use_context: bool) 
 
 
 def _llm_spec(arg: str) -> ModelSpec:
-    """``llm:NAME``: a causal LM scoring zero-shot; its prompt comes from ``causal_lm``."""
+    """``llm:NAME[?key=value&...]``: a causal LM scoring zero-shot with the ``causal_lm``
+    section, where the ``key=value`` pairs override it for this member only (so one LLM
+    can join the ensemble twice, e.g. ``llm:default?normalise=pmi``)."""
     from sciqa.errors import SciqaError
 
+    target_name, _, query = arg.partition("?")
+    overrides = _parse_overrides(arg, query)
     try:
-        target = causal_lm_path(arg)
+        target = causal_lm_path(target_name)
     except SciqaError as exc:
         raise InferError(f"{arg}: {exc}") from None
     assert target is not None  # an llm: argument always resolves or raises
-    label = arg[len(LLM_PREFIX) :] or "default"
+    label = target_name[len(LLM_PREFIX) :] or "default"
     name = "llm-" + (label if label == "default" else Path(label).name.removesuffix(".gguf"))
+    name = "-".join([name, *overrides.values()])
     return ModelSpec(path=Path(target), name=name, max_length=0, use_context=True,
-                     family="causal_lm")  # fmt: skip
+                     family="causal_lm", overrides=overrides)  # fmt: skip
+
+
+def _parse_overrides(arg: str, query: str) -> dict[str, str]:
+    """``mode=cloze&normalise=pmi`` -> a dict of ``causal_lm`` keys.
+
+    >>> _parse_overrides("llm:default?normalise=pmi", "normalise=pmi")
+    {'normalise': 'pmi'}
+    """
+    from sciqa.config import CausalLMConfig
+
+    overrides: dict[str, str] = {}
+    for pair in filter(None, query.split("&")):
+        key, sep, value = pair.partition("=")
+        if not sep or key not in CausalLMConfig.model_fields:
+            valid = ", ".join(CausalLMConfig.model_fields)
+            raise InferError(f"{arg}: {pair!r} is not key=value with a causal_lm key ({valid})")
+        overrides[key] = value
+    return overrides
 
 
 def _fold_dirs(run_dir: Path) -> list[Path]:
@@ -160,7 +184,7 @@ def expand_model_dirs(args: list[str], *, max_length: int, use_context: bool) ->
     if not args:
         raise InferError("no MODEL_DIR given; pass fold dirs, run dirs or a glob")
     specs: list[ModelSpec] = []
-    seen: set[Path] = set()
+    seen: set[tuple] = set()
     for arg in args:
         if arg.startswith(LLM_PREFIX):
             matches = [arg]
@@ -178,8 +202,9 @@ def expand_model_dirs(args: list[str], *, max_length: int, use_context: bool) ->
             )
             for spec in expanded:
                 spec.arg = arg
-                if spec.path.resolve() not in seen:
-                    seen.add(spec.path.resolve())
+                key = (spec.path.resolve(), tuple(spec.overrides.items()))
+                if key not in seen:
+                    seen.add(key)
                     specs.append(spec)
     names: dict[str, int] = {"ensemble": 1}  # reserved for OUT_DIR/logits/ensemble.npy
     for spec in specs:

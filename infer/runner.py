@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
 from infer import outputs
 from infer.budget import Budget, Candidate, CostModel, make_plan
@@ -158,7 +159,7 @@ class Runner:
         parts += [str(spec.max_length), str(spec.use_context), str(self.dtype)]
         parts += [repr(spec.encoding_key())]
         if spec.family == "causal_lm" and spec.prompt is None:  # llm:NAME: prompt from config
-            parts.append(self.causal.model_dump_json())
+            parts.append(self._causal_for(spec).model_dump_json())
         return outputs.cache_path(self.out_dir, spec.name, parts)
 
     def _run_model(
@@ -183,7 +184,7 @@ class Runner:
             self._tokenizers[fp] = _load_tokenizer(spec)
         tokenizer = self._tokenizers[fp]
         if spec.family == "causal_lm" and spec.prompt is None:
-            spec.prompt = _prompt_from_config(self.causal, tokenizer, spec.name)
+            spec.prompt = _prompt_from_config(self._causal_for(spec), tokenizer, spec.name)
         self._encode(spec, tokenizer, fp, 0)  # a prompt the tokenizer cannot express fails first
         began = self.clock()
         predictor = self._predictor(spec, tokenizer)
@@ -250,16 +251,22 @@ class Runner:
             return Predictor(model, tokenizer, self.device, self.cfg.batch_size, self.clock)
         from infer.llm_predict import LLMPredictor, load_llm
 
-        model = load_llm(
-            spec.path, self.device, self.dtype, self.causal, self.cfg.attention, spec.meta
-        )
+        causal = self._causal_for(spec)
+        model = load_llm(spec.path, self.device, self.dtype, causal, self.cfg.attention, spec.meta)
         return LLMPredictor(
-            model,
-            tokenizer.pad_token_id,
-            self.causal.batch_size,
-            self.causal.prefix_cache,
-            self.clock,
+            model, tokenizer.pad_token_id, causal.batch_size, causal.prefix_cache, self.clock
         )
+
+    def _causal_for(self, spec: ModelSpec) -> CausalLMConfig:
+        """The ``causal_lm`` section with this member's ``llm:NAME?key=value`` overrides."""
+        if not spec.overrides:
+            return self.causal
+        try:
+            return CausalLMConfig.model_validate({**self.causal.model_dump(), **spec.overrides})
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(p) for p in error["loc"])
+            raise InferError(f"{spec.arg}: causal_lm.{where}: {error['msg']}") from None
 
     def _check_plan(
         self, spec: ModelSpec, state: dict, pending: list, load_seconds: float, spent: float

@@ -121,7 +121,7 @@ class InferConfig(_Section):
     max_length: int = Field(384, ge=8)  # tokens, for model dirs without sciqa_model.json
     use_context: bool = True  # append `context` to the question, for dirs without sciqa_model.json
     weights: str = "equal"  # "equal", "auto" (fit on the runs' oof.parquet) or "w1,w2,..."
-    ensemble: Literal["probs", "logits"] = "probs"  # average softmax probabilities or raw logits
+    ensemble: Literal["probs", "logits", "zscore"] = "probs"  # mean of probs/logits/z-scores
     tta: int = Field(1, ge=1)  # option-rotation passes per model (1 = no TTA)
     time_budget: str | None = None  # wall-clock limit such as "8h30m"; None = no limit
     budget_margin: float = Field(0.05, ge=0, lt=1)  # share of the budget kept in reserve

@@ -220,3 +220,35 @@ def test_contexts_cut_to_the_window_are_counted_in_the_manifest(qfile, tiny_llm,
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     cut = result["models"][0]["context_cut"]
     assert 0 < cut <= 10 and manifest["models"][0]["context_cut"] == cut
+
+
+def test_one_llm_joins_twice_with_per_member_settings(qfile, tiny_llm, tmp_path):
+    args = [f"llm:{tiny_llm}", f"llm:{tiny_llm}?normalise=pmi", f"llm:{tiny_llm}?mode=letter"]
+    result = run_infer(qfile, args, tmp_path / "out", _config("infer.ensemble=zscore"))
+    names = [m["model"] for m in result["models"]]
+    assert names == ["llm-tiny", "llm-tiny-pmi", "llm-tiny-letter", "ensemble"]
+    out = tmp_path / "out"
+    single = run_infer(
+        qfile, [f"llm:{tiny_llm}"], tmp_path / "pmi", _config("causal_lm.normalise=pmi")
+    )
+    assert single["models"][0]["status"] == "done"
+    np.testing.assert_allclose(
+        _logits(out, "llm-tiny-pmi"), _logits(tmp_path / "pmi", "llm-tiny"), atol=1e-5
+    )
+    from infer.ensemble import zscore
+
+    expected = np.mean([zscore(_logits(out, n)) for n in names[:3]], axis=0)
+    np.testing.assert_allclose(_logits(out, "ensemble"), expected, atol=1e-3)  # near-flat rows
+
+
+@pytest.mark.parametrize(
+    ("suffix", "message"),
+    [
+        ("?colour=red", "not key=value with a causal_lm key"),
+        ("?mode=essay", "causal_lm.mode: Input should be"),
+    ],
+)
+def test_bad_member_override_is_one_line(qfile, tiny_llm, tmp_path, suffix, message):
+    result = _cli(str(qfile), f"llm:{tiny_llm}{suffix}", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1
