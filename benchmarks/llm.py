@@ -105,7 +105,7 @@ def quality(args: argparse.Namespace) -> None:
     print("| set | context | scoring | MAP@3 | accuracy | seconds | q/s | context cut |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.sets:
-        for context in (False, True):
+        for context in {"no": [False], "yes": [True], "both": [False, True]}[args.context]:
             frame = load_set(name, args.data, context, args.limit)
             if frame is None:
                 print(f"| {name} | yes | (no {name}_ctx.csv in {args.data}) | | | | | |")
@@ -174,6 +174,7 @@ def main() -> None:
     parser.add_argument("--sets", type=lambda s: s.split(","), default=list(SETS))
     parser.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
     parser.add_argument("--limit", type=int, default=None, help="first N questions per set")
+    parser.add_argument("--context", choices=["no", "yes", "both"], default="both")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)

@@ -313,7 +313,10 @@ def infer(
     questions: Annotated[Path, typer.Argument(help="Questions (labelled or not; context used).")],
     model_dirs: Annotated[
         list[str] | None,
-        typer.Argument(help="Model dirs, sciqa train run dirs (their folds) or globs."),
+        typer.Argument(
+            help="Model dirs, sciqa train run dirs (their folds), globs, or causal LMs "
+            "as llm:NAME[?causal_lm_key=value] (docs/llm.md)."
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Required: OUT_DIR for submission.csv.")

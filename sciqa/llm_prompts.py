@@ -182,6 +182,22 @@ def _yes_no_ids(tokenizer: Any, text: str, name: str) -> tuple[list[int], list[i
     return found["yes"], found["no"]
 
 
+def _check_template(spec: PromptSpec) -> None:
+    """Refuse a template with unknown fields, or without the field its mode needs."""
+    needs = {"letter": "{options}", "yes_no": "{option}"}.get(spec.mode)
+    key = f"causal_lm.{spec.mode}_template"
+    try:
+        spec.template.format(context="", prompt="", options="", option="")
+        spec.context_template.format(context="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise LLMPromptError(
+            f"{key} / causal_lm.context_template: bad field {exc}; templates may use "
+            "{context}, {prompt}, {options} (letter) and {option} (yes_no)"
+        ) from None
+    if needs and needs not in spec.template:
+        raise LLMPromptError(f"{key} must contain {needs}: {spec.template!r}")
+
+
 def _contexts(frame: pd.DataFrame, use_context: bool) -> list[str]:
     if not use_context or CONTEXT not in frame.columns:
         return [""] * len(frame)
@@ -204,6 +220,7 @@ def encode_for_llm(
             f"{name}: its tokenizer has no chat template, which this prompt needs; "
             "set causal_lm.chat_template=off"
         )
+    _check_template(spec)
     letters = list(letters or option_letters(frame.columns))
     n = len(letters)
     prompts = frame[PROMPT].astype(str).tolist()

@@ -199,3 +199,23 @@ def test_pmi_subtracts_the_log_prob_after_the_bare_answer_cue(llm):
             assert scores[i, k].item() == pytest.approx(expected, abs=1e-4)
     with pytest.raises(LLMPromptError, match="zero-shot only"):
         full_features(enc)
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["causal_lm.cloze_template=Q: {question} Answer:"], "bad field 'question'"),
+        (
+            ["causal_lm.mode=yes_no", "causal_lm.yes_no_template=Q: {prompt} yes?"],
+            "must contain {option}",
+        ),
+        (
+            ["causal_lm.mode=letter", "causal_lm.letter_template=Q: {prompt}"],
+            "must contain {options}",
+        ),
+    ],
+)
+def test_bad_templates_are_refused(llm, sets, message):
+    _, tok, _ = llm
+    with pytest.raises(LLMPromptError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        encode_for_llm(tok, FRAME, _spec(tok, *sets))
