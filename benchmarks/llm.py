@@ -127,8 +127,11 @@ def speed(args: argparse.Namespace) -> None:
     frame = load_set(args.sets[0], args.data, True, args.limit)
     if frame is None:
         raise SystemExit(f"speed needs {args.sets[0]}_ctx.csv in --data (run sciqa retrieve)")
-    print("| scoring | tokens/question | cache s | full s | speed-up | max abs diff |")
-    print("|---|---|---|---|---|---|")
+    print(
+        f"| scoring ({args.dtype}) | tokens/question | cache s | full s | speed-up "
+        "| max abs diff | same top-1 |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for label in args.variants:
         enc = scorer.encode(frame, [*VARIANTS[label], "causal_lm.use_context=true"])
         if label == "cloze pmi":
@@ -142,9 +145,10 @@ def speed(args: argparse.Namespace) -> None:
         cached, full = statistics.median(times[True]), statistics.median(times[False])
         diff = float(np.nanmax(np.abs(outs[True] - outs[False])))
         tokens = float(np.mean(enc.lengths))
+        same = float(np.mean(outs[True].argmax(1) == outs[False].argmax(1)))
         print(
             f"| {label} | {tokens:.0f} | {cached:.1f} | {full:.1f} | {full / cached:.2f}x "
-            f"| {diff:.1e} |",
+            f"| {diff:.1e} | {same:.0%} |",
             flush=True,
         )
 

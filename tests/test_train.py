@@ -256,25 +256,18 @@ def test_single_fold_and_full_fit_with_valid_file(tmp_path, tiny_bert):
     assert sorted(p.name for p in out.glob("fold_*")) == ["fold_2"]
 
 
-def test_resume_after_a_kill_continues_from_the_checkpoint(tmp_path, tiny_bert, monkeypatch):
-    from train.trainer import LengthGroupedTrainer
-
+def test_resume_after_a_kill_continues_from_the_checkpoint(
+    tmp_path, tiny_bert, kill_after_checkpoint
+):
     questions = write_table(make_questions(16), tmp_path / "q.csv")
     out = tmp_path / "run"
     config = config_for(tiny_bert, "train.epochs=2", "train.early_stopping_patience=5")
-    original = LengthGroupedTrainer._save_checkpoint
-
-    def save_then_die(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        raise KeyboardInterrupt  # as if the job were killed right after epoch 1's checkpoint
-
-    monkeypatch.setattr(LengthGroupedTrainer, "_save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_train(questions, out, config, folds=2)
     checkpoints = list((out / "fold_0" / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1 and not (out / "fold_0" / "metrics.json").exists()
 
-    monkeypatch.setattr(LengthGroupedTrainer, "_save_checkpoint", original)
+    kill_after_checkpoint()  # undo: the rerun may finish
     trained = run_train(questions, out, config, folds=2)
     assert [m["fold"] for m in trained] == [0, 1]
     assert trained[0]["resumed_from"] == str(checkpoints[0])

@@ -135,25 +135,18 @@ def test_changed_causal_lm_section_is_refused_but_infer_only_keys_resume(cloze_r
     assert run_train(questions, out, config, folds=2) == []  # finished folds skipped
 
 
-def test_resume_after_a_kill_continues_from_the_checkpoint(tmp_path, tiny_llama, monkeypatch):
-    from train.trainer import LengthGroupedTrainer
-
+def test_resume_after_a_kill_continues_from_the_checkpoint(
+    tmp_path, tiny_llama, kill_after_checkpoint
+):
     questions = write_table(make_questions(12), tmp_path / "q.csv")
     out = tmp_path / "run"
     config = config_for(tiny_llama, "train.epochs=2", "train.early_stopping_patience=5")
-    original = LengthGroupedTrainer._save_checkpoint
-
-    def save_then_die(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        raise KeyboardInterrupt  # as if the job were killed right after epoch 1's checkpoint
-
-    monkeypatch.setattr(LengthGroupedTrainer, "_save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_train(questions, out, config, folds=2, fold=0)
     checkpoints = list((out / "fold_0" / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1
 
-    monkeypatch.setattr(LengthGroupedTrainer, "_save_checkpoint", original)
+    kill_after_checkpoint()  # undo: the rerun may finish
     [trained] = run_train(questions, out, config, folds=2, fold=0)
     assert trained["resumed_from"] == str(checkpoints[0])
     assert [e["epoch"] for e in trained["epochs"]] == [1.0, 2.0]
