@@ -63,13 +63,20 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def tokenizer_fingerprint(path: Path) -> str:
-    """Hash of the tokenizer files: folds of one run share it, so tokenize once."""
+    """Hash of the tokenizer files: folds of one run share it, so tokenize once.
+
+    A Hub-named model has no local files to hash; its name tells tokenizers apart.
+    """
     digest = hashlib.sha256()
+    found = False
     for name in TOKENIZER_FILES:
         file = path / name
         if file.is_file():
+            found = True
             digest.update(name.encode())
             digest.update(file.read_bytes())
+    if not found:
+        digest.update(str(path).encode())
     return digest.hexdigest()
 
 

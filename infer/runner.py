@@ -98,8 +98,7 @@ class Runner:
 
     def _fingerprint(self, spec: ModelSpec) -> str:
         if spec.name not in self._fingerprints:
-            # A Hub-named LLM has no local files to hash: its name tells tokenizers apart.
-            self._fingerprints[spec.name] = f"{spec.path}|{tokenizer_fingerprint(spec.path)}"
+            self._fingerprints[spec.name] = tokenizer_fingerprint(spec.path)
         return self._fingerprints[spec.name]
 
     def _replan(

@@ -136,9 +136,17 @@ def _split(spec: PromptSpec, text: str, option: str) -> tuple[str, str]:
     return text, ""
 
 
-def _tail_ids(tokenizer: Any, heads: list[str], fulls: list[str], special: bool) -> list[list[int]]:
-    """Ids of ``full[len(head):]`` as tokenized inside the joint text."""
-    head_ids = tokenizer(heads, add_special_tokens=special)["input_ids"]
+def _tail_ids(
+    tokenizer: Any,
+    heads: list[str],
+    fulls: list[str],
+    special: bool,
+    head_ids: list[list[int]] | None = None,
+) -> list[list[int]]:
+    """Ids of ``full[len(head):]`` as tokenized inside the joint text (``head_ids``: the
+    heads already tokenized, so a prefix shared by several options is tokenized once)."""
+    if head_ids is None:
+        head_ids = tokenizer(heads, add_special_tokens=special)["input_ids"]
     full_ids = tokenizer(fulls, add_special_tokens=special)["input_ids"]
     tails = []
     for head, full, h_ids, f_ids in zip(heads, fulls, head_ids, full_ids, strict=True):
@@ -249,7 +257,8 @@ def encode_for_llm(
             }
         flat_heads = [h for i in rows for h, _ in parts[i]]
         flat_fulls = [h + s for i in rows for h, s in parts[i]]
-        tails = _tail_ids(tokenizer, flat_heads, flat_fulls, special)
+        flat_ids = [ids for ids in prefix_ids for _ in range(n)]
+        tails = _tail_ids(tokenizer, flat_heads, flat_fulls, special, flat_ids)
         for k, (i, ids) in enumerate(zip(rows, prefix_ids, strict=True)):
             out[i] = (ids, tails[k * n : (k + 1) * n])
         return out
