@@ -247,8 +247,8 @@ def summary(counts: dict[str, Any]) -> str:
         f"kept: {post['kept']} questions -> {counts['outputs']['questions']}; answer letters "
         + " ".join(f"{k}={v}" for k, v in post["letters_after"].items()),
     ]
-    if "skipped" not in counts["audit"]:
-        lines.append(one_line(counts["audit"]))
+    audit = counts["audit"]
+    lines.append(f"audit: {audit['skipped']}" if "skipped" in audit else one_line(audit))
     if counts["stopped"]:
         lines.append(f"stopped early: {counts['stopped']}; rerun to continue (replies are cached)")
     if rep["unanswered"] and not counts["stopped"]:

@@ -274,6 +274,9 @@ def audit_questions(
             **compare_to_chance(ap, len(letters)),
             "flagged": len(found),
         }
+        if baseline == PASSAGE_OVERLAP:  # blank passages tie every option: chance there
+            with_text = sum(bool(str(p).strip()) for p in passages)
+            report["baselines"][baseline]["with_passage"] = with_text
     flagged_rows = {f["row"] for f in flags}
     report["flagged"] = {
         "questions": len(flagged_rows),
@@ -343,6 +346,8 @@ def format_report(report: dict[str, Any], source: str, show: int = 5) -> str:
             f"{f'[{band[0]:.3f}, {band[1]:.3f}]':<16} {result['verdict']:<13} "
             f"{_pct(result['flagged'], n)}"
         )
+        if result.get("with_passage", n) < n:
+            lines[-1] += f"; {result['with_passage']} of {n} questions have a passage"
     t = report["thresholds"]
     lines.append(
         f"flagged: {report['flagged']['questions']} questions "

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from data_gen.commands import rejected_path, run_gen
+from data_gen.commands import rejected_path, run_gen, summary
 from data_gen.fake_server import FakeLLM, write_fake_passages
 from data_gen.postprocess import filter_shortcuts
 from sciqa.audit import STOPWORDS, audit_questions, load_for_audit
@@ -272,6 +272,7 @@ def test_gen_writes_the_audit_of_what_it_keeps(tmp_path, monkeypatch):
     assert audit["baselines"]["longest"]["flagged"] == 6
     assert "skipped" not in audit["baselines"]["passage_overlap"]  # context = the passage
     assert "flags" not in audit and manifest["postprocess"]["kept"] == 6
+    assert "longest 1.000 (above chance)" in summary(counts).splitlines()[-1]
 
     result = CliRunner().invoke(app, ["audit", str(tmp_path / "gen" / "q.csv")])
     assert result.exit_code == 0, result.output
@@ -285,6 +286,7 @@ def test_gen_drops_flagged_questions_by_reason(tmp_path, monkeypatch):
     post = counts["postprocess"]
     assert post["dropped_by_reason"] == {"shortcut_longest": 6} and post["kept"] == 0
     assert counts["audit"] == {"skipped": "no questions kept"}
+    assert "audit: no questions kept" in summary(counts).splitlines()
     rejects = rejected_path(tmp_path / "gen" / "q.csv").read_text().splitlines()
     assert [json.loads(r)["reason"] for r in rejects] == ["shortcut_longest"] * 6
 
@@ -381,3 +383,11 @@ def test_context_column_is_used_and_blank_context_counts_as_missing(tmp_path):
     assert list(passages) == list(frame["context"]) and "passage_overlap" in baselines
     frame.assign(context="  ").to_json(path, orient="records", lines=True)
     assert load_for_audit(str(path))[1] is None
+
+
+def test_blank_passages_count_as_chance_and_are_reported():
+    frame = question_set(40, 5, seed=7, make_row=overlap_row)
+    frame.loc[20:, "context"] = ""
+    result = audit_questions(frame, passages=frame["context"])["baselines"]["passage_overlap"]
+    assert result["with_passage"] == 20
+    assert result["map_at_3"] == pytest.approx((20 * 1.0 + 20 * chance_map_at_3(5)) / 40, abs=1e-4)
