@@ -90,8 +90,10 @@ def passages_by_source(frame: pd.DataFrame, passages_path: str, source: str) -> 
             f"{source}: no 'source_id' column to join --passages {passages_path} on "
             "(passage_id); attach passages as a 'context' column instead"
         )
-    text = dict(zip(passages["passage_id"].astype(str), passages["text"].astype(str), strict=True))
     keys = frame[SOURCE_ID].astype(str)
+    ids = passages["passage_id"].astype(str)
+    wanted = ids.isin(keys)  # a corpus-sized passages table: keep only what is joined
+    text = dict(zip(ids[wanted], passages.loc[wanted, "text"].fillna("").astype(str), strict=True))
     unmatched = np.flatnonzero(~keys.isin(text).to_numpy())
     if len(unmatched):
         row = int(unmatched[0])
