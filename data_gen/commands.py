@@ -27,6 +27,7 @@ from data_gen.passages import read_passages, select_passages
 from data_gen.postprocess import postprocess
 from data_gen.prompts import load_templates
 from data_gen.scorers import load_encoder, make_scorer
+from sciqa.audit import one_line
 from sciqa.config import DEFAULT, SciqaConfig
 from sciqa.errors import SciqaError
 from sciqa.io import read_questions, table_format, write_questions, write_table, write_text
@@ -175,6 +176,7 @@ def run_gen(
         "selection": selection,
         "replies": reply_counts(outcomes),
         "postprocess": post,
+        "audit": post.pop("audit"),
         "usage": usage,
         "stopped": stopped,
         "endpoint": {"base_url": target.base_url, "model": target.model},
@@ -245,6 +247,8 @@ def summary(counts: dict[str, Any]) -> str:
         f"kept: {post['kept']} questions -> {counts['outputs']['questions']}; answer letters "
         + " ".join(f"{k}={v}" for k, v in post["letters_after"].items()),
     ]
+    audit = counts["audit"]
+    lines.append(f"audit: {audit['skipped']}" if "skipped" in audit else one_line(audit))
     if counts["stopped"]:
         lines.append(f"stopped early: {counts['stopped']}; rerun to continue (replies are cached)")
     if rep["unanswered"] and not counts["stopped"]:

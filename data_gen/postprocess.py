@@ -1,6 +1,8 @@
 """From valid questions to the ones worth keeping: no duplicates, no leaks into
-evaluation sets, answerable from the passage, not answerable without it, and finally
-options shuffled so the answer letters are balanced.
+evaluation sets, answerable from the passage, not answerable without it, no shortcut
+(longest option, words shared with the question) that finds the answer without reading,
+and finally options shuffled so the answer letters are balanced; then the bias audit
+(:mod:`sciqa.audit`) of what is kept.
 
 Each step is switchable in config; every dropped question becomes a record
 ``{"stage": "filter", "id", "reason", "detail", ...}`` for the rejects file.
@@ -16,6 +18,15 @@ import numpy as np
 import pandas as pd
 
 from data_gen.scorers import Scorer
+from sciqa.audit import (
+    PASSAGE_OVERLAP,
+    answer_index,
+    audit_questions,
+    baseline_scores,
+    context_passages,
+    shortcut_flags,
+)
+from sciqa.chance import chance_map_at_3, tie_aware_ap
 from sciqa.config import GenConfig
 from sciqa.schema import ANSWER, CONTEXT, ID, PROMPT, SOURCE_ID, option_letters
 
@@ -184,6 +195,70 @@ def filter_too_easy(
     return _keep(frame, rows), _drop(frame, rows, "too_easy", details)
 
 
+def _trim_to_chance(
+    flags: list[dict[str, Any]], ap: np.ndarray, keep: np.ndarray, chance: float
+) -> list[dict[str, Any]]:
+    """The largest-margin ``flags`` whose removal brings the mean ``ap`` of the kept
+    rows down to ``chance`` (all of them if that is not enough)."""
+    total, count, chosen = float(ap[keep].sum()), int(keep.sum()), []
+    for flag in sorted(flags, key=lambda f: -f["margin"]):
+        if count == 0 or total / count <= chance:
+            break
+        chosen.append(flag)
+        total, count = total - ap[flag["row"]], count - 1
+    return chosen
+
+
+def filter_shortcuts(frame: pd.DataFrame, config: GenConfig) -> tuple[pd.DataFrame, Drops]:
+    """Act on questions a shortcut in ``gen.audit_shortcuts`` answers by a clear margin:
+    ``drop`` removes every one; ``rebalance`` removes the largest-margin ones only until
+    that shortcut's MAP@3 on what is kept is down to chance. Reason ``shortcut_<name>``."""
+    if config.audit_action == "report" or frame.empty:
+        return frame, []
+    answer = answer_index(frame)
+    passages = context_passages(frame)
+    chance = chance_map_at_3(len(option_letters(frame.columns)))
+    claimed: dict[str, list[dict[str, Any]]] = {}
+    taken: set[int] = set()
+    for name in config.audit_shortcuts:
+        if name == PASSAGE_OVERLAP and passages is None:
+            continue
+        scores = baseline_scores(frame, name, passages)
+        flags = shortcut_flags(
+            frame, name, scores, answer, config.audit_length_ratio, config.audit_overlap_margin
+        )
+        flags = [f for f in flags if f["row"] not in taken]
+        if config.audit_action == "rebalance":
+            keep = np.ones(len(frame), dtype=bool)
+            keep[list(taken)] = False
+            flags = _trim_to_chance(flags, tie_aware_ap(scores, answer), keep, chance)
+        claimed[name] = flags
+        taken |= {f["row"] for f in flags}
+    drops: Drops = []
+    for name, flags in claimed.items():
+        drops += _drop(
+            frame, [f["row"] for f in flags], f"shortcut_{name}", [f["detail"] for f in flags]
+        )
+    return _keep(frame, sorted(taken)), drops
+
+
+def audit_kept(frame: pd.DataFrame, config: GenConfig, seed: int) -> dict[str, Any]:
+    """The bias audit of the kept questions for the manifest (flag counts, not the list:
+    ``sciqa audit OUT --json FILE`` gives every flag)."""
+    if frame.empty:
+        return {"skipped": "no questions kept"}
+    report = audit_questions(
+        frame,
+        passages=context_passages(frame),
+        length_ratio=config.audit_length_ratio,
+        overlap_margin=config.audit_overlap_margin,
+        seed=seed,
+        skipped="no passage text in 'context'",
+    )
+    report.pop("flags")
+    return report
+
+
 def postprocess(
     frame: pd.DataFrame,
     config: GenConfig,
@@ -207,10 +282,13 @@ def postprocess(
     if config.too_easy_filter and scorer is not None:
         frame, dropped = filter_too_easy(frame, scorer, config.too_easy_confidence)
         drops += dropped
+    frame, dropped = filter_shortcuts(frame, config)
+    drops += dropped
     # Last, so the letters of what is kept (not of what was generated) are balanced.
     if config.balance_letters and len(frame):
         frame = balance_letters(frame, seed)
     counts["dropped_by_reason"] = dict(Counter(d["reason"] for d in drops).most_common())
     counts["kept"] = len(frame)
     counts["letters_after"] = letter_counts(frame)
+    counts["audit"] = audit_kept(frame, config, seed)
     return frame, drops, counts

@@ -95,6 +95,53 @@ def validate(
 
 @app.command()
 @_user_errors
+def audit(
+    questions: Annotated[Path, typer.Argument(help="Labelled questions (.csv, .parquet, .jsonl).")],
+    passages: Annotated[
+        Path | None,
+        typer.Option(
+            "--passages", help="Passages (passage_id, text) joined on source_id; else `context`."
+        ),
+    ] = None,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--baseline", help="longest, question_overlap, passage_overlap (repeatable; all)."
+        ),
+    ] = None,
+    show: Annotated[
+        int, typer.Option("--show", min=0, help="Flagged questions to print per shortcut.")
+    ] = 5,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the audit, every flag included, here.")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Bias audit: answer letters, shortcut baselines' MAP@3 vs chance, flagged questions."""
+    from sciqa.audit import audit_questions, format_report, load_for_audit
+    from sciqa.config import load_config
+    from sciqa.io import write_json
+
+    cfg = load_config(config, set_)
+    frame, texts, baselines = load_for_audit(
+        str(questions), str(passages) if passages else None, baseline
+    )
+    report = audit_questions(
+        frame,
+        passages=texts,
+        baselines=baselines,
+        length_ratio=cfg.gen.audit_length_ratio,
+        overlap_margin=cfg.gen.audit_overlap_margin,
+        seed=cfg.seed,
+    )
+    typer.echo(format_report(report, str(questions), show))
+    if json_out is not None:
+        write_json({"questions_file": str(questions), **report}, json_out)
+
+
+@app.command()
+@_user_errors
 def config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Print the resolved config (defaults, then --config, then --set) as YAML."""
     from sciqa.config import dump_config, load_config
