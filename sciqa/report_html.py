@@ -144,6 +144,22 @@ def _folds_table(data: dict[str, Any]) -> str:
     return _table(["run", "fold", "held-out questions", "MAP@3", "95% interval"], rows)
 
 
+def _weights_fit(fit: dict[str, Any] | None) -> str:
+    """What ``--weights auto`` did, from infer's manifest: its method and OOF scores."""
+    if not fit:
+        return ""
+    singles = ", ".join(
+        f"{Path(run).name} {score:.4f}" for run, score in fit.get("single_run_map_at_3", {}).items()
+    )
+    text = (
+        f"Weights fitted by {fit.get('method', '?')} on {fit.get('oof_questions', '?')} "
+        f"out-of-fold questions: OOF MAP@3 {_num(fit.get('oof_map_at_3'))} (single runs: "
+        f"{singles}). The OOF score of the fitted ensemble is optimistic: the weights were "
+        "chosen on those same questions."
+    )
+    return f'<p class="note">{_e(text)}</p>'
+
+
 def _section(key: str, image: Path | None, extra: str = "") -> str:
     if image is None:
         return ""
@@ -152,6 +168,11 @@ def _section(key: str, image: Path | None, extra: str = "") -> str:
         f'<img src="{_e(image.name)}" alt="{_e(TITLES[key])}">\n'
         f'<p class="caption">{_e(CAPTIONS[key])}</p>\n'
     )
+
+
+def _name(ev: Evidence) -> str:
+    names = [("/".join(p.resolve().parts[-2:])) for p in ev.sources]
+    return " + ".join(names)
 
 
 def render(ev: Evidence, data: dict[str, Any], images: dict[str, Path | None]) -> str:
@@ -173,9 +194,9 @@ def render(ev: Evidence, data: dict[str, Any], images: dict[str, Path | None]) -
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>sciqa report: {_e(ev.sources[0].name)}</title>",
+        f"<title>sciqa report: {_e(_name(ev))}</title>",
         f"<style>{STYLE}</style></head><body>",
-        f"<h1>sciqa report: {_e(ev.sources[0].name)}</h1>",
+        f"<h1>sciqa report: {_e(_name(ev))}</h1>",
         "<ul>" + "".join(f"<li>{_e(f)}</li>" for f in facts) + "</ul>",
         f'<p class="verdict">{_e(verdict(data["ensemble_minus_best"]))}</p>',
         _systems_table(data),
@@ -190,8 +211,9 @@ def render(ev: Evidence, data: dict[str, Any], images: dict[str, Path | None]) -
             "questions, or an infer OUT dir with several members.</p>"
         )
     parts.append(_section("correlation", images.get("correlation")))
-    for key in ("reliability", "by_letter", "by_source", "weights"):
+    for key in ("reliability", "by_letter", "by_source"):
         parts.append(_section(key, images.get(key)))
+    parts.append(_section("weights", images.get("weights"), _weights_fit(data["weights_fit"])))
     if data["by_source"] == []:
         parts.append('<p class="note">No <code>source</code> column in the labels.</p>')
     if data["budget"] is not None:

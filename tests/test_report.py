@@ -47,7 +47,9 @@ def noisy_logits(answers: np.ndarray, skill: float, seed: int) -> np.ndarray:
     return logits.astype(np.float32)
 
 
-def make_infer_dir(root: Path, n: int = 120, *, labelled_input: bool = True) -> Path:
+def make_infer_dir(
+    root: Path, n: int = 120, *, labelled_input: bool = True, weights_fit: dict | None = None
+) -> Path:
     """What `sciqa infer` leaves: logits/*.npy + ids.json, submission, manifest, config."""
     frame = make_questions(n)
     answers = frame["answer"].map(LETTERS.index).to_numpy()
@@ -84,7 +86,7 @@ def make_infer_dir(root: Path, n: int = 120, *, labelled_input: bool = True) -> 
             {"at_seconds": 3.0, "passes": {"run_a-fold_0": 2, "run_a-fold_1": 2, "llm-default": 2}},
             {"at_seconds": 25.0, "passes": {"run_a-fold_1": 2, "llm-default": 1}},
         ],
-        "weights_fit": None,
+        "weights_fit": weights_fit,
     }
     config = load_config(None, ["infer.time_budget=40s", "infer.tta=2"])
     write_run_files(out, "infer", config, inputs=[questions], extra=extra)
@@ -226,7 +228,9 @@ def test_eval_resamples_and_seed_are_options(tmp_path):
 
 
 def test_report_of_an_infer_dir_writes_an_offline_page_with_plots(tmp_path):
-    out = make_infer_dir(tmp_path)
+    fit = {"method": "greedy selection", "oof_questions": 90, "oof_map_at_3": 0.61,
+           "single_run_map_at_3": {"/runs/run_a": 0.58}}  # fmt: skip
+    out = make_infer_dir(tmp_path, weights_fit=fit)
     report = tmp_path / "report"
     result = runner.invoke(app, ["report", str(out), "--out", str(report), "--resamples", "300"])
     assert result.exit_code == 0, result.output
@@ -254,6 +258,7 @@ def test_report_of_an_infer_dir_writes_an_offline_page_with_plots(tmp_path):
     text = (report / "index.html").read_text()
     assert "Ensemble minus best member (run_a-fold_0)" in text
     assert "stopped: time budget spent" in text
+    assert "on 90 out-of-fold questions: OOF MAP@3 0.6100 (single runs: run_a 0.5800)" in text
 
 
 def test_report_of_train_runs_correlates_their_oof(tmp_path):
@@ -359,3 +364,32 @@ def test_eval_against_needs_a_submission_not_a_dir(tmp_path):
     out = make_infer_dir(tmp_path)
     line = _error(["eval", str(out), str(tmp_path / "questions.csv"), "--against", str(out)])
     assert "--against compares two submission files" in line
+
+
+def test_report_reads_a_real_infer_run_with_a_time_budget(tmp_path):
+    """End to end on what `sciqa infer` really writes (tiny random models)."""
+    pytest.importorskip("torch")
+    from test_infer import _questions, make_run
+
+    from infer.commands import run_infer
+
+    frame = _questions(12, seed=5).assign(source=["arc"] * 6 + ["obqa"] * 6)
+    questions = write_questions(frame, tmp_path / "q.csv")
+    run = make_run(tmp_path / "run_a", 1, questions=frame)
+    out = tmp_path / "out"
+    run_infer(questions, [str(run)], out, load_config(None, ["infer.batch_size=4"]),
+              time_budget="1h", tta=2)  # fmt: skip
+    report = tmp_path / "report"
+    result = runner.invoke(app, ["report", str(out), "--out", str(report), "--resamples", "200"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((report / "report.json").read_text())
+    scores = json.loads((out / "scores.json").read_text())
+    by_name = {s["model"]: s for s in data["systems"]}
+    for row in scores["models"]:  # the report agrees with infer's own scores.json
+        assert by_name[row["model"]]["map_at_3"] == pytest.approx(row["map_at_3"])
+        assert by_name[row["model"]]["accuracy"] == pytest.approx(row["accuracy"])
+    budget = data["budget"]
+    assert budget["time_budget_seconds"] == 3600 and budget["plans"]
+    assert [r["passes"] for r in budget["models"]] == [2, 2]
+    assert {r["source"] for r in data["by_source"]} == {"arc", "obqa"}
+    assert "budget.png" in parse_page(report / "index.html").images
