@@ -135,21 +135,22 @@ def correlation(ev: Evidence) -> dict[str, Any] | None:
     if len(ev.members) < 2:
         return None
     frame = pd.DataFrame({m.name: correct_probability(m, ev.answers) for m in ev.members})
-    matrix = frame.corr(method="spearman", min_periods=3)
-    both_wrong = np.array(
-        [
-            [
-                float(np.mean((_top1(a.logits) != ev.answers) & (_top1(b.logits) != ev.answers)))
-                for b in ev.members
-            ]
-            for a in ev.members
-        ]
-    )
+    matrix = frame.corr(method="spearman", min_periods=3).to_numpy()
+    wrong = {m.name: _top1(np.nan_to_num(m.logits, nan=-np.inf)) != ev.answers for m in ev.members}
+    both_wrong = [
+        [_share(wrong[a.name] & wrong[b.name], a.scored & b.scored) for b in ev.members]
+        for a in ev.members
+    ]
     return {
-        "members": list(matrix.columns),
-        "spearman": matrix.to_numpy().tolist(),
-        "both_wrong": both_wrong.tolist(),
+        "members": [m.name for m in ev.members],
+        "spearman": [[None if np.isnan(v) else float(v) for v in row] for row in matrix],
+        "both_wrong": both_wrong,
     }
+
+
+def _share(hits: np.ndarray, rows: np.ndarray) -> float | None:
+    """Share of ``rows`` where ``hits`` holds; None when no row qualifies."""
+    return float(hits[rows].mean()) if rows.any() else None
 
 
 def reliability(member: Member, answers: np.ndarray, bins: int = RELIABILITY_BINS) -> dict:

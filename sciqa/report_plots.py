@@ -110,7 +110,10 @@ def correlation(corr: dict[str, Any] | None, path: Path) -> Path | None:
     if corr is None:
         return None
     names = [_short(n, 20) for n in corr["members"]]
-    matrices = (np.array(corr["spearman"], dtype=float), np.array(corr["both_wrong"]))
+    matrices = tuple(
+        np.array([[np.nan if v is None else v for v in row] for row in corr[key]], dtype=float)
+        for key in ("spearman", "both_wrong")
+    )
     titles = ("Spearman r of p(correct option)", "share of questions both get wrong (top-1)")
     size = max(3.2, 0.55 * len(names) + 2.0)
     fig, axes = plt.subplots(1, 2, figsize=(max(WIDTH, 2 * size), size))

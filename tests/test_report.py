@@ -20,7 +20,7 @@ from sciqa.evidence import load_evidence
 from sciqa.intervals import average_precisions_from_logits, paired_bootstrap
 from sciqa.io import write_questions
 from sciqa.metrics import map_at_3, top3_letters
-from sciqa.report_data import correlation, reliability
+from sciqa.report_data import collect, correlation, reliability
 from sciqa.runs import write_run_files
 from sciqa.submission import make_submission, write_submission
 
@@ -393,3 +393,24 @@ def test_report_reads_a_real_infer_run_with_a_time_budget(tmp_path):
     assert [r["passes"] for r in budget["models"]] == [2, 2]
     assert {r["source"] for r in data["by_source"]} == {"arc", "obqa"}
     assert "budget.png" in parse_page(report / "index.html").images
+
+
+def test_a_member_that_scored_some_questions_is_scored_on_those(tmp_path):
+    """A cascade's expensive member (NaN rows = not scored) never wins 'best member'."""
+    out = make_infer_dir(tmp_path)
+    partial = np.load(out / "logits" / "llm-default.npy").copy()
+    partial[:80] = np.nan  # scored only the 40 least confident questions
+    np.save(out / "logits" / "llm-default.npy", partial)
+    ev = load_evidence([out])
+    data = collect(ev, n_resamples=200)
+    row = next(s for s in data["systems"] if s["model"] == "llm-default")
+    aps = average_precisions_from_logits(partial[80:], ev.answers[80:])
+    assert row["questions"] == 40 and row["map_at_3"] == pytest.approx(aps.mean())
+    assert data["ensemble_minus_best"]["best_member"] == "run_a-fold_0"
+    corr = data["correlation"]
+    i = corr["members"].index("llm-default")
+    fold0 = np.load(out / "logits" / "run_a-fold_0.npy")[80:].argmax(axis=1)
+    both = (fold0 != ev.answers[80:]) & (partial[80:].argmax(axis=1) != ev.answers[80:])
+    assert corr["both_wrong"][0][i] == pytest.approx(both.mean())
+    assert corr["spearman"][0][i] is not None
+    json.dumps(data, allow_nan=False)  # report.json stays strict JSON
