@@ -98,7 +98,8 @@ def map_intervals(
         verdict = "above 0" if diff["low"] > 0 else "below 0" if diff["high"] < 0 else "includes 0"
         title += (
             f"\nensemble - best member ({_short(diff['best_member'], 24)}): "
-            f"{diff['estimate']:+.4f}  [{diff['low']:+.4f}, {diff['high']:+.4f}], {verdict}"
+            f"{diff['estimate']:+.4f} MAP@3\npaired 95% interval "
+            f"[{diff['low']:+.4f}, {diff['high']:+.4f}]: {verdict}"
         )
     ax.set_title(title, loc="left")
     ax.grid(axis="y", visible=False)
@@ -114,7 +115,7 @@ def correlation(corr: dict[str, Any] | None, path: Path) -> Path | None:
         np.array([[np.nan if v is None else v for v in row] for row in corr[key]], dtype=float)
         for key in ("spearman", "both_wrong")
     )
-    titles = ("Spearman r of p(correct option)", "share of questions both get wrong (top-1)")
+    titles = ("Spearman r of p(correct option)", "share both wrong at top-1")
     size = max(3.2, 0.55 * len(names) + 2.0)
     fig, axes = plt.subplots(1, 2, figsize=(max(WIDTH, 2 * size), size))
     for ax, matrix, title, cmap, vmin in zip(
@@ -202,7 +203,9 @@ def by_letter(rows: list[dict[str, Any]], model: str, path: Path) -> Path:
     right.set_xticks(x, letters)
     right.set_xlabel("letter")
     right.set_ylabel("share of questions")
-    right.legend(fontsize=9)
+    tallest = max([r["answer_share"] for r in rows] + [r["predicted_share"] for r in rows])
+    right.set_ylim(0, tallest * 1.3)  # headroom for the legend
+    right.legend(fontsize=9, ncol=2, loc="upper center")
     right.set_title("position bias: answers vs first picks", loc="left")
     return _save(fig, path)
 
@@ -273,9 +276,9 @@ def budget(plan: dict[str, Any] | None, path: Path) -> Path | None:
     left.yaxis.get_major_locator().set_params(integer=True)
     left.set_ylim(0, max([*first, *last, 1]) * 1.35)  # headroom for the legend
     left.legend(fontsize=9, ncol=3, loc="upper center")
-    planned = "no time budget: every model planned all passes" if not plan["plans"] else (
+    planned = "no time budget: all passes planned" if not plan["plans"] else (
         f"{len(plan['plans'])} plan(s) made")  # fmt: skip
-    left.set_title(f"Passes: plan vs run ({planned})", loc="left", fontsize=10)
+    left.set_title(f"Passes: plan vs run\n{planned}", loc="left", fontsize=10)
 
     start = 0.0
     for i, r in enumerate(rows):
@@ -303,7 +306,7 @@ def budget(plan: dict[str, Any] | None, path: Path) -> Path | None:
     right.set_ylim(-0.5, 1.9)  # headroom for names and legend
     right.set_yticks([])
     right.set_xlabel("seconds (grey: loading; models in the order listed)")
-    title = "Where the time went" + (f": {elapsed:.0f}s elapsed" if elapsed else "")
+    title = "Where the time went\n" + (f"{elapsed:.0f}s elapsed" if elapsed else "")
     right.set_title(title, loc="left", fontsize=10)
     right.grid(axis="y", visible=False)
     return _save(fig, path)
