@@ -344,3 +344,26 @@ def load_train_runs(runs: list[Path], labels: Path | None = None) -> Evidence:
         config=_read_config(runs[0]),
         folds={name: _fold_metrics(run) for run, name in zip(runs, names, strict=True)},
     )
+
+
+def runs_behind(ev: Evidence) -> list[Path]:
+    """The ``sciqa train`` run dirs whose folds are members of an infer ensemble."""
+    runs: list[Path] = []
+    for member in ev.members:
+        path = member.info.get("path")
+        run = Path(path).parent if path else None
+        if run is not None and (run / OOF).is_file() and run not in runs:
+            runs.append(run)
+    return runs
+
+
+def oof_evidence(ev: Evidence) -> tuple[Evidence | None, str]:
+    """The out-of-fold logits of the runs behind an infer ensemble, when there are two or
+    more on the same questions; else None and why not."""
+    runs = runs_behind(ev)
+    if len(runs) < 2:
+        return None, f"{len(runs)} train run(s) with oof.parquet behind the members"
+    try:
+        return load_train_runs(runs), ""
+    except SciqaError as exc:
+        return None, str(exc)

@@ -10,7 +10,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from sciqa.evidence import Evidence, load_evidence
+from sciqa.evidence import Evidence, load_evidence, oof_evidence
 from sciqa.intervals import N_RESAMPLES, SEED
 from sciqa.io import write_json, write_text
 from sciqa.report_data import verdict
@@ -51,6 +51,11 @@ CAPTIONS = {
         "the largest groups first: where the model is weak, and whether a validation set "
         "stands for the test."
     ),
+    "oof_correlation": (
+        "The same two measures on the out-of-fold predictions of the sciqa train runs whose "
+        "folds are members here: each training question scored by the fold that held it "
+        "out. These are the predictions --weights auto fits on, so they explain its choice."
+    ),
     "weights": "Each member's share of the ensemble (its weight over the sum of weights).",
     "budget": (
         "Left: TTA passes per model in the first and last plan of the time budget, and the "
@@ -68,6 +73,7 @@ TITLES = {
     "reliability": "Reliability of the top-1 probability",
     "by_letter": "Accuracy by answer letter",
     "by_source": "Accuracy by source",
+    "oof_correlation": "Out-of-fold correlation of the train runs behind the members",
     "weights": "Ensemble weights",
     "budget": "Time budget: plan vs what ran",
     "learning_curves": "Learning curves",
@@ -211,6 +217,7 @@ def render(ev: Evidence, data: dict[str, Any], images: dict[str, Path | None]) -
             "questions, or an infer OUT dir with several members.</p>"
         )
     parts.append(_section("correlation", images.get("correlation")))
+    parts.append(_section("oof_correlation", images.get("oof_correlation")))
     for key in ("reliability", "by_letter", "by_source"):
         parts.append(_section(key, images.get(key)))
     parts.append(_section("weights", images.get("weights"), _weights_fit(data["weights_fit"])))
@@ -237,10 +244,15 @@ def write_report(
 ) -> tuple[Path, dict[str, Any]]:
     """Read the run(s), write REPORT_DIR/index.html + PNGs + report.json; returns the page."""
     from sciqa import report_plots as plots
-    from sciqa.report_data import collect
+    from sciqa.report_data import collect, correlation
 
     ev = load_evidence(paths, labels)
     data = collect(ev, n_resamples=n_resamples, seed=seed)
+    oof = None
+    if ev.kind == "infer":
+        oof, why = oof_evidence(ev)
+        data["oof_correlation"] = correlation(oof) if oof is not None else None
+        data["oof_correlation_note"] = why
     out.mkdir(parents=True, exist_ok=True)
     focus = data["focus"]
     images = {
@@ -248,6 +260,9 @@ def write_report(
             data["systems"], data["ensemble_minus_best"], out / "map_intervals.png"
         ),
         "correlation": plots.correlation(data["correlation"], out / "correlation.png"),
+        "oof_correlation": plots.correlation(
+            data.get("oof_correlation"), out / "oof_correlation.png"
+        ),
         "reliability": plots.reliability(data["reliability"], out / "reliability.png"),
         "by_letter": plots.by_letter(data["by_letter"], focus, out / "by_letter.png"),
         "by_source": plots.by_source(data["by_source"], focus, out / "by_source.png"),

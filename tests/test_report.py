@@ -414,3 +414,25 @@ def test_a_member_that_scored_some_questions_is_scored_on_those(tmp_path):
     assert corr["both_wrong"][0][i] == pytest.approx(both.mean())
     assert corr["spearman"][0][i] is not None
     json.dumps(data, allow_nan=False)  # report.json stays strict JSON
+
+
+def test_report_of_an_infer_dir_adds_the_oof_correlation_of_its_train_runs(tmp_path):
+    out = make_infer_dir(tmp_path)
+    frame = make_questions(60, seed=7)
+    runs = [make_train_run(tmp_path / "runs" / name, frame, skill, seed)
+            for name, skill, seed in (("deberta", 1.5, 1), ("smollm2", 1.0, 2))]  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    for row, run in zip(manifest["models"], [runs[0], runs[0], runs[1]], strict=False):
+        row["path"] = str(run / "fold_0")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    report = tmp_path / "report"
+    result = runner.invoke(app, ["report", str(out), "--out", str(report), "--resamples", "200"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((report / "report.json").read_text())
+    assert data["oof_correlation"]["members"] == ["deberta", "smollm2"]
+    assert "oof_correlation.png" in parse_page(report / "index.html").images
+    plain = make_infer_dir(tmp_path / "plain")
+    runner.invoke(app, ["report", str(plain), "--out", str(tmp_path / "r2"), "--resamples", "50"])
+    data = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert data["oof_correlation"] is None
+    assert data["oof_correlation_note"] == "0 train run(s) with oof.parquet behind the members"
