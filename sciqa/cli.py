@@ -4,7 +4,6 @@ inside its body so ``sciqa --help`` stays fast and needs no torch, faiss or open
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -43,33 +42,76 @@ def _user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+ResamplesOpt = Annotated[
+    int, typer.Option("--resamples", min=1, help="Bootstrap resamples for the 95% intervals.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap resampling.")]
+
+
 @app.command("eval")
 @_user_errors
 def eval_(
-    submission: Annotated[Path, typer.Argument(help="submission.csv: id,prediction ('B A D').")],
+    submission: Annotated[
+        Path,
+        typer.Argument(
+            help="submission.csv (id,prediction 'B A D'), or a sciqa infer OUT dir / train run "
+            "dir: every member's logits and the ensemble are scored."
+        ),
+    ],
     labels: Annotated[Path, typer.Argument(help="Questions file with an 'answer' column.")],
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the scores to this JSON file.")
     ] = None,
+    against: Annotated[
+        Path | None,
+        typer.Option("--against", help="Another submission: paired interval of the difference."),
+    ] = None,
+    resamples: ResamplesOpt = 10_000,
+    seed: SeedOpt = 0,
 ) -> None:
-    """Score a submission against labelled questions: MAP@3 and accuracy."""
-    from sciqa.evaluate import score_submission
-    from sciqa.io import read_questions
-    from sciqa.submission import read_submission
+    """Score a submission against labelled questions: MAP@3 (95% bootstrap interval), accuracy."""
+    from sciqa.evaluate import evaluate_dir, evaluate_submission, format_eval
 
-    result = score_submission(
-        read_submission(submission),
-        read_questions(labels, require_answer=True),
-        submission_source=str(submission),
-        labels_source=str(labels),
-    )
-    typer.echo(
-        f"MAP@3 {result.map_at_3:.4f}  accuracy {result.accuracy:.4f}  "
-        f"questions {result.n_questions}"
-    )
+    if submission.is_dir():
+        if against is not None:
+            raise SciqaError("--against compares two submission files, not a directory")
+        result = evaluate_dir([submission], labels, n_resamples=resamples, seed=seed)
+    else:
+        result = evaluate_submission(
+            submission, labels, against=against, n_resamples=resamples, seed=seed
+        )
+    typer.echo("\n".join(format_eval(result, str(submission))))
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result.as_dict(), indent=2) + "\n", encoding="utf-8")
+        from sciqa.io import write_json
+
+        write_json(result, json_out)
+
+
+@app.command()
+@_user_errors
+def report(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="A sciqa infer OUT dir, or one or more sciqa train run dirs trained on the "
+            "same questions (their OOF logits are the members)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="REPORT_DIR: index.html + PNGs.")],
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="Labelled questions; default: the run's own files."),
+    ] = None,
+    resamples: ResamplesOpt = 10_000,
+    seed: SeedOpt = 0,
+) -> None:
+    """Static HTML report with plots (opens offline): intervals, correlation, calibration."""
+    from sciqa.report_data import verdict
+    from sciqa.report_html import write_report
+
+    page, data = write_report(runs, out, labels=labels, n_resamples=resamples, seed=seed)
+    typer.echo(verdict(data["ensemble_minus_best"]))
+    typer.echo(f"{page}: {len(data['plots'])} plots, {data['questions']} questions")
 
 
 @app.command()

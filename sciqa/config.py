@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sciqa.errors import ConfigError
 
@@ -112,6 +112,20 @@ class TrainConfig(_Section):
     early_stopping_patience: int = 2  # evaluations without a MAP@3 gain before stopping
     logging_steps: int = 50  # optimiser steps between loss log lines
     dataloader_workers: int = 0  # DataLoader worker processes
+    report_to: list[str] = ["none"]  # HF Trainer trackers: tensorboard, mlflow ([track] extra)
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, value: Any) -> list[str]:
+        """``"tensorboard,mlflow"`` (a --set value) or a list; ``none`` alone means none."""
+        names = value.split(",") if isinstance(value, str) else list(value)
+        names = [str(n).strip().lower() for n in names if str(n).strip()] or ["none"]
+        if "all" in names:
+            # HF's "all" starts every tracker that happens to be installed, some online.
+            raise ValueError("name the trackers (e.g. tensorboard,mlflow); 'all' is not allowed")
+        if "none" in names and len(names) > 1:
+            raise ValueError(f"'none' cannot be combined with {[n for n in names if n != 'none']}")
+        return names
 
 
 class InferConfig(_Section):

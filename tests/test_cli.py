@@ -27,11 +27,16 @@ def test_eval_prints_and_writes_scores(tmp_path, files):
     result = runner.invoke(app, ["eval", str(submission), str(labels), "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "MAP@3 0.5000  accuracy 0.3333  questions 3" in result.output
-    assert json.loads(out.read_text()) == {
+    data = json.loads(out.read_text())
+    ci = data.pop("map_at_3_ci")  # added beside the historical keys, which stay as they were
+    assert data == {
         "n_questions": 3,
         "map_at_3": pytest.approx(0.5),
         "accuracy": pytest.approx(1 / 3),
     }
+    # Per-question AP 1, 1/2, 0: resampling 3 questions spans all of 0..1.
+    assert ci == {"low": 0.0, "high": 1.0, "confidence": 0.95, "n_resamples": 10_000, "seed": 0}
+    assert "MAP@3 95% interval 0.0000 to 1.0000 (bootstrap over questions" in result.output
 
 
 def test_eval_bad_labels_give_one_line_error(tmp_path, files, questions):

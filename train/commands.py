@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("train")
 # Keys that change nothing in the trained model, so a rerun with other values resumes.
-NOT_FINGERPRINTED = ("logging_steps", "dataloader_workers", "eval_batch_size")
+NOT_FINGERPRINTED = ("logging_steps", "dataloader_workers", "eval_batch_size", "report_to")
 # causal_lm keys that only matter to infer (or only to where layers sit), same reason.
 CAUSAL_NOT_FINGERPRINTED = ("batch_size", "prefix_cache", "device_map")
 
@@ -128,6 +128,9 @@ def run_train(
     from accelerate import PartialState
 
     _log_to_stderr()
+    from train.trackers import check_trackers
+
+    check_trackers(config.train.report_to)  # before anything is loaded or written
     folds = config.train.folds if folds is None else folds
     if folds < 1:
         raise SciqaError(f"--folds {folds}: must be at least 1")
@@ -264,6 +267,7 @@ def train_one(
     """Encode, train, save and score one fold; rank 0 writes its directory."""
     from transformers import set_seed
 
+    from train.trackers import tracking_env
     from train.trainer import train_fold
 
     train_cfg = config.train
@@ -278,18 +282,19 @@ def train_one(
     set_seed(config.seed)  # a new head (or LoRA) starts the same in every process
     model = backend.load_model()
     started = time.perf_counter()
-    outcome = train_fold(
-        model,
-        backend.tokenizer,
-        train_split,
-        valid_split,
-        train=train_cfg,
-        letters=letters,
-        output_dir=fold_dir / layout.CHECKPOINTS,
-        seed=config.seed,
-        label=label,
-        **backend.fold_options(),
-    )
+    with tracking_env(train_cfg.report_to, out, label.replace(" ", "_")):
+        outcome = train_fold(
+            model,
+            backend.tokenizer,
+            train_split,
+            valid_split,
+            train=train_cfg,
+            letters=letters,
+            output_dir=fold_dir / layout.CHECKPOINTS,
+            seed=config.seed,
+            label=label,
+            **backend.fold_options(),
+        )
     metrics = {"fold": index, **outcome.metrics, "wall_seconds": time.perf_counter() - started}
     if outcome.is_main:
         backend.save(outcome.model, fold_dir)

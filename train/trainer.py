@@ -89,7 +89,12 @@ def metrics_for(letters: list[str]):
 
 
 def training_arguments(
-    train: TrainConfig, output_dir: Path, seed: int, *, cpu_bf16: bool = False
+    train: TrainConfig,
+    output_dir: Path,
+    seed: int,
+    *,
+    cpu_bf16: bool = False,
+    run_name: str | None = None,
 ) -> TrainingArguments:
     bf16, fp16 = resolve_precision(train.precision, cpu_bf16=cpu_bf16)
     return TrainingArguments(
@@ -116,7 +121,8 @@ def training_arguments(
         greater_is_better=True,
         logging_strategy="steps",
         logging_steps=train.logging_steps,
-        report_to="none",
+        report_to=list(train.report_to),  # where they write: train.trackers.tracking_env
+        run_name=run_name,
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=train.dataloader_workers,
@@ -159,7 +165,8 @@ def train_fold(
     The defaults train an ``AutoModelForMultipleChoice``; another model family passes its
     Trainer subclass (its loss), collator, extra Trainer arguments and ``cpu_bf16``.
     """
-    args = training_arguments(train, output_dir, seed, cpu_bf16=cpu_bf16)
+    run_name = label.replace(" ", "_")  # the trackers' name for this fold
+    args = training_arguments(train, output_dir, seed, cpu_bf16=cpu_bf16, run_name=run_name)
     if collator is None:
         pad8 = 8 if (args.bf16 or args.fp16) else None  # tensor cores like multiples of 8
         collator = DataCollatorForMultipleChoice(tokenizer, pad_to_multiple_of=pad8)
