@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from sciqa.chance import (
-    bootstrap_interval,
     chance_map_at_3,
     chi2_sf,
     compare_to_chance,
@@ -34,6 +33,7 @@ from sciqa.chance import (
     tie_aware_top1,
 )
 from sciqa.errors import SchemaError
+from sciqa.intervals import bootstrap_interval
 from sciqa.io import read_table
 from sciqa.schema import ANSWER, CONTEXT, ID, PROMPT, SOURCE_ID, option_letters, validate_questions
 
@@ -266,12 +266,12 @@ def audit_questions(
             continue
         scores = baseline_scores(frame, baseline, passages)
         ap = tie_aware_ap(scores, answer)
-        low, high = bootstrap_interval(ap, seed, resamples)
+        ci = bootstrap_interval(ap, n_resamples=resamples, seed=seed)
         found = shortcut_flags(frame, baseline, scores, answer, length_ratio, overlap_margin)
         flags += found
         report["baselines"][baseline] = {
             "map_at_3": round(float(ap.mean()), 4),
-            "ci95": [round(low, 4), round(high, 4)],
+            "ci95": [round(ci.low, 4), round(ci.high, 4)],
             "top1": round(float(tie_aware_top1(scores, answer).mean()), 4),
             **compare_to_chance(ap, len(letters)),
             "flagged": len(found),

@@ -79,18 +79,6 @@ def chi2_sf(x: float, df: int) -> float:
     return min(1.0, math.erfc(math.sqrt(half)) + math.sqrt(2 / math.pi) * math.exp(-half) * total)
 
 
-def bootstrap_interval(
-    values: np.ndarray, seed: int, resamples: int = 1000, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile interval of the mean of ``values`` over resampled questions."""
-    rng = np.random.default_rng(seed)
-    means = np.array(
-        [values[rng.integers(0, len(values), len(values))].mean() for _ in range(resamples)]
-    )
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
-
-
 def compare_to_chance(ap: np.ndarray, n_options: int) -> dict[str, Any]:
     """Where a baseline's MAP@3 stands against chance: the 95% band of the mean AP of
     ``len(ap)`` questions whose correct option sits at a uniformly random rank."""
