@@ -69,12 +69,12 @@ if str(ROOT) not in sys.path:
 
 # step, its time box (seconds of the GPU run; shares of --deadline), the steps it needs
 PLAN = [
-    ("build_mc", 40, ()),
-    ("train_bf16", 75, ("build_mc",)),
-    ("train_fp16", 75, ("build_mc",)),
-    ("infer_mc", 55, ("build_mc",)),
-    ("torchrun", 60, ("build_mc",)),
-    ("causal", 145, ()),
+    ("build_mc", 35, ()),
+    ("train_bf16", 70, ("build_mc",)),
+    ("train_fp16", 70, ("build_mc",)),
+    ("infer_mc", 65, ("build_mc",)),
+    ("torchrun", 55, ("build_mc",)),
+    ("causal", 155, ()),
 ]
 ROWS = {  # what each step reports, in table order
     "build_mc": ["MC model"],

@@ -70,8 +70,8 @@ def test_no_time_left_skips_steps_and_their_dependents_but_keeps_every_row(tmp_p
 @pytest.mark.slow
 def test_smoke_run_fills_every_row_with_finite_numbers(tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--deadline", "600"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=720, cwd=ROOT)
+    command = [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--deadline", "1200"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1320, cwd=ROOT)
     logs = (out / "logs.txt").read_text() if (out / "logs.txt").exists() else ""
     assert done.returncode == 0, done.stdout[-3000:] + logs[-3000:]
     report = json.loads((out / "results.json").read_text())
