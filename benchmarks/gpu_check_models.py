@@ -172,31 +172,34 @@ def n_params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_mc(folder: Path, sizes: Sizes, device: str) -> int:
-    """Save a random DeBERTa-v3-shaped multiple-choice model + tokenizer; its parameters."""
+def mc_model(sizes: Sizes, vocab: int, device: str) -> Any:
+    """A random ``DebertaV2ForMultipleChoice`` of ``sizes.mc`` (vocab 0 = ``vocab``)."""
     import torch
     from transformers import DebertaV2Config, DebertaV2ForMultipleChoice
 
-    tokenizer = mc_tokenizer(pseudo_words(sizes.words))
     shape = dict(sizes.mc)
-    shape["vocab_size"] = shape["vocab_size"] or len(tokenizer)
+    shape["vocab_size"] = shape["vocab_size"] or vocab
     config = DebertaV2Config(**shape, **DEBERTA_V3_LAYOUT)
     torch.manual_seed(0)
     with torch.device(device):  # random init on the GPU: seconds instead of a minute
-        model = DebertaV2ForMultipleChoice(config)
+        return DebertaV2ForMultipleChoice(config)
+
+
+def build_mc(folder: Path, sizes: Sizes, device: str) -> int:
+    """Save a random DeBERTa-v3-shaped multiple-choice model + tokenizer; its parameters."""
+    tokenizer = mc_tokenizer(pseudo_words(sizes.words))
+    model = mc_model(sizes, len(tokenizer), device)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return n_params(model)
 
 
-def build_llm(folder: Path, shape: str, sizes: Sizes, device: str) -> int:
-    """Save a random Llama of ``shape`` (bf16 on a GPU) + tokenizer; its parameters."""
+def llm_model(shape: str, tokenizer: Any, device: str) -> Any:
+    """A random ``LlamaForCausalLM`` of ``shape``, in bf16 on a GPU (fp32 elsewhere)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hidden, ffn, layers, heads, kv_heads, vocab = LLAMA_SHAPES[shape]
-    words = pseudo_words(sizes.words)
-    tokenizer = causal_tokenizer(words, len(words) + 600)
     config = LlamaConfig(
         vocab_size=vocab or len(tokenizer),
         hidden_size=hidden,
@@ -215,9 +218,16 @@ def build_llm(folder: Path, shape: str, sizes: Sizes, device: str) -> int:
     torch.set_default_dtype(dtype)  # a 7B model is 13.5 GB in bf16, 27 GB in fp32
     try:
         with torch.device(device):
-            model = LlamaForCausalLM(config)
+            return LlamaForCausalLM(config)
     finally:
         torch.set_default_dtype(default)
+
+
+def build_llm(folder: Path, shape: str, sizes: Sizes, device: str) -> int:
+    """Save a random Llama of ``shape`` + tokenizer; its parameters."""
+    words = pseudo_words(sizes.words)
+    tokenizer = causal_tokenizer(words, len(words) + 600)
+    model = llm_model(shape, tokenizer, device)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return n_params(model)

@@ -120,3 +120,20 @@ def test_scaler_watch_injects_one_overflow_that_the_loss_scaler_skips():
     assert stats == {"steps": 2, "skipped": 1, "injected": 1}
     assert not torch.equal(model.weight, before)  # the second step trained
     assert torch.amp.GradScaler.unscale_.__name__ == "unscale_"  # restored afterwards
+
+
+def test_the_gpu_models_have_the_production_shapes():
+    """Built on the meta device (no memory): DeBERTa-v3-large's 435M parameters (304M in
+    the layers + 131M in the 128,100 x 1024 embeddings) and Llama-2-7B's 6.74B."""
+    pytest.importorskip("transformers")
+    from benchmarks.gpu_check_models import (
+        causal_tokenizer,
+        llm_model,
+        mc_model,
+        n_params,
+        pseudo_words,
+    )
+
+    assert 430e6 < n_params(mc_model(GPU, 0, "meta")) < 440e6
+    tokenizer = causal_tokenizer(pseudo_words(50), 400)
+    assert 6.7e9 < n_params(llm_model("7b", tokenizer, "meta")) < 6.8e9
