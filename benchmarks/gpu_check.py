@@ -9,7 +9,8 @@ here, and a Llama-2-7B-shaped causal member (``--llm 3b``/``1b`` if 7B does not 
 time); 5 options and contexts cut at 512 tokens, as on Kaggle. Prints one table:
 
 - train questions/s and peak memory in bf16 and in fp16 (fp16 with its overflow
-  handling: the loss scaler's skipped steps are counted);
+  handling, loss scaling: one injected inf gradient must be skipped, natural skips are
+  counted);
 - infer questions/s for the multiple-choice model and the causal member;
 - infer's fp16-overflow fallback (logits forced to overflow: the model re-runs in fp32);
 - the shared-prefix KV cache's speed-up over scoring full sequences;
