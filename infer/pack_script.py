@@ -76,8 +76,9 @@ shift 2
 @CHECK@
 CHECK
 
-# sciqa, and the packages these members need that the target may lack (e.g. gguf).
-if ! "$PYTHON" -c "import sciqa" >/dev/null 2>&1 || ! "$PYTHON" -c \
+# sciqa, and the packages these members need that the target may lack (e.g. gguf); -P:
+# a sciqa folder in the current directory does not count.
+if ! "$PYTHON" -P -c "import sciqa" >/dev/null 2>&1 || ! "$PYTHON" -P -c \
   'import importlib.metadata as m, sys; [m.distribution(n) for n in sys.argv[1:]]' \
   @NEEDED@ >/dev/null 2>&1; then
   echo "predict.sh: installing from $BUNDLE/wheels (no index): @INSTALL@" >&2

@@ -21,15 +21,15 @@ from typer.testing import CliRunner
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from test_infer import WORDS, _questions, make_run  # noqa: E402
-from tiny_llm import build_tiny_llama  # noqa: E402
+from test_infer import WORDS, _questions, make_run
+from tiny_llm import build_tiny_llama
 
-from infer.commands import run_infer  # noqa: E402
-from infer.pack import toml_text  # noqa: E402
-from sciqa.cli import app  # noqa: E402
-from sciqa.config import load_config  # noqa: E402
-from sciqa.io import write_questions  # noqa: E402
-from sciqa.runs import file_digest  # noqa: E402
+from infer.commands import run_infer
+from infer.pack import toml_text
+from sciqa.cli import app
+from sciqa.config import load_config
+from sciqa.io import write_questions
+from sciqa.runs import file_digest
 
 CORE = ["numpy>=1.26", "pandas>=2.1", "pyarrow>=14", "pydantic>=2.6", "pyyaml>=6", "typer>=0.12"]
 
@@ -46,13 +46,13 @@ def write_wheel(
     folder.mkdir(parents=True, exist_ok=True)
     module = name.replace("-", "_")
     dist = f"{module}-{version}.dist-info"
-    meta = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
     meta += [f"Requires-Python: {requires_python}"] if requires_python else []
     meta += [f"Requires-Dist: {r}" for r in requires]
     files = {
         f"{module}/__init__.py": "",
         f"{dist}/METADATA": "\n".join(meta) + "\n",
-        f"{dist}/WHEEL": f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: {tag}\n",
+        f"{dist}/WHEEL": f"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: {tag}\n",
     }
     record = []
     for path, text in files.items():
@@ -126,8 +126,9 @@ def test_bundle_holds_what_infer_loads(run_a, tmp_path, sciqa_wheel):
     assert [m["bundled"] for m in rows] == ["models/run_a/fold_0", "models/run_a/fold_1"]
     assert [m["weight"] for m in rows] == [1.0, 1.0]
     assert set(rows[0]["left_out"]) == {
-        "optimizer.pt", "rng_state.pth", "pytorch_model.bin", "checkpoint-5/", "logits.npy", "oof.parquet"
-    }  # fmt: skip
+        *("optimizer.pt", "rng_state.pth", "pytorch_model.bin", "checkpoint-5/", "logits.npy"),
+        "oof.parquet",
+    }
     wheels = manifest["wheels"]
     assert wheels["files"] == ["sciqa-0.1.0-py3-none-any.whl"]
     assert wheels["install"] == ["sciqa==0.1.0"]
@@ -272,7 +273,12 @@ def index(tmp_path, monkeypatch) -> Path:
 
 def _index_args(index: Path, *requirements: str) -> list[str]:
     pip_args = json.dumps(["--no-index", "--find-links", str(index)])
-    return ["--set", f"pack.pip_args={pip_args}", "--set", f"pack.requirements={list(requirements)}"]
+    return [
+        "--set",
+        f"pack.pip_args={pip_args}",
+        "--set",
+        f"pack.requirements={list(requirements)}",
+    ]
 
 
 def test_wheels_leave_out_what_the_target_has(run_a, tmp_path, sciqa_wheel, index):
@@ -290,9 +296,10 @@ def test_wheels_leave_out_what_the_target_has(run_a, tmp_path, sciqa_wheel, inde
     assert "heavy-sub" not in wheels["left_out"]  # only heavy needs it, and the target has heavy
     assert wheels["install"] == ["sciqa==0.1.0", "dep-a", "natpkg"]
     assert "manylinux_2_17_x86_64" in wheels["platforms"]  # 2_35 runs older manylinux wheels
-    assert "--find-links \"$BUNDLE/wheels\" sciqa==0.1.0 dep-a natpkg" in (
-        out / "predict.sh"
-    ).read_text()
+    assert (
+        '--find-links "$BUNDLE/wheels" sciqa==0.1.0 dep-a natpkg'
+        in (out / "predict.sh").read_text()
+    )
 
 
 def test_a_platform_pip_cannot_serve_names_the_package(run_a, tmp_path, sciqa_wheel, index):
