@@ -144,7 +144,7 @@ def _bundle_config(cfg: SciqaConfig, members: list[Member], root: Path) -> dict[
         source = Path(infer["oof_labels"]).expanduser()
         target = f"{MODELS}/oof_labels{''.join(source.suffixes)}"
         (root / target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, root / target)
+        shutil.copyfile(source, root / target)
         infer["oof_labels"] = target
     return sections
 

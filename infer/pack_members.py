@@ -237,7 +237,8 @@ def _copy(source: Path, target: Path) -> Path:
     if target.exists():  # shared by two members (one file, or a run's oof.parquet)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(source, target)  # keeps mtimes: infer's logits cache keys on them
+    shutil.copy2(source, target)  # follows Hub-cache symlinks; keeps the mtime
+    target.chmod(0o644)  # train writes some files 0600; a bundle is read by anyone
     return target
 
 

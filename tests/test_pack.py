@@ -189,11 +189,50 @@ def test_bundle_infers_like_the_originals(run_a, tmp_path, sciqa_wheel, qfile, m
     assert got == (tmp_path / "ref" / "submission.csv").read_bytes()
 
 
+def test_adapter_fold_brings_its_base(tmp_path, sciqa_wheel, qfile, monkeypatch):
+    """A LoRA fold names its base by path; the bundle holds the base and names it."""
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+
+    from sciqa.llm_assets import load_causal_lm, load_causal_tokenizer
+
+    base = build_tiny_llama(tmp_path / "base_llm", [" ".join(WORDS)] * 3)
+    lora = get_peft_model(
+        load_causal_lm(str(base)),
+        LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
+    )
+    fold = tmp_path / "run" / "fold_0"
+    lora.save_pretrained(fold)
+    load_causal_tokenizer(str(base)).save_pretrained(fold)
+    meta = {"format": "sciqa-mc/1", "family": "causal_lm", "adapter": True, "base": str(base)}
+    (fold / "sciqa_model.json").write_text(json.dumps(meta))
+    (fold / "metrics.json").write_text("{}")
+    out = tmp_path / "bundle"
+    pack(str(fold), "--out", str(out), "--set", "causal_lm.batch_size=3", wheel=sciqa_wheel)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["members"][0]["base"] == "models/bases/base_llm"
+    assert "peft>=0.12" in manifest["wheels"]["left_out"]["peft"][0]  # the target has peft
+    bundled_meta = json.loads((out / "models" / "fold_0" / "sciqa_model.json").read_text())
+    assert bundled_meta["base"] == "models/bases/base_llm"
+    assert (out / "models" / "bases" / "base_llm" / "model.safetensors").is_file()
+
+    cfg = load_config(None, ["infer.batch_size=3", "causal_lm.batch_size=3"])
+    run_infer(qfile, [str(fold)], tmp_path / "ref", cfg)
+    monkeypatch.chdir(out)
+    run_infer(qfile, ["models/fold_0"], tmp_path / "got", load_config(out / "config.toml"))
+    got = (tmp_path / "got" / "submission.csv").read_bytes()
+    assert got == (tmp_path / "ref" / "submission.csv").read_bytes()
+
+
 def test_weights_auto_is_fitted_at_pack_time(run_a, tmp_path, sciqa_wheel):
     run_b = make_run(tmp_path / "run_b", 2)
     out = tmp_path / "bundle"
-    pack(str(run_a), str(run_b), "--out", str(out), "--weights", "auto", wheel=sciqa_wheel)
+    labels = write_questions(_questions(12, seed=99), tmp_path / "train.csv")
+    args = [str(run_a), str(run_b), "--out", str(out), "--weights", "auto"]
+    pack(*args, "--set", f"infer.oof_labels={labels}", wheel=sciqa_wheel)
     manifest = json.loads((out / "manifest.json").read_text())
+    assert load_config(out / "config.toml").infer.oof_labels == "models/oof_labels.csv"
+    assert (out / "models" / "oof_labels.csv").read_bytes() == labels.read_bytes()
     assert manifest["weights"]["setting"] == "auto"
     assert sum(manifest["weights"]["values"]) == pytest.approx(1.0)
     assert manifest["weights"]["fit"]["oof_questions"] == 12
