@@ -87,6 +87,10 @@ if ! "$PYTHON" -P -c "import sciqa" >/dev/null 2>&1 || ! "$PYTHON" -P -c \
     "$PYTHON" -m pip install --quiet --no-cache-dir --no-index \
     --find-links "$BUNDLE/wheels" @INSTALL@
 fi
+"$PYTHON" -P -c 'import sciqa, sys
+if sciqa.__version__ != sys.argv[1]:
+    print(f"predict.sh: warning: using the installed sciqa {sciqa.__version__}; "
+          f"the bundle was made with {sys.argv[1]}", file=sys.stderr)' @VERSION@
 
 # Caches (e.g. a GGUF member's one-off conversion) go where they can be written.
 CACHE="${HOME:-/nonexistent}/.cache"

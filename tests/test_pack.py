@@ -385,6 +385,12 @@ def test_predict_names_a_damaged_file(bundle, qfile, tmp_path):
     assert f"error: {damaged}: 2 bytes but manifest.json says" in done.stderr
 
 
+def test_pack_help_needs_no_torch():
+    from test_cli import _help_without_heavy_imports
+
+    assert "--platform" in _help_without_heavy_imports("pack")
+
+
 def test_predict_usage(bundle):
     done = subprocess.run(["bash", str(bundle / "predict.sh")], capture_output=True, text=True)
     assert done.returncode == 2 and "usage:" in done.stderr
