@@ -140,6 +140,7 @@ class Layout:
     def __init__(self) -> None:
         self.by_source: dict[Path, str] = {}
         self.taken: set[str] = set()
+        self.gguf_names: dict[Path, str] = {}  # one file name per GGUF, however it is named
 
     def folder(self, source: Path, name: str, parent: str = MODELS) -> str:
         key = source.resolve()
@@ -176,8 +177,9 @@ def _llm_member(spec: ModelSpec, layout: Layout) -> Member:
         label = spec.arg[len(LLM_PREFIX) :].partition("?")[0] or "default"
         stem = "default" if label == "default" else source.name.removesuffix(".gguf")
         dest = layout.folder(source, stem)
+        file = layout.gguf_names.setdefault(source.resolve(), f"{_safe(stem)}.gguf")
         member = Member(spec, kind, source, query, dest, files=[source])
-        member.arg = f"{LLM_PREFIX}{dest}/{_safe(stem)}.gguf{suffix}"
+        member.arg = f"{LLM_PREFIX}{dest}/{file}{suffix}"
         return member
     label = spec.arg[len(LLM_PREFIX) :].partition("?")[0]
     dest = layout.folder(source, Path(label).name)

@@ -67,7 +67,7 @@ if [ "$#" -lt 2 ]; then
   exit 2
 fi
 BUNDLE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
-PYTHON="${PYTHON:-python3}"
+PYTHON="$("${PYTHON:-python3}" -c 'import sys; print(sys.executable)')"  # absolute: we cd
 QUESTIONS="$("$PYTHON" -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$1")"
 OUT_DIR="$("$PYTHON" -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$2")"
 shift 2

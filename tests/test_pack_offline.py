@@ -110,7 +110,8 @@ def test_bundle_installs_offline_and_predicts_the_same(tmp_path):
     imported = subprocess.run(check, capture_output=True, cwd=tmp_path, check=False)
     assert imported.returncode != 0  # torch is there, sciqa is not yet
 
-    env = {**os.environ, "PYTHON": str(python), "HOME": str(tmp_path / "home")}
+    # PYTHON relative to the caller's directory, as a user may give it (predict.sh cds).
+    env = {**os.environ, "PYTHON": "venv/bin/python", "HOME": str(tmp_path / "home")}
     env.pop("XDG_CACHE_HOME", None)
     out = tmp_path / "kaggle_working"
     command = ["bash", str(bundle / "predict.sh"), str(questions), str(out)]
