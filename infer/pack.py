@@ -185,7 +185,7 @@ def _write_config(sections: dict[str, dict], path: Path) -> None:
             raise InferError(f"{path}: [{name}] does not read back as written (a pack bug)")
 
 
-def _describe_files(root: Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def _describe_files(root: Path) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
@@ -274,7 +274,7 @@ def run_pack(
             encoding="utf-8",
         )
         script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-        files = _describe_files(tmp, log)
+        files = _describe_files(tmp)
         models_bytes = sum(f["bytes"] for f in files if f["path"].startswith(f"{MODELS}/"))
         wheels_bytes = sum(f["bytes"] for f in files if f["path"].startswith(f"{WHEELS}/"))
         manifest = {
