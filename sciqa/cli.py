@@ -440,3 +440,64 @@ def infer(
     )
     typer.echo(format_table(result["models"]))
     typer.echo(f"{out / SUBMISSION}: {result['questions']} predictions")
+
+
+@app.command()
+@_user_errors
+def pack(
+    model_dirs: Annotated[
+        list[str] | None,
+        typer.Argument(help="What `sciqa infer` takes: model/run dirs, globs, llm:NAME[?k=v]."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Required: the bundle folder to write.")
+    ] = None,
+    python: Annotated[
+        str | None, typer.Option("--python", help="Target Python, e.g. 3.12 (pack.python).")
+    ] = None,
+    platform: Annotated[
+        list[str] | None,
+        typer.Option("--platform", help="Target pip platform tag, repeatable (pack.platforms)."),
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option("--weights", help="auto | equal | w1,w2,... (infer.weights).")
+    ] = None,
+    time_budget: Annotated[
+        str | None, typer.Option("--time-budget", help="e.g. 8h30m (infer.time_budget).")
+    ] = None,
+    tta: Annotated[
+        int | None, typer.Option("--tta", help="Option-rotation passes per model (infer.tta).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace OUT when it is already a bundle.")
+    ] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Bundle an ensemble for an offline machine (Kaggle): models, wheels, predict.sh."""
+    from infer.pack import run_pack
+    from sciqa.config import load_config
+
+    if out is None:
+        raise SciqaError("--out BUNDLE is required: the folder to write (docs/kaggle.md)")
+    overrides = list(set_ or [])
+    if python is not None:
+        overrides.append(f"pack.python={python}")
+    if platform:
+        overrides.append(f"pack.platforms={json.dumps(platform)}")
+    cfg = load_config(config, overrides)
+    manifest = run_pack(
+        model_dirs or [],
+        out,
+        cfg,
+        weights=weights,
+        time_budget=time_budget,
+        tta=tta,
+        overwrite=overwrite,
+        log=lambda line: typer.echo(line, err=True),
+    )
+    mib = {k: v / 2**20 for k, v in manifest["bytes"].items()}
+    typer.echo(
+        f"{out}: {len(manifest['members'])} member(s), models {mib['models']:.1f} MiB, "
+        f"wheels {mib['wheels']:.1f} MiB; run: bash {out}/predict.sh QUESTIONS OUT_DIR"
+    )

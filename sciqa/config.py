@@ -246,6 +246,26 @@ class LLMConfig(_Section):
     server_cache_dir: Path | None = None  # converted GGUF folder; None = ~/.cache/sciqa/llm
 
 
+# What Kaggle's Python image already has (its installed-package list of 2026-06), of what
+# sciqa infer needs: pack leaves these out of BUNDLE/wheels, with all they alone depend on.
+KAGGLE_PACKAGES = [
+    *("torch", "transformers", "tokenizers", "safetensors", "huggingface-hub", "accelerate"),
+    *("peft", "sentence-transformers", "scikit-learn", "scipy", "numpy", "pandas", "pyarrow"),
+    *("pydantic", "pyyaml", "typer", "tqdm", "requests", "sentencepiece", "packaging"),
+]
+
+
+class PackConfig(_Section):
+    """``sciqa pack``: a bundle for an offline machine (docs/kaggle.md)."""
+
+    python: str = Field("3.12", pattern=r"^3\.\d+$")  # target Python (Kaggle image: 3.12)
+    platforms: list[str] = ["manylinux_2_35_x86_64"]  # pip --platform tags; older manylinux added
+    exclude: list[str] = KAGGLE_PACKAGES  # already on the target: left out of wheels/
+    requirements: list[str] = []  # more packages to bundle, beyond what sciqa infer needs
+    pip_args: list[str] = []  # extra pip arguments for resolving/downloading, e.g. --index-url
+    sciqa_wheel: str | None = None  # a built sciqa wheel; None = build one from this checkout
+
+
 class SciqaConfig(_Section):
     runs_dir: Path = Path("runs")  # every run writes runs/<stage>/<name>/
     seed: int = 42  # one seed for folds, sampling and model init
@@ -257,6 +277,7 @@ class SciqaConfig(_Section):
     causal_lm: CausalLMConfig = CausalLMConfig()
     gen: GenConfig = GenConfig()
     llm: LLMConfig = LLMConfig()
+    pack: PackConfig = PackConfig()
 
 
 def _read_file(path: Path) -> dict[str, Any]:
