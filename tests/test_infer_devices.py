@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from test_infer import WORDS, _questions, make_run  # noqa: E402
+from test_infer import WORDS, _questions, make_model, make_run  # noqa: E402
 from tiny_llm import build_tiny_llama  # noqa: E402
 
 from infer import devices as devices_mod  # noqa: E402
@@ -131,27 +131,34 @@ def test_two_cpu_workers_equal_one_device(qfile, run_dir, tmp_path, sets, tta, w
         assert two["cascade"]["escalated"] == one["cascade"]["escalated"] == 10
 
 
-def test_causal_member_is_split_and_equal(qfile, tiny_llm, tmp_path):
-    members = [f"llm:{tiny_llm}", f"llm:{tiny_llm}?mode=letter"]
-    run_infer(qfile, members, tmp_path / "one", _config(), tta=2)
-    result = run_infer(qfile, members, tmp_path / "two", _config(TWO_CPUS), tta=2)
+@pytest.fixture
+def few(tmp_path) -> Path:
+    """Fewer questions for the (slower) causal LM: still 5 batches of 3 to shard."""
+    return write_questions(_questions(14), tmp_path / "few.csv")
+
+
+def test_causal_member_is_split_and_equal(few, tiny_llm, tmp_path):
+    member = f"llm:{tiny_llm}?mode=letter"  # letter scoring: where TTA changes the scores
+    run_infer(few, [member], tmp_path / "one", _config(), tta=2)
+    result = run_infer(few, [member], tmp_path / "two", _config(TWO_CPUS), tta=2)
     _assert_same_run(tmp_path / "one", tmp_path / "two")
-    assert all(len(m["devices"]) == 2 for m in result["models"][:-1])
+    assert [sum(d["questions"] for d in m["devices"]) for m in result["models"][:-1]] == [28]
+    assert all(d["questions"] > 0 for d in result["models"][0]["devices"])
 
 
-def test_device_map_member_is_not_split_again(qfile, tiny_llm, tmp_path, monkeypatch, caplog):
+def test_device_map_member_is_not_split_again(few, tiny_llm, tmp_path, monkeypatch, caplog):
     # device_map needs CUDA; here it loads on the CPU, which is all this test needs: the
     # member must run once, on one worker, and say why.
     monkeypatch.setattr("sciqa.llm_assets.quantization_kwargs", lambda load_in, device_map: {})
-    member = f"llm:{tiny_llm}?device_map=auto"
-    run_infer(qfile, [member, str(tiny_llm)], tmp_path / "one", _config())
+    members = [f"llm:{tiny_llm}?device_map=auto", str(make_model(tmp_path / "encoder", 5))]
+    run_infer(few, members, tmp_path / "one", _config())
     with caplog.at_level(logging.INFO, logger="infer"):
-        result = run_infer(qfile, [member, str(tiny_llm)], tmp_path / "two", _config(TWO_CPUS))
+        result = run_infer(few, members, tmp_path / "two", _config(TWO_CPUS))
     _assert_same_run(tmp_path / "one", tmp_path / "two")
-    spread, plain = result["models"][:2]
-    assert len(spread["devices"]) == 1 and spread["devices"][0]["questions"] == 23
+    spread, encoder = result["models"][:2]
+    assert len(spread["devices"]) == 1 and spread["devices"][0]["questions"] == 14
     assert "device_map='auto'" in spread["not_split"] and "not split" in spread["not_split"]
-    assert len(plain["devices"]) == 2 and "not_split" not in plain
+    assert len(encoder["devices"]) == 2 and "not_split" not in encoder
     assert "not split over infer.devices" in caplog.text
 
 
@@ -170,17 +177,17 @@ def test_cache_is_shared_between_device_counts(qfile, run_dir, tmp_path, monkeyp
 
 
 def test_cpu_workers_split_the_intra_op_threads(qfile, run_dir, tmp_path, monkeypatch):
-    seen: dict[int, int] = {}
+    seen: dict[str, int] = {}
     real_forward = predict.Predictor._forward
 
     def recording_forward(self, batch):
-        seen[threading.get_ident()] = torch.get_num_threads()
+        seen[threading.current_thread().name] = torch.get_num_threads()
         return real_forward(self, batch)
 
     monkeypatch.setattr(predict.Predictor, "_forward", recording_forward)
     before = torch.get_num_threads()
     run_infer(qfile, [str(run_dir / "fold_0")], tmp_path / "out", _config(TWO_CPUS))
-    assert len(seen) == 2 and threading.get_ident() not in seen  # two worker threads
+    assert sorted(seen) == ["sciqa-infer-0", "sciqa-infer-1"]  # two worker threads
     assert set(seen.values()) == {max(1, before // 2)}
     assert torch.get_num_threads() == before  # the main thread keeps its setting
 
