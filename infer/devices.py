@@ -96,6 +96,16 @@ def resolve_devices(device: str, devices: list[str] | None) -> list[torch.device
     return parsed
 
 
+def not_split_reason(device_map: str | None) -> str | None:
+    """Why a causal member is not split over the devices: it already spans GPUs."""
+    if not device_map:
+        return None
+    return (
+        f"causal_lm.device_map={device_map!r} spreads it over the GPUs itself, "
+        "so it runs once, not split over infer.devices"
+    )
+
+
 def shard_rows(
     lengths: Sequence[int],
     rows: np.ndarray | None = None,

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from infer import outputs
 from infer.budget import Budget, Candidate, CostModel, make_plan
 from infer.cascade import escalate, split_models
-from infer.devices import ShardedPredictor, busiest_tokens, resolve_devices
+from infer.devices import ShardedPredictor, busiest_tokens, not_split_reason, resolve_devices
 from infer.ensemble import combine, tta_mean
 from infer.errors import BudgetError, InferError
 from infer.models import ModelSpec
@@ -264,15 +264,9 @@ class Runner:
         if len(self.devices) < 2 or spec.family != "causal_lm":
             return None
         try:
-            device_map = self._causal_for(spec).device_map
+            return not_split_reason(self._causal_for(spec).device_map)
         except InferError:
             return None  # a bad override is reported when the member loads
-        if not device_map:
-            return None
-        return (
-            f"causal_lm.device_map={device_map!r} spreads it over the GPUs itself, "
-            "so it runs once, not split over infer.devices"
-        )
 
     def _predictor(self, spec: ModelSpec, tokenizer: Any, device: Any) -> Any:
         """One member on one device: the predictor its family needs."""
@@ -338,12 +332,7 @@ class Runner:
 
     def run(self) -> None:
         if len(self.devices) > 1:
-            names = ", ".join(map(str, self.devices))
-            log.info(
-                "questions split over %d devices (%s), one model copy each",
-                len(self.devices),
-                names,
-            )
+            log.info("questions split over %s, one model copy each", list(map(str, self.devices)))
         active = [s for s in self.specs if s.weight > 0]
         for spec in self.specs:
             if spec.weight == 0:

@@ -368,3 +368,13 @@ def test_device_errors_name_the_key_without_a_gpu():
     with pytest.raises(InferError, match=r"infer\.device = 'cuda' but no CUDA"):
         resolve_devices("cuda", None)
     assert devices_mod.cpu_threads([torch.device("cpu")]) is None
+
+
+def test_budget_too_small_on_two_devices_writes_nothing(qfile, run_dir, tmp_path, clock):
+    one = run_infer(qfile, [str(run_dir / "fold_0")], tmp_path / "t", _config(), clock=clock)
+    clock.now = 0.0
+    out = tmp_path / "out"
+    budget = f"{0.05 * one['models'][0]['seconds']:.3f}s"
+    with pytest.raises(InferError, match="too small for even one model"):
+        run_infer(qfile, [str(run_dir)], out, _config(TWO_CPUS), time_budget=budget, clock=clock)
+    assert not out.exists()
