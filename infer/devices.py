@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 KINDS = ("cpu", "cuda", "mps")
 
 
+class _Stopped(Interrupted):
+    """A worker stopped because another one stopped first."""
+
+
 def _present(device: torch.device, key: str, name: str) -> None:
     """Refuse a device this machine does not have, naming the config key."""
     if device.type == "cuda":
@@ -236,9 +240,13 @@ class ShardedPredictor:
         def guarded(timing: BatchTiming) -> None:
             with lock:
                 if stop.is_set():
-                    raise Interrupted("another device stopped")
+                    raise _Stopped("another device stopped")
                 if on_batch is not None:
-                    on_batch(timing)
+                    try:
+                        on_batch(timing)
+                    except BaseException:
+                        stop.set()  # before the lock is released: no other batch slips in
+                        raise
 
         def run(item: tuple[Worker, np.ndarray]) -> np.ndarray:
             worker, shard = item
@@ -308,10 +316,13 @@ class ShardedPredictor:
             stop.set()  # Ctrl-C while waiting: the workers stop at their next batch
             for thread in threads:
                 thread.join()
-        real = [e for e in errors if not isinstance(e, Interrupted)]
-        stopped = [e for e in errors if isinstance(e, Interrupted)]
-        if real or stopped:
-            raise (real or stopped)[0]
+        # The cause, not the echo: a real error, else the stop's reason, else the echo.
+        for kind in (lambda e: not isinstance(e, Interrupted), lambda e: type(e) is Interrupted):
+            for error in errors:
+                if kind(error):
+                    raise error
+        if errors:
+            raise errors[0]
         return results
 
     def report(self) -> list[dict[str, Any]]:

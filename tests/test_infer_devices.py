@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,75 @@ def test_shards_balance_padded_tokens():
     shards = shard_rows(lengths, batch_size=4, n_shards=2)
     tokens = [predict.padded_tokens(lengths, 1, 4, s) for s in shards]
     assert tokens == [400, 360]  # the long batch alone vs all the short ones
+
+
+class FakePredictor:
+    """Scores rows as ``row index + option``; waits for ``go`` before each batch; takes
+    ``linger`` seconds to pass on an error from ``on_batch``."""
+
+    batch_size = 2
+
+    def __init__(self, go=None, fail: BaseException | None = None, linger: float = 0.0):
+        self.go, self.fail, self.linger, self.closed = go, fail, linger, False
+
+    def logits(self, features, lengths, *, rows=None, desc="", on_batch=None):
+        out = np.full((len(lengths), 3), np.nan, dtype=np.float32)
+        order = predict.length_order(lengths, rows)
+        for start in range(0, len(order), self.batch_size):
+            if self.go is not None:
+                self.go.wait(5)
+            if self.fail is not None:
+                raise self.fail
+            chunk = order[start : start + self.batch_size]
+            out[chunk] = chunk[:, None] + np.arange(3)
+            try:
+                if on_batch is not None:
+                    on_batch(predict.BatchTiming(len(chunk), 1, 0.0))
+            except BaseException:
+                time.sleep(self.linger)
+                raise
+        return out
+
+    def close(self):
+        self.closed = True
+
+
+def _sharded(*predictors) -> ShardedPredictor:
+    cpu = torch.device("cpu")
+    return ShardedPredictor([devices_mod.Worker(cpu, p) for p in predictors])
+
+
+def test_sharded_predictor_puts_every_row_back():
+    lengths = [3, 9, 4, 4, 7, 1, 2]
+    out = _sharded(FakePredictor(), FakePredictor(), FakePredictor()).logits(None, lengths)
+    np.testing.assert_array_equal(out, np.arange(7)[:, None] + np.arange(3))
+    rows = np.array([1, 4, 5])
+    part = _sharded(FakePredictor(), FakePredictor()).logits(None, lengths, rows=rows)
+    assert np.isnan(part[[0, 2, 3, 6]]).all() and (part[rows, 0] == rows).all()
+
+
+def test_a_stop_is_seen_once_and_stops_the_other_worker():
+    go, calls = threading.Event(), []
+
+    def on_batch(timing):
+        calls.append(timing)
+        go.set()  # the other worker now runs its batch and waits for the lock
+        raise predict.Interrupted("does not fit the time budget")
+
+    # The first worker lingers on its way out (closing its progress bar, say): the
+    # second must not slip in a batch and ask the budget again meanwhile.
+    sharded = _sharded(FakePredictor(linger=0.3), FakePredictor(go))
+    with pytest.raises(predict.Interrupted, match="does not fit"):
+        sharded.logits(None, [5, 4, 3, 2], on_batch=on_batch)
+    assert len(calls) == 1  # the second worker stopped instead of asking again
+
+
+def test_a_real_error_wins_over_the_stop_it_causes():
+    sharded = _sharded(FakePredictor(), FakePredictor(fail=RuntimeError("CUDA out of memory")))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        sharded.logits(None, [5, 4, 3, 2, 1], on_batch=lambda t: None)
+    sharded.close()
+    assert all(w.predictor.closed for w in sharded.workers)
 
 
 # --- equal to one device ------------------------------------------------------------
