@@ -448,3 +448,16 @@ def test_budget_too_small_on_two_devices_writes_nothing(qfile, run_dir, tmp_path
     with pytest.raises(InferError, match="too small for even one model"):
         run_infer(qfile, [str(run_dir)], out, _config(TWO_CPUS), time_budget=budget, clock=clock)
     assert not out.exists()
+
+
+@pytest.mark.gpu
+def test_two_gpus_equal_one_gpu(qfile, run_dir, tmp_path):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA devices")
+    fp32 = "infer.dtype=fp32"
+    run_infer(qfile, [str(run_dir)], tmp_path / "one", _config(fp32, "infer.device=cuda:0"))
+    result = run_infer(
+        qfile, [str(run_dir)], tmp_path / "two", _config(fp32, "infer.devices=[cuda:0, cuda:1]")
+    )
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert [d["device"] for d in result["models"][0]["devices"]] == ["cuda:0", "cuda:1"]
