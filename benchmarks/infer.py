@@ -14,13 +14,21 @@ column, e.g. from ``sciqa retrieve``) or, by default, ~300 words of packaged Wik
 attached to each question. Optionally (``--run-dir``) MAP@3 of single folds vs the
 ensemble vs ensemble + TTA through ``sciqa infer`` itself.
 
+``--devices`` adds the ``infer.devices`` table: the same questions on 1 worker (all
+intra-op threads) vs 2 CPU workers (half the threads each) as threads (what
+``infer.devices`` ships, ``infer.devices.ShardedPredictor``) and as processes (a
+persistent spawned process per worker, shards sent over a pipe), q/s ratio, logits
+compared with the 1-worker run; set-up (spawn + import + load) is timed apart.
+
     .venv/bin/python benchmarks/infer.py --limit 295
+    .venv/bin/python benchmarks/infer.py --skip-speed --devices --limit 200
 """
 
 # ruff: noqa: E402  (imports follow the sys.path fix below)
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import sys
 import tempfile
@@ -43,6 +51,7 @@ from transformers import (
     DataCollatorForMultipleChoice,
 )
 
+from infer.devices import ShardedPredictor, cpu_threads, shard_rows
 from infer.predict import Predictor, load_model
 from sciqa.assets import packaged_wikipedia, resolve_model
 from sciqa.benchmarks import benchmark_questions
@@ -228,6 +237,121 @@ def speed_tables(frame: pd.DataFrame, with_ctx: pd.DataFrame, ctx_label: str, ar
     print(to_markdown(rows), flush=True)
 
 
+def _process_worker(conn, model_dir: str, features, threads: int, batch_size: int) -> None:
+    """One worker process: load the model once, then score the rows it is sent."""
+    torch.set_num_threads(threads)
+    cpu = torch.device("cpu")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    predictor = Predictor(load_model(Path(model_dir), cpu, torch.float32, "sdpa"), tokenizer,
+                          cpu, batch_size)  # fmt: skip
+    lengths = [len(f["input_ids"][0]) for f in features]
+    conn.send("ready")
+    while (rows := conn.recv()) is not None:
+        conn.send(predictor.logits(features, lengths, rows=rows))
+
+
+class ProcessWorkers:
+    """N spawned processes, one model copy each: the alternative to worker threads."""
+
+    def __init__(self, model_dir: Path, features, n: int, threads: int, batch_size: int):
+        context = mp.get_context("spawn")  # fork is unsafe once CUDA or OpenMP started
+        self.pipes, self.procs = [], []
+        for _ in range(n):
+            here, there = context.Pipe()
+            work = (there, str(model_dir), features, threads, batch_size)
+            proc = context.Process(target=_process_worker, args=work, daemon=True)
+            proc.start()
+            self.pipes.append(here)
+            self.procs.append(proc)
+        for pipe in self.pipes:
+            assert pipe.recv() == "ready"
+
+    def logits(self, lengths, batch_size: int) -> np.ndarray:
+        shards = shard_rows(lengths, batch_size=batch_size, n_shards=len(self.pipes))
+        for pipe, shard in zip(self.pipes, shards, strict=True):
+            pipe.send(shard)
+        parts = [pipe.recv() for pipe in self.pipes]
+        out = parts[0]
+        for shard, part in zip(shards[1:], parts[1:], strict=True):
+            out[shard] = part[shard]
+        return out
+
+    def close(self) -> None:
+        for pipe, proc in zip(self.pipes, self.procs, strict=True):
+            pipe.send(None)
+            proc.join()
+
+
+def devices_rows(model_dir: Path, frame: pd.DataFrame, label: str, args) -> list[dict]:
+    """1 worker vs 2 CPU workers (threads, processes) on the same questions."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    enc = encode_questions(tokenizer, frame, args.max_length, use_context=True)
+    n, cpu = len(frame), torch.device("cpu")
+    total_threads = torch.get_num_threads()
+    setup: dict[str, float] = {}
+
+    def sharded(n_workers: int) -> ShardedPredictor:
+        def make(device):
+            return Predictor(load_model(model_dir, device, torch.float32, "sdpa"), tokenizer,
+                             device, args.batch_size)  # fmt: skip
+
+        return ShardedPredictor.build(make, [cpu] * n_workers)
+
+    one, setup["1 worker"] = time_it(lambda: sharded(1))
+    two, setup["2 worker threads"] = time_it(lambda: sharded(2))
+    procs, setup["2 worker processes"] = time_it(
+        lambda: ProcessWorkers(model_dir, enc.features, 2, total_threads // 2, args.batch_size)
+    )
+    methods = {
+        "1 worker": lambda: one.logits(enc.features, enc.lengths),
+        "2 worker threads": lambda: two.logits(enc.features, enc.lengths),
+        "2 worker processes": lambda: procs.logits(enc.lengths, args.batch_size),
+    }
+    one.warm_up(enc.features, enc.lengths)
+    two.warm_up(enc.features, enc.lengths)
+    seconds: dict[str, list[float]] = {name: [] for name in methods}
+    logits: dict[str, np.ndarray] = {}
+    for _ in range(args.repeats):
+        for name, run in methods.items():
+            logits[name], secs = time_it(run)
+            seconds[name].append(secs)
+    procs.close()
+    base = float(np.median(seconds["1 worker"]))
+    rows = []
+    for name in methods:
+        secs = float(np.median(seconds[name]))
+        threads = total_threads if name == "1 worker" else cpu_threads([cpu, cpu])
+        diff = float(np.abs(logits[name] - logits["1 worker"]).max())
+        rows.append(
+            {
+                "inputs": f"{label} ({n} q)",
+                "workers": name,
+                "threads each": threads,
+                "q/s": n / secs,
+                "seconds (median)": secs,
+                "ratio vs 1 worker": base / secs,
+                "max abs dlogit": diff,
+                "bitwise": bool(np.array_equal(logits[name], logits["1 worker"])),
+                "set-up s": setup[name],
+            }
+        )
+    print(
+        f"{label}: {n} questions; seconds per repeat "
+        + "; ".join(f"{k}: {[round(x, 1) for x in v]}" for k, v in seconds.items()),
+        flush=True,
+    )
+    return rows
+
+
+def devices_table(frame: pd.DataFrame, with_ctx: pd.DataFrame, ctx_label: str, args) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = backbone_as_mc(Path(tmp) / "minilm-mc")
+        bare = frame.drop(columns=["context"], errors="ignore")
+        rows = devices_rows(model_dir, bare, "no context", args)
+        rows += devices_rows(model_dir, with_ctx.iloc[: args.context_limit], ctx_label, args)
+    print(to_markdown(rows), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=295, help="questions (ARC-Challenge: 295)")
@@ -241,6 +365,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timings, median")
     parser.add_argument("--skip-speed", action="store_true", help="only the MAP@3 table")
+    parser.add_argument("--devices", action="store_true", help="1 vs 2 CPU workers table")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -256,6 +381,8 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}, batch {args.batch_size}", flush=True)
     if not args.skip_speed:
         speed_tables(frame, with_ctx, ctx_label, args)
+    if args.devices:
+        devices_table(frame, with_ctx, ctx_label, args)
     if args.run_dir is not None:
         questions = args.context_file or Path(tempfile.mkdtemp()) / "arc.csv"
         if args.context_file is None:

@@ -134,6 +134,7 @@ def run_infer(
             "elapsed_seconds": round(budget.elapsed(), 2),
             "plans": runner.plans,
             "device": str(runner.device),
+            "devices": [str(d) for d in runner.devices],
             "dtype": str(runner.dtype).replace("torch.", ""),
         }
         if runner.cascade is not None:

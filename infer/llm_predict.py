@@ -46,13 +46,17 @@ def load_llm(
     base = str((meta or {}).get("base", "")) if adapter else str(path)
     if adapter and not base:
         raise InferError(f"{path}: an adapter fold without a 'base' in its sciqa_model.json")
+    device_map = cfg.device_map
+    if cfg.load_in != "none" and not device_map and device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        device_map = {"": index}  # a quantized copy lands on its own GPU, not on cuda:0
     try:
         model = load_causal_lm(
             base,
             dtype=dtype,
             attention=attention,
             load_in=cfg.load_in,
-            device_map=cfg.device_map,
+            device_map=device_map,
             local_only=True,
         )
     except SciqaError as exc:

@@ -44,15 +44,6 @@ class Interrupted(Exception):
     """The time budget ran out between two batches."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InferError(f"infer.device = {name!r} but no CUDA device is visible; use 'cpu'")
-    return device
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto``: bf16 on GPUs that have it, else fp16 on GPU; fp32 on CPU."""
     if name != "auto":

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from infer import outputs
 from infer.budget import Budget, Candidate, CostModel, make_plan
 from infer.cascade import escalate, split_models
+from infer.devices import ShardedPredictor, busiest_tokens, not_split_reason, resolve_devices
 from infer.ensemble import combine, tta_mean
 from infer.errors import BudgetError, InferError
 from infer.models import ModelSpec
@@ -33,7 +34,6 @@ from infer.predict import (
     load_model,
     load_tokenizer,
     padded_tokens,
-    resolve_device,
     resolve_dtype,
     tokenizer_fingerprint,
 )
@@ -64,7 +64,8 @@ class Runner:
         self.out_dir, self.budget, self.perms, self.qhash = out_dir, budget, perms, qhash
         self.on_progress, self.clock = on_progress, clock
         self.ids = frame["id"].astype(str).tolist()
-        self.device = resolve_device(cfg.device)
+        self.devices = resolve_devices(cfg.device, cfg.devices)
+        self.device = self.devices[0]
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.costs = CostModel()
         self.logits: dict[str, np.ndarray] = {}
@@ -82,19 +83,18 @@ class Runner:
     # --- planning ---------------------------------------------------------------
 
     def _tokens(self, spec: ModelSpec, n_rows: int, rows: np.ndarray | None = None) -> int:
-        """Padded tokens of one pass: exact once this tokenizer has encoded the questions."""
+        """Padded tokens of one pass on its busiest device (devices run in parallel):
+        exact once this tokenizer has encoded the questions."""
         key = (self._fingerprint(spec), spec.encoding_key(), 0)
-        c = len(self.letters)
+        c, n_dev = len(self.letters), len(self._devices_for(spec))
         if key in self._encodings:
             enc = self._encodings[key]
             if rows is None and n_rows != len(self.ids):  # cascade rows not chosen yet
-                return int(
-                    padded_tokens(enc.lengths, c, self.cfg.batch_size) * n_rows / len(self.ids)
-                )
-            return padded_tokens(enc.lengths, c, self.cfg.batch_size, rows)
-        if self._tokens_per_question is not None:
-            return int(self._tokens_per_question * n_rows)
-        return spec.max_length * c * n_rows
+                all_rows = busiest_tokens(enc.lengths, c, self.cfg.batch_size, None, n_dev)
+                return int(all_rows * n_rows / len(self.ids))
+            return busiest_tokens(enc.lengths, c, self.cfg.batch_size, rows, n_dev)
+        per_question = self._tokens_per_question or spec.max_length * c
+        return int(per_question * math.ceil(n_rows / n_dev))
 
     def _fingerprint(self, spec: ModelSpec) -> str:
         if spec.name not in self._fingerprints:
@@ -186,7 +186,7 @@ class Runner:
             spec.prompt = _prompt_from_config(self._causal_for(spec), tokenizer, spec.name)
         self._encode(spec, tokenizer, fp, 0)  # a prompt the tokenizer cannot express fails first
         began = self.clock()
-        predictor = self._predictor(spec, tokenizer)
+        predictor = self._predictors(spec, tokenizer)
         load_seconds = self.clock() - began
         state = {"passes": planned, "timed": False}
 
@@ -211,7 +211,7 @@ class Runner:
                 # One untimed question first: lazy kernel set-up would inflate the warm-up
                 # batch's timing, and with it every estimate.
                 enc = self._encode(spec, tokenizer, fp, 0)
-                predictor.logits(_inputs(enc), enc.lengths, rows=np.array([0]), desc="warm-up")
+                predictor.warm_up(_inputs(enc), enc.lengths)
             for k in range(planned):
                 if k >= state["passes"]:
                     break
@@ -238,20 +238,45 @@ class Runner:
             "passes": len(passes),
             "seconds": round(self.clock() - began, 2),
             "load_seconds": round(load_seconds, 2),
+            "devices": predictor.report(),
         }
+        if self._unsplit(spec):
+            self.runs[spec.name]["not_split"] = self._unsplit(spec)
         enc = self._encodings.get((fp, spec.encoding_key(), 0))
         if enc is not None and getattr(enc, "truncated", 0):  # causal LMs: contexts cut to fit
             self.runs[spec.name]["context_cut"] = enc.truncated
         return passes
 
-    def _predictor(self, spec: ModelSpec, tokenizer: Any) -> Any:
+    def _predictors(self, spec: ModelSpec, tokenizer: Any) -> ShardedPredictor:
+        """This member on each of its devices, one copy per device."""
+        devices = self._devices_for(spec)
+        if self._unsplit(spec):
+            log.info("%s: %s", spec.name, self._unsplit(spec))
+        return ShardedPredictor.build(
+            lambda device: self._predictor(spec, tokenizer, device), devices, self.clock
+        )
+
+    def _devices_for(self, spec: ModelSpec) -> list[Any]:
+        return self.devices[:1] if self._unsplit(spec) else self.devices
+
+    def _unsplit(self, spec: ModelSpec) -> str | None:
+        """Why a member is not split over ``infer.devices``, or None."""
+        if len(self.devices) < 2 or spec.family != "causal_lm":
+            return None
+        try:
+            return not_split_reason(self._causal_for(spec).device_map)
+        except InferError:
+            return None  # a bad override is reported when the member loads
+
+    def _predictor(self, spec: ModelSpec, tokenizer: Any, device: Any) -> Any:
+        """One member on one device: the predictor its family needs."""
         if spec.family != "causal_lm":
-            model = load_model(spec.path, self.device, self.dtype, self.cfg.attention)
-            return Predictor(model, tokenizer, self.device, self.cfg.batch_size, self.clock)
+            model = load_model(spec.path, device, self.dtype, self.cfg.attention)
+            return Predictor(model, tokenizer, device, self.cfg.batch_size, self.clock)
         from infer.llm_predict import LLMPredictor, load_llm
 
         causal = self._causal_for(spec)
-        model = load_llm(spec.path, self.device, self.dtype, causal, self.cfg.attention, spec.meta)
+        model = load_llm(spec.path, device, self.dtype, causal, self.cfg.attention, spec.meta)
         return LLMPredictor(
             model, tokenizer.pad_token_id, causal.batch_size, causal.prefix_cache, self.clock
         )
@@ -306,6 +331,8 @@ class Runner:
         self.on_progress(self)
 
     def run(self) -> None:
+        if len(self.devices) > 1:
+            log.info("questions split over %s, one model copy each", list(map(str, self.devices)))
         active = [s for s in self.specs if s.weight > 0]
         for spec in self.specs:
             if spec.weight == 0:

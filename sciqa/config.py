@@ -140,6 +140,7 @@ class InferConfig(_Section):
     time_budget: str | None = None  # wall-clock limit such as "8h30m"; None = no limit
     budget_margin: float = Field(0.05, ge=0, lt=1)  # share of the budget kept in reserve
     device: str = "auto"  # "auto" (cuda if present, else cpu), "cpu", "cuda", "cuda:1", ...
+    devices: list[str] | None = None  # data parallel: ["cuda:0", "cuda:1"] = a shard + copy each
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on GPU, fp32 on CPU
     attention: str = "sdpa"  # attn_implementation; falls back to "eager" where unsupported
     cascade_fraction: float = Field(1.0, gt=0, le=1)  # share of least-confident questions
