@@ -75,14 +75,15 @@ class Sizes:
     overrides: list[str] = field(default_factory=list)  # config keys set in every step
 
 
-GPU = Sizes(DEBERTA_V3_LARGE, 512, 600, 128, 16, 256, 16, 64)
+# infer_kaggle.toml lists both T4s; the check's machine has one GPU.
+GPU = Sizes(DEBERTA_V3_LARGE, 512, 600, 128, 16, 256, 16, 64, overrides=["infer.devices=[cuda:0]"])
 SMOKE = Sizes(
     {"vocab_size": 0, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
      "intermediate_size": 64},
     96, 120, 16, 8, 16, 8, 8, words=400,
     # The GPU recipe freezes 18 of 24 layers; the smoke model has 2.
     overrides=["train.freeze_layers=1", "train.max_length=96", "infer.max_length=96",
-               "infer.device=auto", "causal_lm.max_length=96"],
+               "infer.device=auto", "infer.devices=[cpu]", "causal_lm.max_length=96"],
 )  # fmt: skip
 
 

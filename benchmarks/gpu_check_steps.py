@@ -138,14 +138,15 @@ def step_train(ctx: Ctx, precision: str) -> dict[str, dict]:
 
 
 def _mc_inputs(ctx: Ctx, config: Any, n: int) -> tuple[Any, Any, Any]:
-    from infer.predict import load_tokenizer, resolve_device
+    from infer.devices import resolve_devices
+    from infer.predict import load_tokenizer
     from sciqa.io import read_questions
     from sciqa.mc_encoding import encode_questions
 
     tokenizer = load_tokenizer(ctx.mc_dir)
     frame = read_questions(ctx.data("test")).head(n)
     enc = encode_questions(tokenizer, frame, config.infer.max_length, letters=LETTERS)
-    return tokenizer, enc, resolve_device(config.infer.device)
+    return tokenizer, enc, resolve_devices(config.infer.device, config.infer.devices)[0]
 
 
 def check_fp16_fallback(ctx: Ctx, config: Any) -> dict[str, dict]:
