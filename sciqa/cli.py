@@ -4,6 +4,7 @@ inside its body so ``sciqa --help`` stays fast and needs no torch, faiss or open
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
