@@ -19,6 +19,7 @@ and the KV is dropped: no layer's cache outlives the layer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -49,7 +50,7 @@ def skeleton(path: Path, dtype: torch.dtype, attention: str = "sdpa") -> Any:
     except (OSError, ValueError, KeyError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InferError(f"{path}: cannot read its config.json: {reason}") from None
-    with init_empty_weights():
+    with init_empty_weights(), _no_init():
         try:
             model = AutoModelForCausalLM.from_config(
                 config, attn_implementation=attention, dtype=dtype
@@ -61,6 +62,16 @@ def skeleton(path: Path, dtype: torch.dtype, attention: str = "sdpa") -> Any:
                 config, attn_implementation="eager", dtype=dtype
             )
     return model.eval()
+
+
+def _no_init() -> Any:
+    """Skip the random init of the empty weights: on the meta device it does nothing but
+    its first call imports torch._dynamo (~20 s on a busy 2-core machine)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # another transformers layout: pay the init
+        return contextlib.nullcontext()
+    return no_init_weights()
 
 
 def _modules(model: Any) -> tuple[Any, list[Any], Any, Any, Any]:
@@ -149,8 +160,10 @@ class _Pass:
 class StreamStats:
     sweeps: int = 0  # passes over all the weights (one per group)
     bytes_read: int = 0  # weight bytes read from the split
-    wait_seconds: float = 0.0  # time spent waiting for weights to be read
+    read_seconds: float = 0.0  # time spent reading weights (on the prefetch thread or not)
+    wait_seconds: float = 0.0  # of which the computation waited for
     compute_seconds: float = 0.0  # time spent computing
+    tokens: int = 0  # token positions pushed through every layer (all sweeps)
     peak_weight_bytes: int = 0  # most weight bytes held at once (modules + prefetched part)
 
 
@@ -200,8 +213,11 @@ class LayerStreamer:
         device = self.device
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
+        began = time.perf_counter()
         with safe_open(str(self.split.path(part)), framework="pt", device=str(device)) as f:
-            return {name: f.get_tensor(name) for name in part.tensors}
+            tensors = {name: f.get_tensor(name) for name in part.tensors}
+        self.stats.read_seconds += time.perf_counter() - began  # one reader at a time
+        return tensors
 
     def _take(self, k: int) -> dict[str, torch.Tensor]:
         """Part ``k``'s tensors (prefetched or read now); starts reading part ``k + 1``."""
@@ -246,6 +262,9 @@ class LayerStreamer:
         states: list[tuple[_Pass, _Pass | None]] = []
         results: list[Any] = []
         self.stats.sweeps += 1
+        for job in jobs:
+            self.stats.tokens += job.first["input_ids"].numel()
+            self.stats.tokens += job.second["input_ids"].numel() if job.second else 0
         try:
             for k, part in enumerate(parts):
                 self._materialise(self._take(k))
