@@ -158,8 +158,26 @@ def ensure_split(
             with contextlib.suppress(OSError):
                 (target / MANIFEST).unlink()
     _check_writable(root)
-    _write_split(source, target, parts, dtype, tied or {})
+    target.mkdir(parents=True, exist_ok=True)
+    with _lock(target):  # another process splitting the same checkpoint: wait, then reuse
+        if not is_split(target):
+            _write_split(source, target, parts, dtype, tied or {})
     return read_split(target, parts)
+
+
+@contextlib.contextmanager
+def _lock(folder: Path) -> Any:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no concurrent splits to guard against
+        yield
+        return
+    with (folder / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _check_writable(root: Path) -> None:
