@@ -212,13 +212,14 @@ def stream_one(args: argparse.Namespace) -> None:
     model = load_llm(Path(path), device, dtype, cfg, "sdpa")
     loaded = time.perf_counter() - began
     predictor = LLMPredictor(model, tokenizer.pad_token_id, cfg.batch_size, cfg.prefix_cache)
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     logits = predictor.logits(enc, enc.lengths)
     result = {
         "offload": args.offload,
         "questions": len(frame),
         "load_s": loaded,
         "score_s": time.perf_counter() - began,
+        "cpu_s": time.process_time() - cpu,
         "baseline_rss_mb": baseline,
         "peak_rss_mb": _rss_mb("VmHWM"),
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20
@@ -259,12 +260,15 @@ def stream(args: argparse.Namespace) -> None:
         common += ["--questions", str(args.questions)]
     if args.limit:
         common += ["--limit", str(args.limit)]
-    rows, logits = {}, {}
+    runs: dict[str, list[dict]] = {"split": [], "none": [], "layers": []}
+    logits = {}
+    # The split first, on one question, in a process of its own: the measured runs then
+    # read warm files, and the split's one-time cost is reported apart. Then the two sides
+    # alternate, each in a fresh process (its own peak RSS): a shared machine's load
+    # drifts over minutes, and alternating spreads the drift over both.
+    order = [("split", "layers")] + [("none", "none"), ("layers", "layers")] * args.repeats
     with tempfile.TemporaryDirectory() as tmp:
-        # Split first, untimed, in a process of its own: both sides then read warm files.
-        # The split first, on one question, in a process of its own: both measured runs
-        # then read warm files, and the split's one-time cost is reported apart.
-        for label, offload in (("split", "layers"), ("none", "none"), ("layers", "layers")):
+        for label, offload in order:
             out = Path(tmp) / f"{label}.npy"
             cmd = [sys.executable, "-m", "benchmarks.llm", "stream-one", "--offload", offload]
             limit = ["--limit", "1"] if label == "split" else []
@@ -272,26 +276,33 @@ def stream(args: argparse.Namespace) -> None:
                 [*cmd, *common, *limit, "--logits-out", str(out)],
                 check=True, capture_output=True, text=True,
             )  # fmt: skip
-            rows[label] = json.loads(done.stdout.splitlines()[-1])
+            runs[label].append(json.loads(done.stdout.splitlines()[-1]))
             logits[label] = np.load(out)
+    rows = {k: v[0] for k, v in runs.items()}
     top3 = top3_letters(logits["none"]) == top3_letters(logits["layers"])
     diff = float(np.nanmax(np.abs(logits["none"] - logits["layers"])))
     n = rows["none"]["questions"]
     print(f"{args.model}, {n} questions, {args.dtype}, {args.device}, batch {args.batch_size}, "
-          f"group {args.group}; split once: {rows['split']['load_s']:.1f}s")  # fmt: skip
+          f"group {args.group}, {args.repeats} run(s) per side, alternating; split once: "
+          f"{rows['split']['load_s']:.1f}s")  # fmt: skip
     print()
     print(
-        "| path | load s | score s | q/s | peak RSS MB (after imports) | weights held at once MB |"
+        "| path | load s | score s (median) | CPU s (median) | q/s | peak RSS MB (after imports) "
+        "| weights held at once MB |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for name in ("none", "layers"):
         r = rows[name]
-        held = r.get("peak_weight_mb", r["model_mb"])
+        wall = statistics.median(x["score_s"] for x in runs[name])
+        cpu = statistics.median(x["cpu_s"] for x in runs[name])
+        peak = max(x["peak_rss_mb"] for x in runs[name])
+        held = max(x.get("peak_weight_mb", x["model_mb"]) for x in runs[name])
         cuda = f", CUDA peak {r['cuda_peak_mb']:.0f}" if r.get("cuda_peak_mb") else ""
         print(
             f"| {'resident' if name == 'none' else 'streamed (offload=layers)'} "
-            f"| {r['load_s']:.1f} | {r['score_s']:.1f} | {n / r['score_s']:.2f} "
-            f"| {r['peak_rss_mb']:.0f} ({r['baseline_rss_mb']:.0f}){cuda} | {held:.1f} |"
+            f"| {statistics.median(x['load_s'] for x in runs[name]):.1f} | {wall:.1f} "
+            f"| {cpu:.1f} | {n / wall:.2f} | {peak:.0f} ({r['baseline_rss_mb']:.0f}){cuda} "
+            f"| {held:.1f} |"
         )
     s = rows["layers"]
     layers = s["parts"] - 2
@@ -324,7 +335,7 @@ def main() -> None:
     parser.add_argument("--context", choices=["no", "yes", "both"], default="both")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="speed, stream: runs per side")
     parser.add_argument("--questions", type=Path, help="members: labelled questions")
     parser.add_argument("--members", nargs="+", default=[], help="members: MODEL_DIR args")
     parser.add_argument("--config", "-c", type=Path, default=None)

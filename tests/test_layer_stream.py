@@ -24,7 +24,7 @@ from tiny_llm import build_tiny_llama  # noqa: E402
 
 from infer import layer_split  # noqa: E402
 from infer.commands import run_infer  # noqa: E402
-from infer.layer_stream import LayerStreamer, open_streamer  # noqa: E402
+from infer.layer_stream import LayerStreamer, layout_of, open_streamer  # noqa: E402
 from infer.llm_predict import streamed_scores  # noqa: E402
 from sciqa.cli import app  # noqa: E402
 from sciqa.config import load_config  # noqa: E402
@@ -241,9 +241,10 @@ def test_interrupted_split_never_loads_and_a_rerun_resumes(tiny_llm, tmp_path, m
         open_streamer(tiny_llm, torch.device("cpu"), torch.float32, cfg, "sdpa")
     (split_dir,) = (tmp_path / "layers").iterdir()
     assert not (split_dir / "split.json").exists() and not layer_split.is_split(split_dir)
-    assert sorted(p.name for p in split_dir.iterdir()) == [
+    assert sorted(p.name for p in split_dir.glob("[!.]*")) == [
         "embed.safetensors", "layer_00000.safetensors"
     ]  # fmt: skip
+    assert not list(split_dir.glob(".*.tmp"))
     (split_dir / ".layer_00001.safetensors.tmp").write_bytes(b"left by kill -9")
 
     written.clear()
@@ -259,6 +260,34 @@ def test_interrupted_split_never_loads_and_a_rerun_resumes(tiny_llm, tmp_path, m
     written.clear()
     open_streamer(tiny_llm, torch.device("cpu"), torch.float32, cfg, "sdpa").close()
     assert written == [".head.safetensors.tmp"]
+
+
+def test_two_processes_splitting_at_once_write_it_once(tiny_llm, tmp_path, monkeypatch):
+    import threading
+
+    import safetensors.torch
+
+    real, written = safetensors.torch.save_file, []
+
+    def slow_save(tensors, filename, metadata=None):
+        written.append(Path(filename).name)
+        threading.Event().wait(0.05)  # long enough for the other to arrive mid-split
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", slow_save)
+    parts, tied = layout_of(tiny_llm)
+    splits = []
+
+    def split() -> None:
+        splits.append(layer_split.ensure_split(tiny_llm, parts, "fp32", tmp_path / "l", tied))
+
+    threads = [threading.Thread(target=split) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(splits) == 2 and splits[0] == splits[1]
+    assert len(written) == len(parts)  # every part once: the second waited, then reused
 
 
 def test_a_split_folder_is_a_model_of_its_own(qfile, tiny_llm, tmp_path):
@@ -299,13 +328,20 @@ def _cli(*args: str):
     return CliRunner().invoke(app, ["infer", *args])
 
 
-def _gpt2(folder: Path, tiny_llm: Path) -> Path:
-    from transformers import GPT2Config, GPT2LMHeadModel
+def _other_family(folder: Path, tiny_llm: Path, family: str) -> Path:
+    import transformers
 
     tok = load_causal_tokenizer(str(tiny_llm))
-    GPT2LMHeadModel(
-        GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2)
-    ).save_pretrained(folder)
+    if family == "GPT2":
+        config = transformers.GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2)
+        model = transformers.GPT2LMHeadModel(config)
+    else:
+        config = transformers.GemmaConfig(
+            vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+        )  # fmt: skip
+        model = transformers.GemmaForCausalLM(config)
+    model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
@@ -314,6 +350,7 @@ def _gpt2(folder: Path, tiny_llm: Path) -> Path:
     ("model", "sets", "message"),
     [
         ("GPT2", [], "cannot locate the decoder layers of GPT2LMHeadModel (model_type 'gpt2')"),
+        ("GEMMA", [], "GemmaForCausalLM (model_type 'gemma') is not a family it streams"),
         ("TINY", ["causal_lm.offload_dir=FILE/layers"], "is not writable (Not a directory)"),
         ("TINY", ["causal_lm.load_in=8bit"], "causal_lm.load_in: causal_lm.offload = layers"),
         ("TINY", ["causal_lm.offload=disk"], "causal_lm.offload: Input should be"),
@@ -321,7 +358,7 @@ def _gpt2(folder: Path, tiny_llm: Path) -> Path:
 )
 def test_bad_streaming_input_is_one_line(qfile, tiny_llm, tmp_path, model, sets, message):
     (tmp_path / "FILE").write_text("a file, not a folder")
-    folder = _gpt2(tmp_path / "gpt2", tiny_llm) if model == "GPT2" else tiny_llm
+    folder = tiny_llm if model == "TINY" else _other_family(tmp_path / model, tiny_llm, model)
     flags = ["--set", "causal_lm.offload=layers", "--set", f"causal_lm.offload_dir={tmp_path}/x"]
     for s in sets:
         flags += ["--set", s.replace("FILE", str(tmp_path / "FILE"))]
