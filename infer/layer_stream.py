@@ -286,12 +286,13 @@ class LayerStreamer:
                     torch.cuda.synchronize(self.device)
                 self.stats.compute_seconds += time.perf_counter() - began
                 self._release(part)
-        finally:
-            if self._pending is not None:  # an error mid-sweep: drop what is being read
+        except BaseException:  # an error mid-sweep: drop what is read or being read
+            if self._pending is not None:
                 self._pending.cancel() or self._pending.exception()
                 self._pending = None
             for part in parts:
                 self._release(part)
+            raise
         return results
 
     def _embed(self, job: Job) -> tuple[_Pass, _Pass | None]:

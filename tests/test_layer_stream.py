@@ -368,3 +368,21 @@ def test_bad_streaming_input_is_one_line(qfile, tiny_llm, tmp_path, model, sets,
     assert message in result.output
     assert result.output.startswith("error: ") and result.output.count("\n") == 1
     assert not (out / "submission.csv").exists()
+
+
+def test_an_error_mid_sweep_leaves_no_weights_behind(tiny_llm, tmp_path):
+    from infer.layer_stream import Job
+    from sciqa.llm_scoring import prefix_inputs
+
+    cfg = _config(tmp_path).causal_lm
+    tok = load_causal_tokenizer(str(tiny_llm))
+    enc = encode_for_llm(tok, _questions(), PromptSpec.from_config(cfg, tok, "t"))
+    streamer = open_streamer(tiny_llm, torch.device("cpu"), torch.float32, cfg, "sdpa")
+
+    def fails(*_):
+        raise RuntimeError("scoring failed")
+
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        streamer.run([Job(prefix_inputs(enc, [0, 1], tok.pad_token_id, "cpu"), 1, fails)])
+    assert streamer.held_bytes() == 0 and streamer._pending is None
+    streamer.close()
