@@ -171,6 +171,12 @@ class CausalLMConfig(_Section):
     prefix_cache: bool = True  # run context + question once, reuse its KV cache per option
     load_in: Literal["none", "8bit", "4bit"] = "none"  # bitsandbytes quantisation (CUDA only)
     device_map: str | None = None  # "auto": spread layers over all visible GPUs (accelerate)
+    offload: Literal["none", "layers"] = "none"  # layers: stream one decoder layer at a time
+    offload_group: int = Field(64, ge=1)  # layers: questions pushed through each loaded layer
+    offload_activations: Literal["device", "cpu"] = "device"  # layers: where hidden states wait
+    offload_prefetch: bool = True  # layers: read the next layer on a thread during this one
+    offload_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # layers: auto = infer.dtype
+    offload_dir: Path | None = None  # layers: per-layer split cache; None = ~/.cache/sciqa/layers
 
 
 # gen.science_filter defaults: words that mark a science passage (matched as whole words,

@@ -119,74 +119,113 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def full_scores(model: Any, batch: dict[str, torch.Tensor], head: ScoreHead) -> torch.Tensor:
-    """``(B, C)`` option scores from whole sequences (keeps the autograd graph)."""
+def full_inputs(batch: dict[str, torch.Tensor], head: ScoreHead) -> tuple[dict, int]:
+    """Model inputs of :func:`collate_full` rows flattened to ``(B * C, L)``, and how many
+    trailing positions' logits the scores read."""
     b, c, length = batch["input_ids"].shape
-    ids = batch["input_ids"].reshape(b * c, length)
     mask = batch["attention_mask"].reshape(b * c, length)
-    score_len = batch["score_len"].reshape(-1)
-    keep = int(score_len.max()) + 1 if head.mode == "cloze" else 1
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions(mask),
-        logits_to_keep=keep,
-        use_cache=False,
-    )
+    inputs = {
+        "input_ids": batch["input_ids"].reshape(b * c, length),
+        "attention_mask": mask,
+        "position_ids": positions(mask),
+    }
+    keep = int(batch["score_len"].max()) + 1 if head.mode == "cloze" else 1
+    return inputs, keep
+
+
+def full_from_logits(
+    logits: torch.Tensor, batch: dict[str, torch.Tensor], head: ScoreHead
+) -> torch.Tensor:
+    """``(B, C)`` scores from the last ``keep`` positions' logits of :func:`full_inputs`."""
+    b, c, length = batch["input_ids"].shape
     if head.mode != "cloze":
-        scores = head.from_last(out.logits[:, -1])
+        scores = head.from_last(logits[:, -1])
         return scores if head.mode == "letter" else scores.view(b, c)
-    k = keep - 1
-    logp = _token_logprobs(out.logits[:, :-1], ids[:, length - k :])  # (N, k)
+    ids = batch["input_ids"].reshape(b * c, length)
+    score_len = batch["score_len"].reshape(-1).to(ids.device)
+    k = logits.shape[1] - 1
+    logp = _token_logprobs(logits[:, :-1], ids[:, length - k :])  # (N, k)
     scored = torch.arange(k, device=ids.device)[None, :] >= (k - score_len)[:, None]
     total = (logp * scored).sum(-1).view(b, c)
     return total / batch["norm"].to(total.device)
+
+
+def full_scores(model: Any, batch: dict[str, torch.Tensor], head: ScoreHead) -> torch.Tensor:
+    """``(B, C)`` option scores from whole sequences (keeps the autograd graph)."""
+    inputs, keep = full_inputs(batch, head)
+    out = model(**inputs, logits_to_keep=keep, use_cache=False)
+    return full_from_logits(out.logits, batch, head)
+
+
+def prefix_inputs(
+    enc: LLMEncoded, rows: Sequence[int], pad_id: int, device: Any
+) -> dict[str, torch.Tensor]:
+    """The left-padded prefixes of ``rows``, as model inputs on ``device``."""
+    ids, mask = _left_pad([enc.prefixes[i] for i in rows], pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask)}
+
+
+def suffix_inputs(
+    enc: LLMEncoded, rows: Sequence[int], prefix_mask: torch.Tensor, pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Every option's suffix of ``rows``, right-padded (padding after real tokens is
+    inert), as inputs on top of the prefixes' KV cache repeated once per option; plus
+    ``lengths``, each suffix's real token count."""
+    device = prefix_mask.device
+    c = enc.n_options
+    suffixes = [s for i in rows for s in enc.suffixes[i]]
+    lengths = torch.tensor([len(s) for s in suffixes], device=device)
+    width = max(int(lengths.max()), 1)
+    suf = torch.full((len(suffixes), width), pad_id, dtype=torch.long)
+    for row, seq in enumerate(suffixes):
+        suf[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    suf_mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+    prefix_len = prefix_mask.sum(-1).repeat_interleave(c)
+    return {
+        "input_ids": suf.to(device),
+        "attention_mask": torch.cat([prefix_mask.repeat_interleave(c, dim=0), suf_mask], -1),
+        "position_ids": prefix_len[:, None] + torch.arange(width, device=device)[None, :],
+        "lengths": lengths,
+    }
+
+
+def suffix_from_logits(
+    enc: LLMEncoded,
+    rows: Sequence[int],
+    head: ScoreHead,
+    last: torch.Tensor,
+    logits: torch.Tensor,
+    suffix: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """``(len(rows), C)`` scores from the prefixes' last logits and the suffixes' logits."""
+    c, lengths, suf = enc.n_options, suffix["lengths"], suffix["input_ids"]
+    if head.mode == "yes_no":
+        at_end = logits[torch.arange(len(lengths), device=logits.device), lengths - 1]
+        return head.from_last(at_end).view(len(rows), c)
+    # Suffix token j is predicted by the prefix's last logits (j = 0) or suffix token j - 1.
+    predictors = torch.cat([last.repeat_interleave(c, dim=0)[:, None], logits[:, :-1]], 1)
+    suf_mask = torch.arange(suf.shape[1], device=suf.device)[None, :] < lengths[:, None]
+    logp = _token_logprobs(predictors, suf) * suf_mask
+    norms = torch.tensor([enc.norms[i] for i in rows], dtype=torch.float32, device=suf.device)
+    return logp.sum(-1).view(len(rows), c) / norms
 
 
 def cached_scores(
     model: Any, enc: LLMEncoded, rows: Sequence[int], head: ScoreHead, pad_id: int
 ) -> torch.Tensor:
     """``(len(rows), C)`` option scores; each prefix runs once, its KV cache per option."""
-    device = model.device
-    ids, mask = _left_pad([enc.prefixes[i] for i in rows], pad_id)
-    ids, mask = ids.to(device), mask.to(device)
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions(mask),
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    first = prefix_inputs(enc, rows, pad_id, model.device)
+    out = model(**first, use_cache=True, logits_to_keep=1)
     last = out.logits[:, -1]
     if head.mode == "letter":
         return head.from_last(last)
-    c = enc.n_options
     cache = out.past_key_values
-    cache.batch_repeat_interleave(c)
-    suffixes = [s for i in rows for s in enc.suffixes[i]]
-    lengths = torch.tensor([len(s) for s in suffixes], device=device)
-    width = max(int(lengths.max()), 1)
-    suf = torch.full((len(suffixes), width), pad_id, dtype=torch.long)
-    for row, seq in enumerate(suffixes):  # right-padded: padding after real tokens is inert
-        suf[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    suf = suf.to(device)
-    suf_mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
-    prefix_len = mask.sum(-1).repeat_interleave(c)
-    out2 = model(
-        input_ids=suf,
-        attention_mask=torch.cat([mask.repeat_interleave(c, dim=0), suf_mask], dim=-1),
-        position_ids=prefix_len[:, None] + torch.arange(width, device=device)[None, :],
-        past_key_values=cache,
-        use_cache=True,
-    )
-    if head.mode == "yes_no":
-        at_end = out2.logits[torch.arange(len(suffixes), device=device), lengths - 1]
-        return head.from_last(at_end).view(len(rows), c)
-    # Suffix token j is predicted by the prefix's last logits (j = 0) or suffix token j - 1.
-    predictors = torch.cat([last.repeat_interleave(c, dim=0)[:, None], out2.logits[:, :-1]], 1)
-    logp = _token_logprobs(predictors, suf) * suf_mask
-    norms = torch.tensor([enc.norms[i] for i in rows], dtype=torch.float32, device=device)
-    return logp.sum(-1).view(len(rows), c) / norms
+    cache.batch_repeat_interleave(enc.n_options)
+    suffix = suffix_inputs(enc, rows, first["attention_mask"], pad_id)
+    inputs = {k: v for k, v in suffix.items() if k != "lengths"}
+    out2 = model(**inputs, past_key_values=cache, use_cache=True)
+    return suffix_from_logits(enc, rows, head, last, out2.logits, suffix)
 
 
 def score_rows(
