@@ -322,7 +322,8 @@ def infer(
         Path | None, typer.Option("--out", "-o", help="Required: OUT_DIR for submission.csv.")
     ] = None,
     weights: Annotated[
-        str | None, typer.Option("--weights", help="auto | equal | w1,w2,... (infer.weights).")
+        str | None,
+        typer.Option("--weights", help="auto | stack | select | equal | w1,w2,... (infer.weights)"),
     ] = None,
     time_budget: Annotated[
         str | None, typer.Option("--time-budget", help="e.g. 8h30m (infer.time_budget).")
