@@ -86,12 +86,13 @@ def run_infer(
 
     perms = rotations(len(letters), passes)
     fit_report = None
-    if weights == "auto":
+    if weights in ("auto", "stack", "select"):
         from infer.oof_weights import fit_auto_weights
 
         values, fit_report = fit_auto_weights(
-            specs, letters, cfg.ensemble, cfg.weight_rounds, cfg.oof_labels
-        )
+            specs, letters, cfg.ensemble, cfg.weight_rounds, cfg.oof_labels,
+            method=weights, folds=cfg.weight_folds, seed=config.seed,
+        )  # fmt: skip
     else:
         values = parse_weights(weights, len(specs), [s.name for s in specs])
     for spec, value in zip(specs, values, strict=True):

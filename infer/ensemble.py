@@ -83,7 +83,8 @@ def parse_weights(text: str, n_models: int, names: Sequence[str]) -> list[float]
         weights = [float(p) for p in parts]
     except ValueError:
         raise InferError(
-            f"--weights {text!r}: expected 'auto', 'equal' or numbers like 1,0.5,2"
+            f"--weights {text!r}: expected 'auto', 'stack', 'select', 'equal' or numbers like "
+            "1,0.5,2"
         ) from None
     if len(weights) != n_models:
         raise InferError(

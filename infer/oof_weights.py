@@ -111,9 +111,21 @@ def _labels(run_dir: Path, oof: pd.DataFrame, labels_path: str | None) -> pd.Ser
 
 
 def fit_auto_weights(
-    specs: list[ModelSpec], letters: list[str], mode: str, rounds: int, labels_path: str | None
+    specs: list[ModelSpec],
+    letters: list[str],
+    mode: str,
+    rounds: int,
+    labels_path: str | None,
+    *,
+    method: str = "auto",
+    folds: int = 5,
+    seed: int = 0,
 ) -> tuple[list[float], dict]:
-    """Weight per model spec, plus a report for the manifest/scores."""
+    """Weight per model spec, plus a report for the manifest/scores.
+
+    ``method``: ``auto`` (greedy selection), ``stack`` (logistic stacking) or ``select``
+    (whichever of best single / equal / greedy / stack wins nested CV; infer/stacking.py).
+    """
     orphans = [s.name for s in specs if s.run_dir is None]
     if orphans:
         raise InferError(
@@ -144,12 +156,31 @@ def fit_auto_weights(
     index = {letter: i for i, letter in enumerate(letters)}
     y = np.array([index[labels[i]] for i in order])
     arrays = [frames[r].set_index(ID).loc[order, letters].to_numpy(np.float64) for r in runs]
-    run_weights, score = greedy_weights(arrays, y, mode, rounds)
+    selection = None
+    if method == "auto":
+        run_weights, score = greedy_weights(arrays, y, mode, rounds)
+        described = f"greedy selection with replacement, {rounds} rounds, MAP@3 on OOF"
+    else:
+        from infer.stacking import select_weights, stack_weights
+
+        if method == "stack":
+            run_weights = stack_weights(arrays, y, mode)[0]
+            described = "logistic stacking: simplex weights + temperature, OOF cross-entropy"
+        else:
+            if len(order) < 2 * folds:
+                raise InferError(
+                    f"--weights select: {len(order)} OOF questions are too few for "
+                    f"infer.weight_folds={folds} outer folds; lower it or use --weights auto"
+                )
+            selection = select_weights(arrays, y, mode, folds=folds, seed=seed, rounds=rounds)
+            run_weights = selection.weights
+            described = f"nested CV ({folds} outer folds) chose {selection.method!r}, refitted"
+        score = map3_from_logits(combine(arrays, run_weights, mode), y)
     per_run = dict(zip(runs, run_weights, strict=True))
-    folds = {run: sum(s.run_dir == run for s in specs) for run in runs}
-    weights = [float(per_run[s.run_dir] / folds[s.run_dir]) for s in specs]
+    n_folds = {run: sum(s.run_dir == run for s in specs) for run in runs}
+    weights = [float(per_run[s.run_dir] / n_folds[s.run_dir]) for s in specs]
     report = {
-        "method": f"greedy selection with replacement, {rounds} rounds, MAP@3 on OOF",
+        "method": described,
         "oof_questions": len(order),
         "oof_map_at_3": score,
         "run_weights": {str(r): float(w) for r, w in per_run.items()},
@@ -157,4 +188,6 @@ def fit_auto_weights(
             str(r): map3_from_logits(a, y) for r, a in zip(runs, arrays, strict=True)
         },
     }
+    if selection is not None:
+        report.update(selection.report())
     return weights, report

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from sciqa.assets import ModelSource, packaged_wikipedia, resolve_model
+from sciqa.assets import GEMMA, ModelSource, file_sha256, packaged_wikipedia, resolve_model
 
 _PAIR = (
     "Photosynthesis turns light energy into chemical energy in plants.",
@@ -89,6 +90,51 @@ def check_llm(source: ModelSource | None = None, max_new_tokens: int = 24) -> st
     return f"replied {reply.strip()[:70]!r}"
 
 
+# A base LM (no chat template): it must prefer the true completion of each sentence.
+_FACTS = (
+    ("Water is made of hydrogen and", " oxygen", " copper"),
+    ("The planet closest to the Sun is", " Mercury", " Neptune"),
+    ("Plants make their food by", " photosynthesis", " digestion"),
+)
+
+
+def check_gemma() -> str:
+    """The assembled GGUF's sha256 again, then the converted model prefers true facts."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sciqa.llm_assets import load_causal_tokenizer, prepare_model
+
+    source = resolve_model("gemma", "llm")
+    gguf = Path(source.name_or_path) / str(source.gguf_file)
+    digest = file_sha256(gguf)
+    if digest != GEMMA.sha256:
+        raise AssertionError(
+            f"{gguf}: sha256 {digest[:16]}... is not {str(GEMMA.sha256)[:16]}...; delete it "
+            "and run `sciqa assets` to assemble it again"
+        )
+    folder = prepare_model("gemma")
+    tokenizer = load_causal_tokenizer(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    right = 0
+    for prompt, true, false in _FACTS:
+        scores = []
+        for answer in (true, false):
+            ids = tokenizer(prompt + answer, return_tensors="pt")["input_ids"]
+            n = len(tokenizer(prompt)["input_ids"])
+            with torch.no_grad():
+                logp = model(ids).logits[0, :-1].float().log_softmax(-1)
+            scores.append(float(logp[n - 1 :].gather(-1, ids[0, n:, None]).sum()))
+        right += scores[0] > scores[1]
+    if right < len(_FACTS):
+        raise AssertionError(f"preferred the true completion in {right}/{len(_FACTS)} facts")
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    return (
+        f"sha256 ok, {type(model).__name__} {params:.0f}M params, "
+        f"true completion preferred {right}/{len(_FACTS)}"
+    )
+
+
 def check_corpus() -> str:
     articles = packaged_wikipedia()
     words = int(articles["text"].str.split().str.len().sum())
@@ -106,6 +152,7 @@ CHECKS: dict[str, Callable[[], str]] = {
     "embedding": check_embedding,
     "backbone": check_backbone,
     "llm": check_llm,
+    "gemma": check_gemma,
     "corpus": check_corpus,
     "benchmarks": check_benchmarks,
 }

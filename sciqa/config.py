@@ -134,7 +134,8 @@ class InferConfig(_Section):
     batch_size: int = Field(16, ge=1)  # questions per forward pass (x n_options sequences)
     max_length: int = Field(384, ge=8)  # tokens, for model dirs without sciqa_model.json
     use_context: bool = True  # append `context` to the question, for dirs without sciqa_model.json
-    weights: str = "equal"  # "equal", "auto" (fit on the runs' oof.parquet) or "w1,w2,..."
+    weights: str = "equal"  # "equal", "w1,w2,...", or fitted on the runs' oof.parquet: "auto"
+    # (greedy MAP@3), "stack" (logistic stacking), "select" (the best by nested CV)
     ensemble: Literal["probs", "logits", "zscore"] = "probs"  # mean of probs/logits/z-scores
     tta: int = Field(1, ge=1)  # option-rotation passes per model (1 = no TTA)
     time_budget: str | None = None  # wall-clock limit such as "8h30m"; None = no limit
@@ -148,6 +149,7 @@ class InferConfig(_Section):
     cascade_expensive: list[str] = []  # model args/names run only on the unsure (e.g. llm:default)
     oof_labels: str | None = None  # labelled questions for --weights auto; None = the run's
     weight_rounds: int = Field(50, ge=1)  # greedy hill-climbing rounds for --weights auto
+    weight_folds: int = Field(5, ge=2)  # outer folds of --weights select's nested CV
 
 
 class CausalLMConfig(_Section):

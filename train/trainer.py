@@ -167,6 +167,14 @@ def train_fold(
     """
     run_name = label.replace(" ", "_")  # the trackers' name for this fold
     args = training_arguments(train, output_dir, seed, cpu_bf16=cpu_bf16, run_name=run_name)
+    evaluations: list[tuple[np.ndarray, dict[str, float]]] = []  # this process's, in order
+    compute = metrics_for(letters)
+
+    def compute_and_keep(prediction: EvalPrediction) -> dict[str, float]:
+        metrics = compute(prediction)
+        evaluations.append((np.asarray(prediction.predictions, dtype=np.float64), metrics))
+        return metrics
+
     if collator is None:
         pad8 = 8 if (args.bf16 or args.fp16) else None  # tensor cores like multiples of 8
         collator = DataCollatorForMultipleChoice(tokenizer, pad_to_multiple_of=pad8)
@@ -177,7 +185,7 @@ def train_fold(
         train_dataset=train_split.features,
         eval_dataset=valid_split.features,
         processing_class=tokenizer,
-        compute_metrics=metrics_for(letters),
+        compute_metrics=compute_and_keep,
         callbacks=[
             EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience),
             EvalLine(label),
@@ -189,8 +197,6 @@ def train_fold(
     if last:
         log.info("%s: resuming from %s", label, last)
     result = trainer.train(resume_from_checkpoint=last)
-    prediction = trainer.predict(valid_split.features)
-    logits = np.asarray(prediction.predictions, dtype=np.float64)
     history = [
         {
             "epoch": entry["epoch"],
@@ -202,10 +208,20 @@ def train_fold(
         if f"eval_{METRIC}" in entry
     ]
     best = max(history, key=lambda e: e[METRIC]) if history else None
+    kept = _best_evaluation(history, evaluations, resumed=last is not None)
+    if kept is not None:
+        # The best epoch's weights are the ones loaded now: its evaluation already holds
+        # the validation logits, so the validation set is not scored a second time.
+        logits = kept
+        scores = {METRIC: best[METRIC], "accuracy": best["accuracy"], "loss": best["eval_loss"]}
+    else:
+        prediction = trainer.predict(valid_split.features)
+        logits = np.asarray(prediction.predictions, dtype=np.float64)
+        scores = {k: prediction.metrics[f"test_{k}"] for k in (METRIC, "accuracy", "loss")}
     metrics = {
-        METRIC: prediction.metrics[f"test_{METRIC}"],
-        "accuracy": prediction.metrics["test_accuracy"],
-        "eval_loss": prediction.metrics["test_loss"],
+        METRIC: scores[METRIC],
+        "accuracy": scores["accuracy"],
+        "eval_loss": scores["loss"],
         "best_epoch": best["epoch"] if best else None,
         "epochs": history,
         "train_seconds": result.metrics.get("train_runtime"),
@@ -217,3 +233,21 @@ def train_fold(
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
     }
     return FoldOutcome(metrics, logits, trainer.model, trainer.is_world_process_zero())
+
+
+def _best_evaluation(
+    history: list[dict[str, Any]],
+    evaluations: list[tuple[np.ndarray, dict[str, float]]],
+    *,
+    resumed: bool,
+) -> np.ndarray | None:
+    """The logits of the evaluation whose checkpoint ``load_best_model_at_end`` loaded, when
+    this process ran every evaluation; ``None`` means: predict again."""
+    if resumed or not history or len(evaluations) != len(history):
+        return None
+    # The Trainer keeps the first of equal best scores (it replaces only on a strict gain).
+    index = max(range(len(history)), key=lambda i: (history[i][METRIC], -i))
+    logits, metrics = evaluations[index]
+    if metrics[METRIC] != history[index][METRIC]:  # not the same evaluation: be safe
+        return None
+    return logits
