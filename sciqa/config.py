@@ -194,7 +194,7 @@ class GenConfig(_Section):
     max_question_chars: int = Field(300, ge=8)  # maxLength of the question in the reply schema
     max_option_chars: int = Field(150, ge=1)  # maxLength of each option in the reply schema
     question_pattern: str | None = r"^\w.*$"  # JSON-schema pattern: starts with a letter/digit
-    option_pattern: str | None = r"^\w.*$"  # the same for every option; None = no pattern
+    option_pattern: str | None = r"^\w.*$"  # the same for every option; "" = no pattern
     max_tokens: int = Field(400, ge=16)  # reply token limit; replies cut by it are rejected
     reask_budget: int = Field(1, ge=0)  # extra requests per question when a reply is invalid
     max_requests: int | None = Field(None, ge=0)  # stop after sending this many new requests
@@ -214,12 +214,13 @@ class GenConfig(_Section):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         # The engine compiles its own dialect (and says which field it cannot); Python's
-        # re checks replies from servers that do not enforce the schema.
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
+        # re checks replies from servers that do not enforce the schema. "" = no pattern.
+        if not value:
+            return None
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
 
 

@@ -373,9 +373,12 @@ def test_real_engine_structured_output_and_named_schema_error(tmp_path):
 
     if not (DEFAULT_ENV / "bin" / "python").is_file():
         pytest.skip("no .venv-engine: run `make engine` (make test does)")
-    from benchmarks.gen import wiki_passages
+    from sciqa.assets import packaged_wikipedia
 
-    source = wiki_passages(tmp_path / "wiki.parquet")
+    wiki = packaged_wikipedia()
+    wiki["passage_id"] = [f"w{i}" for i in range(len(wiki))]
+    source = tmp_path / "wiki.parquet"
+    wiki[["passage_id", "title", "text"]].to_parquet(source)
     base = ["llm.engine_compile=false", "gen.max_tokens=200", "gen.reask_budget=0"]
     base += ["gen.dedup=false", "gen.answerability_filter=false", "gen.too_easy_filter=false"]
     config = load_config(None, base)
