@@ -115,6 +115,7 @@ class ChatClient:
         self._schema_ok = False  # a json_schema request succeeded: the schema compiles
         self._probe_lock = asyncio.Lock()
         self._probed = False
+        self._schema_error: SciqaError | None = None
 
     @property
     def api(self) -> Any:
@@ -275,6 +276,8 @@ class ChatClient:
             return
         async with self._probe_lock:
             if self._probed:
+                if self._schema_error is not None:  # found by another request: stop too
+                    raise SciqaError(str(self._schema_error))
                 return
             self._probed = True
             fields = self.schema.get("properties", {})
@@ -286,10 +289,11 @@ class ChatClient:
             # Every field refused: the server refuses the format itself (downgrade).
             if refused and len(refused) < len(fields):
                 name, reason = next(iter(refused.items()))
-                raise SciqaError(
+                self._schema_error = SciqaError(
                     f"{self.base_url} cannot compile the reply schema at field {name!r} "
                     f"({json.dumps(fields[name])}): {reason}; {_field_hint(name)}"
                 )
+                raise SciqaError(str(self._schema_error))
 
     async def _probe(self, name: str, spec: dict[str, Any]) -> str | None:
         """Why the server refuses a one-field schema, or None if it takes it."""

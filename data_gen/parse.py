@@ -132,7 +132,7 @@ def _first_duplicate(options: list[str], letters: list[str]) -> str | None:
     """Which option repeats which, worded for the re-ask (the model is told what to fix).
 
     >>> _first_duplicate(["Iron", "Gold", "iron"], ["A", "B", "C"])
-    'options A and C are the same ("Iron"); write a different option C'
+    'options A and C are the same ("iron"); write a different option C'
     """
     seen: dict[str, str] = {}
     for letter, option in zip(letters, options, strict=True):
