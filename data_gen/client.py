@@ -16,11 +16,15 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from data_gen.backends import backend_for, describe_format, response_format
 from data_gen.cache import ReplyCache, request_key
 from sciqa.config import LLMConfig
 from sciqa.errors import SciqaError
 
 FORMATS = ("json_schema", "json_object", "text")
+# Parameters the SDK's create() does not name travel in extra_body.
+_STANDARD = {"model", "messages", "temperature", "max_tokens", "seed", "response_format"}
+_STANDARD |= {"presence_penalty", "frequency_penalty", "top_p", "n", "stop"}
 
 
 class BudgetExhausted(Exception):
@@ -44,6 +48,7 @@ class Usage:
     completion_tokens: int = 0
     cost: float = 0.0
     format_downgrades: list[str] = field(default_factory=list)
+    probes: int = 0  # one-field schema requests sent to find a field the engine refused
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -81,6 +86,8 @@ class ChatClient:
         budget: Budget,
         response_format: str = "json_schema",
         schema: dict[str, Any] | None = None,
+        backend: str = "generic",
+        params: dict[str, Any] | None = None,
     ) -> None:
         import openai
         from aiolimiter import AsyncLimiter
@@ -91,7 +98,10 @@ class ChatClient:
         self.cache = cache
         self.budget = budget
         self.format = response_format
+        self.requested_format = response_format
         self.schema = schema
+        self.backend = backend
+        self.params = dict(params or {})  # backend-specific sampling settings
         self.usage = Usage()
         self._openai = openai
         self._client = openai.AsyncOpenAI(
@@ -102,22 +112,50 @@ class ChatClient:
         self._tpm = AsyncLimiter(llm.tpm, 60) if llm.tpm else None
         self._inflight: dict[str, asyncio.Future] = {}
         self._reached = False  # any reply from the server yet (to word connection errors)
+        self._schema_ok = False  # a json_schema request succeeded: the schema compiles
+        self._probe_lock = asyncio.Lock()
+        self._probed = False
+        self._schema_error: SciqaError | None = None
 
     @property
     def api(self) -> Any:
         """The underlying ``openai.AsyncOpenAI`` (the Batch API mode uses it directly)."""
         return self._client
 
+    async def detect_backend(self) -> str:
+        """``llm.backend = auto``: ask ``GET /models`` who serves them (once per base_url;
+        the answer is kept in the cache so a fully cached rerun needs no server)."""
+        name = f"backend:{self.base_url}"
+        try:
+            page = await self._client.models.list()
+            owners = [str(getattr(m, "owned_by", "") or "") for m in page.data]
+            self.backend = backend_for(self.base_url, owners)
+            self.cache.set_meta(name, self.backend)
+        except self._openai.OpenAIError:
+            self.backend = self.cache.get_meta(name) or backend_for(self.base_url, [])
+        return self.backend
+
+    def structured_output(self) -> dict[str, Any]:
+        """What the manifest records about the reply format."""
+        return {
+            "backend": self.backend,
+            "requested": self.requested_format,
+            "used": describe_format(self.backend, self.format),
+            "downgrades": list(self.usage.format_downgrades),
+            "params": dict(self.params),
+        }
+
     def body(self, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
         """The request body for the current response format; its hash is the cache key."""
-        body: dict[str, Any] = {"model": self.model, "messages": messages, **params}
-        if self.format == "json_schema" and self.schema is not None:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "mcq", "strict": True, "schema": self.schema},
-            }
-        elif self.format == "json_object":
-            body["response_format"] = {"type": "json_object"}
+        merged = {**self.params, **params}
+        body: dict[str, Any] = {"model": self.model, "messages": messages}
+        body.update({k: v for k, v in merged.items() if k in _STANDARD})
+        extra = {k: v for k, v in merged.items() if k not in _STANDARD}
+        if extra:
+            body["extra_body"] = extra
+        fmt = response_format(self.backend, self.format, self.schema)
+        if fmt is not None:
+            body["response_format"] = fmt
         return body
 
     async def complete(
@@ -180,11 +218,14 @@ class ChatClient:
                     raw = await self._client.chat.completions.create(**body)
             except openai.BadRequestError as exc:
                 self._reached = True
+                await self._check_schema(body)
                 self._downgrade_or_raise(body, exc)
                 raise _FormatRejected() from exc
             except openai.APIStatusError as exc:
                 self._reached = True
                 if isinstance(exc, transient) or exc.status_code >= 500:
+                    if exc.status_code >= 500:  # vLLM answers 500 to a grammar it cannot build
+                        await self._check_schema(body)
                     last = exc
                     continue
                 raise SciqaError(self._describe_status(exc)) from None
@@ -192,6 +233,8 @@ class ChatClient:
                 last = exc
                 continue
             self._reached = True
+            if _sent_format(body) == "json_schema":
+                self._schema_ok = True
             response = raw.model_dump(mode="json", exclude_unset=True)
             self._count(response)
             return response
@@ -226,9 +269,58 @@ class ChatClient:
             prompt * self.llm.price_input_per_1k + completion * self.llm.price_output_per_1k
         ) / 1000
 
+    async def _check_schema(self, body: dict[str, Any]) -> None:
+        """After a refused structured request: if one field of the schema alone is refused,
+        stop with an error naming it (a downgrade would silently drop the constraint)."""
+        if _sent_format(body) != "json_schema" or self._schema_ok or self.schema is None:
+            return
+        async with self._probe_lock:
+            if self._probed:
+                if self._schema_error is not None:  # found by another request: stop too
+                    raise SciqaError(str(self._schema_error))
+                return
+            self._probed = True
+            fields = self.schema.get("properties", {})
+            refused = {}
+            for name, spec in fields.items():
+                reason = await self._probe(name, spec)
+                if reason is not None:
+                    refused[name] = reason
+            # Every field refused: the server refuses the format itself (downgrade).
+            if refused and len(refused) < len(fields):
+                name, reason = next(iter(refused.items()))
+                self._schema_error = SciqaError(
+                    f"{self.base_url} cannot compile the reply schema at field {name!r} "
+                    f"({json.dumps(fields[name])}): {reason}; {_field_hint(name)}"
+                )
+                raise SciqaError(str(self._schema_error))
+
+    async def _probe(self, name: str, spec: dict[str, Any]) -> str | None:
+        """Why the server refuses a one-field schema, or None if it takes it."""
+        openai = self._openai
+        schema = {
+            "type": "object",
+            "properties": {name: spec},
+            "required": [name],
+            "additionalProperties": False,
+        }
+        self.usage.probes += 1
+        try:
+            await self._client.with_options(max_retries=0).chat.completions.create(
+                model=self.model,
+                messages=[{"role": "user", "content": "Reply in JSON."}],
+                max_tokens=1,
+                response_format=response_format(self.backend, "json_schema", schema),
+            )
+        except (openai.BadRequestError, openai.InternalServerError) as exc:
+            return " ".join(str(exc).split())[:300]  # engines explain over several lines
+        except openai.OpenAIError:
+            return None
+        return None
+
     def _downgrade_or_raise(self, body: dict[str, Any], exc: Exception) -> None:
         """A 400 on a structured-output request: fall back json_schema -> json_object -> text."""
-        sent = body.get("response_format", {}).get("type", "text")
+        sent = _sent_format(body)
         if sent == "text":
             raise SciqaError(self._describe_status(exc)) from None
         if self.format == sent:  # another task may have downgraded already
@@ -246,6 +338,22 @@ class ChatClient:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def _sent_format(body: dict[str, Any]) -> str:
+    """The format a body asks for; llama-cpp-python's json_object + schema is json_schema."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_object" and "schema" in fmt:
+        return "json_schema"
+    return fmt.get("type", "text")
+
+
+def _field_hint(name: str) -> str:
+    if name == "question":
+        return "change gen.question_pattern / gen.max_question_chars"
+    if name == "answer":
+        return "set gen.response_format=json_object"
+    return "change gen.option_pattern / gen.max_option_chars"
 
 
 class _FormatRejected(Exception):

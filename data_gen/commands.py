@@ -22,7 +22,7 @@ import pandas as pd
 
 from data_gen.cache import ReplyCache
 from data_gen.generate import Outcome, ask_all, make_jobs, reply_counts
-from data_gen.parse import json_schema
+from data_gen.parse import ReplySpec, json_schema
 from data_gen.passages import read_passages, select_passages
 from data_gen.postprocess import postprocess
 from data_gen.prompts import load_templates
@@ -42,6 +42,7 @@ class Endpoint:
     base_url: str
     model: str
     api_key: str
+    backend: str = "auto"  # llm.backend, or what the embedded server is
 
 
 def rejected_path(out: Path) -> Path:
@@ -74,15 +75,18 @@ def endpoint(config: SciqaConfig) -> Iterator[Endpoint]:
                 f"llm.model is 'default' but llm.base_url is {llm.base_url}: set llm.model to "
                 "a model that server serves (e.g. gpt-4o-mini)"
             )
-        yield Endpoint(llm.base_url, llm.model, api_key(config))
+        yield Endpoint(llm.base_url, llm.model, api_key(config), llm.backend)
         return
     from data_gen.server import embedded_server
 
-    # transformers serve (no continuous batching) generates one reply at a time: parallel
-    # requests would only queue there and run into llm.timeout, so send them one by one.
-    config.llm.concurrency = 1
+    if llm.server == "transformers":
+        # transformers serve (no continuous batching) generates one reply at a time: parallel
+        # requests would only queue there and run into llm.timeout, so send them one by one.
+        config.llm.concurrency = 1
+    backend = "vllm" if llm.server == "vllm" else "generic"
     with embedded_server(config) as (base_url, served):
-        yield Endpoint(base_url, served if llm.model == DEFAULT else llm.model, LOCAL_KEY)
+        model = served if llm.model == DEFAULT else llm.model
+        yield Endpoint(base_url, model, LOCAL_KEY, backend)
 
 
 def model_label(config: SciqaConfig, model: str) -> str:
@@ -145,7 +149,7 @@ def run_gen(
     cache = ReplyCache(cache_path(out, config))
     try:
         with endpoint(config) as target:
-            outcomes, usage, stopped = asyncio.run(
+            outcomes, usage, stopped, structured = asyncio.run(
                 _generate(config, target, cache, jobs, templates, letters, batch)
             )
     finally:
@@ -180,6 +184,7 @@ def run_gen(
         "usage": usage,
         "stopped": stopped,
         "endpoint": {"base_url": target.base_url, "model": target.model},
+        "structured_output": structured,
         "outputs": {
             "questions": str(out),
             "rejected": str(rejected_path(out)),
@@ -202,10 +207,12 @@ async def _generate(
     templates: Any,
     letters: list[str],
     batch: bool,
-) -> tuple[list[Outcome], dict[str, Any], str | None]:
+) -> tuple[list[Outcome], dict[str, Any], str | None, dict[str, Any]]:
+    from data_gen.backends import sampling
     from data_gen.client import Budget, ChatClient
 
-    budget = Budget(config.gen.max_requests, config.gen.max_cost)
+    gen = config.gen
+    budget = Budget(gen.max_requests, gen.max_cost)
     client = ChatClient(
         config.llm,
         base_url=target.base_url,
@@ -213,10 +220,19 @@ async def _generate(
         api_key=target.api_key,
         cache=cache,
         budget=budget,
-        response_format=config.gen.response_format,
-        schema=json_schema(letters),
+        response_format=gen.response_format,
+        schema=json_schema(letters, ReplySpec.from_config(gen)),
+        backend=target.backend,
     )
     try:
+        if target.backend == "auto":
+            await client.detect_backend()
+        client.params = sampling(
+            client.backend,
+            presence_penalty=gen.presence_penalty,
+            frequency_penalty=gen.frequency_penalty,
+            repetition_penalty=gen.repetition_penalty,
+        )
         if batch:
             from data_gen.batch import run_batch
 
@@ -224,7 +240,7 @@ async def _generate(
         outcomes = await ask_all(client, jobs, templates, letters, config.gen, config.seed)
     finally:
         await client.close()
-    return outcomes, client.usage.as_dict(), budget.stopped
+    return outcomes, client.usage.as_dict(), budget.stopped, client.structured_output()
 
 
 def summary(counts: dict[str, Any]) -> str:
@@ -240,6 +256,7 @@ def summary(counts: dict[str, Any]) -> str:
         f"requests: {use['answered']} new, {use['cache_hits']} from cache, "
         f"{use['retries']} retried; tokens {use['prompt_tokens']}+{use['completion_tokens']}, "
         f"cost ${use['cost']:.4f}",
+        f"format: {_format_line(counts.get('structured_output'))}",
         f"replies: {rep['replies']} for {rep['jobs']} questions, {rep['valid']} valid; rejected "
         + (", ".join(f"{k} {v}" for k, v in rep["rejected_by_reason"].items()) or "none"),
         "dropped: "
@@ -254,3 +271,12 @@ def summary(counts: dict[str, Any]) -> str:
     if rep["unanswered"] and not counts["stopped"]:
         lines.append(f"{rep['unanswered']} questions got no reply; rerun to retry them")
     return "\n".join(lines)
+
+
+def _format_line(structured: dict[str, Any] | None) -> str:
+    if not structured:
+        return "unknown"
+    line = f"{structured['used']} ({structured['backend']})"
+    if structured["downgrades"]:
+        line += f", downgraded from {structured['requested']}"
+    return line

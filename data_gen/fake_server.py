@@ -73,19 +73,28 @@ class FakeLLM:
         slow_seconds: float = 5.0,
         reject_json_schema: bool = False,
         batch_polls: int = 1,
+        owned_by: str | None = None,
+        unsupported_pattern: str | None = None,
+        port: int = 0,
     ) -> None:
         self.script = {k: list(v) for k, v in (script or {}).items()}
         self.latency = latency
         self.slow_seconds = slow_seconds
         self.reject_json_schema = reject_json_schema
+        self.owned_by = owned_by  # GET /v1/models answers with it; None = 404 there
+        # A json_schema whose string pattern contains this is refused (400), as an
+        # engine refuses a regex feature it cannot compile (look-arounds...).
+        self.unsupported_pattern = unsupported_pattern
         self.batch_polls = batch_polls  # GETs of a batch before it reports completed
         self.requests: list[dict[str, Any]] = []  # every chat request body, in arrival order
         self.answered: Counter[str] = Counter()  # body key -> replies sent (200s)
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self._seen: defaultdict[str, int] = defaultdict(int)
+        self.in_flight = 0  # chat requests being answered right now
+        self.max_in_flight = 0  # the most at once: what a concurrency limit must bound
         self._lock = threading.Lock()
-        self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = _QuietServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -114,11 +123,25 @@ class FakeLLM:
         """``(status, headers, json)`` for one chat-completion request body."""
         with self._lock:
             self.requests.append(body)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return self._reply(body)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _reply(self, body: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
         if self.latency:
             time.sleep(self.latency)
         fmt = (body.get("response_format") or {}).get("type")
         if self.reject_json_schema and fmt == "json_schema":
             return 400, {}, _error("response_format json_schema is not supported", 400)
+        if fmt == "json_schema" and self.unsupported_pattern:
+            schema = body["response_format"]["json_schema"]["schema"]
+            patterns = [p.get("pattern", "") for p in schema.get("properties", {}).values()]
+            if any(self.unsupported_pattern in pattern for pattern in patterns):
+                return 400, {}, _error("Grammar error: regex parse error:\n  unsupported", 400)
         text = "\n".join(m["content"] for m in body["messages"] if m["role"] == "user")
         found = _TITLE.findall(text)
         title = found[-1].strip() if found else ""
@@ -249,6 +272,9 @@ def _handler_for(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?")[0]
             if path in ("/health", "/v1/health"):
                 return self._send(200, {"status": "ok"})
+            if path == "/v1/models" and fake.owned_by is not None:
+                model = {"id": "fake", "object": "model", "created": 0, "owned_by": fake.owned_by}
+                return self._send(200, {"object": "list", "data": [model]})
             if match := re.fullmatch(r"/v1/batches/([\w-]+)", path):
                 return self._send(200, _batch_json(fake, match.group(1)))
             if match := re.fullmatch(r"/v1/files/([\w-]+)/content", path):

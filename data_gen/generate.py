@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from data_gen.client import BudgetExhausted, ChatClient, RequestFailed
-from data_gen.parse import GeneratedQuestion, Rejected, parse_reply
+from data_gen.parse import GeneratedQuestion, Rejected, ReplySpec, parse_reply
 from data_gen.passages import PASSAGE_ID, TEXT, TITLE
 from data_gen.prompts import Templates, reask_messages, render_messages
 from sciqa.config import GenConfig
@@ -97,7 +97,7 @@ async def ask(
             outcome.rejections.append(_rejection(job, attempt, text, "finish_length", detail, key))
             return outcome
         try:
-            outcome.question = parse_reply(text, letters)
+            outcome.question = parse_reply(text, letters, ReplySpec.from_config(config))
             return outcome
         except Rejected as exc:
             outcome.rejections.append(_rejection(job, attempt, text, exc.reason, exc.detail, key))

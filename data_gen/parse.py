@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError, ValidationInfo, field_validator, model_validator
@@ -41,6 +42,46 @@ def _reject(reason: str, detail: str) -> PydanticCustomError:
     return PydanticCustomError(reason, detail)
 
 
+@dataclass(frozen=True)
+class ReplySpec:
+    """Limits on the reply's strings, sent in the JSON schema and checked here as well
+    (a server without structured output does not enforce them)."""
+
+    max_question_chars: int | None = None
+    max_option_chars: int | None = None
+    question_pattern: str | None = None  # JSON-schema ``pattern``: a search, ^...$ to anchor
+    option_pattern: str | None = None
+
+    @classmethod
+    def from_config(cls, gen: Any) -> ReplySpec:
+        return cls(
+            gen.max_question_chars, gen.max_option_chars, gen.question_pattern, gen.option_pattern
+        )
+
+    def field(self, kind: str) -> dict[str, Any]:
+        """The JSON schema of the question (``kind="question"``) or of one option."""
+        limit = self.max_question_chars if kind == "question" else self.max_option_chars
+        pattern = self.question_pattern if kind == "question" else self.option_pattern
+        schema: dict[str, Any] = {"type": "string", "minLength": 1}
+        if limit is not None:
+            schema["maxLength"] = limit
+        if pattern is not None:
+            schema["pattern"] = pattern
+        return schema
+
+    def check(self, kind: str, value: str, name: str) -> None:
+        """Raise the rejection a schema-enforcing server would have prevented."""
+        limit = self.max_question_chars if kind == "question" else self.max_option_chars
+        pattern = self.question_pattern if kind == "question" else self.option_pattern
+        if limit is not None and len(value) > limit:
+            raise _reject("too_long", f"{name} has {len(value)} characters (at most {limit})")
+        if pattern is not None and not re.search(pattern, value):
+            raise _reject("pattern_mismatch", f"{name} does not match the pattern {pattern!r}")
+
+
+NO_LIMITS = ReplySpec()
+
+
 class GeneratedQuestion(BaseModel):
     """One question as the LLM wrote it; ``context={"letters": [...]}`` sets the options."""
 
@@ -50,10 +91,11 @@ class GeneratedQuestion(BaseModel):
 
     @field_validator("question")
     @classmethod
-    def _non_empty(cls, value: str) -> str:
+    def _non_empty(cls, value: str, info: ValidationInfo) -> str:
         value = value.strip()
         if not value:
             raise _reject("empty_prompt", "the question is empty")
+        info.context.get("spec", NO_LIMITS).check("question", value, "the question")
         return value
 
     @field_validator("options")
@@ -65,10 +107,14 @@ class GeneratedQuestion(BaseModel):
             raise _reject("wrong_option_count", f"{len(value)} options instead of {len(letters)}")
         if not all(value):
             raise _reject("empty_option", "an option is empty")
-        if len({v.casefold() for v in value}) != len(value):
-            raise _reject("duplicate_options", "two options are the same")
+        duplicate = _first_duplicate(value, letters)
+        if duplicate:
+            raise _reject("duplicate_options", duplicate)
         if any(_META_OPTION.search(v) for v in value):
             raise _reject("meta_option", 'an option is "all/none of the above"-like')
+        spec = info.context.get("spec", NO_LIMITS)
+        for letter, option in zip(letters, value, strict=True):
+            spec.check("option", option, f"option {letter}")
         return value
 
     @model_validator(mode="after")
@@ -82,10 +128,28 @@ class GeneratedQuestion(BaseModel):
         return self
 
 
-def json_schema(letters: list[str]) -> dict[str, Any]:
+def _first_duplicate(options: list[str], letters: list[str]) -> str | None:
+    """Which option repeats which, worded for the re-ask (the model is told what to fix).
+
+    >>> _first_duplicate(["Iron", "Gold", "iron"], ["A", "B", "C"])
+    'options A and C are the same ("iron"); write a different option C'
+    """
+    seen: dict[str, str] = {}
+    for letter, option in zip(letters, options, strict=True):
+        key = option.casefold()
+        if key in seen:
+            return (
+                f'options {seen[key]} and {letter} are the same ("{option[:60]}"); '
+                f"write a different option {letter}"
+            )
+        seen[key] = letter
+    return None
+
+
+def json_schema(letters: list[str], spec: ReplySpec = NO_LIMITS) -> dict[str, Any]:
     """The strict JSON schema sent as ``response_format`` (json_schema mode)."""
-    properties: dict[str, Any] = {"question": {"type": "string"}}
-    properties.update({letter: {"type": "string"} for letter in letters})
+    properties: dict[str, Any] = {"question": spec.field("question")}
+    properties.update({letter: spec.field("option") for letter in letters})
     properties["answer"] = {"type": "string", "enum": list(letters)}
     return {
         "type": "object",
@@ -168,11 +232,11 @@ def _normalise(data: Any, letters: list[str]) -> dict[str, Any]:
     return {"question": str(question), "options": present, "answer": str(keys["answer"])}
 
 
-def parse_reply(text: str, letters: list[str]) -> GeneratedQuestion:
+def parse_reply(text: str, letters: list[str], spec: ReplySpec = NO_LIMITS) -> GeneratedQuestion:
     """Validated question from a reply's text; raises :class:`Rejected` with the reason."""
     data = _normalise(extract_json(text), letters)
     try:
-        return GeneratedQuestion.model_validate(data, context={"letters": letters})
+        return GeneratedQuestion.model_validate(data, context={"letters": letters, "spec": spec})
     except ValidationError as exc:
         first = exc.errors()[0]
         reason = first["type"] if first["type"] in _REASONS else "invalid_field"
@@ -186,4 +250,6 @@ _REASONS = {
     "duplicate_options",
     "meta_option",
     "answer_not_a_letter",
+    "too_long",
+    "pattern_mismatch",
 }

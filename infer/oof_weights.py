@@ -31,16 +31,15 @@ from sciqa.schema import ANSWER, ID
 def map3_from_logits(logits: np.ndarray, labels: np.ndarray) -> float:
     """MAP@3 of ``(n, c)`` scores against label indices, ties in option order.
 
-    Same result as ``map_at_3(labels, top3_letters(logits))``, without building strings.
+    The mean of the core's per-question AP@3 (:mod:`sciqa.intervals`), so weight fitting
+    and ``sciqa eval`` rank ties the same way.
 
     >>> map3_from_logits(np.array([[0.1, 2.0, -1.0]]), np.array([0]))
     0.5
     """
-    label_scores = logits[np.arange(len(labels)), labels][:, None]
-    columns = np.arange(logits.shape[1])[None, :]
-    ahead = (logits > label_scores) | ((logits == label_scores) & (columns < labels[:, None]))
-    rank = ahead.sum(axis=1)
-    return float(np.where(rank < 3, 1.0 / (rank + 1), 0.0).mean())
+    from sciqa.intervals import average_precisions_from_logits
+
+    return float(average_precisions_from_logits(logits, labels).mean())
 
 
 def greedy_weights(

