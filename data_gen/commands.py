@@ -181,6 +181,7 @@ def run_gen(
         "replies": reply_counts(outcomes),
         "postprocess": post,
         "audit": post.pop("audit"),
+        "audit_generated": post.pop("audit_generated"),
         "usage": usage,
         "stopped": stopped,
         "endpoint": {"base_url": target.base_url, "model": target.model},
@@ -264,8 +265,11 @@ def summary(counts: dict[str, Any]) -> str:
         f"kept: {post['kept']} questions -> {counts['outputs']['questions']}; answer letters "
         + " ".join(f"{k}={v}" for k, v in post["letters_after"].items()),
     ]
-    audit = counts["audit"]
-    lines.append(f"audit: {audit['skipped']}" if "skipped" in audit else one_line(audit))
+    for key, what in (("audit_generated", "valid replies, before filters"), ("audit", "kept")):
+        audit = counts.get(key)
+        if audit is not None:
+            text = f"audit: {audit['skipped']}" if "skipped" in audit else one_line(audit)
+            lines.append(f"{text} ({what})")
     if counts["stopped"]:
         lines.append(f"stopped early: {counts['stopped']}; rerun to continue (replies are cached)")
     if rep["unanswered"] and not counts["stopped"]:

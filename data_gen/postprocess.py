@@ -242,11 +242,13 @@ def filter_shortcuts(frame: pd.DataFrame, config: GenConfig) -> tuple[pd.DataFra
     return _keep(frame, sorted(taken)), drops
 
 
-def audit_kept(frame: pd.DataFrame, config: GenConfig, seed: int) -> dict[str, Any]:
-    """The bias audit of the kept questions for the manifest (flag counts, not the list:
+def audit_frame(
+    frame: pd.DataFrame, config: GenConfig, seed: int, empty: str = "no questions kept"
+) -> dict[str, Any]:
+    """The bias audit of ``frame`` for the manifest (flag counts, not the list:
     ``sciqa audit OUT --json FILE`` gives every flag)."""
     if frame.empty:
-        return {"skipped": "no questions kept"}
+        return {"skipped": empty}
     report = audit_questions(
         frame,
         passages=context_passages(frame),
@@ -270,6 +272,9 @@ def postprocess(
 ) -> tuple[pd.DataFrame, Drops, dict[str, Any]]:
     """Run the enabled steps in order; return kept questions, drop records and counts."""
     counts: dict[str, Any] = {"valid": len(frame), "letters_before": letter_counts(frame)}
+    # The writer's own shortcuts, before the filters pick: a small kept set (or none)
+    # says little, the replies say what the LLM does.
+    counts["audit_generated"] = audit_frame(frame, config, seed, "no valid replies")
     drops: Drops = []
     if config.dedup:
         frame, dropped = remove_duplicates(frame, encoder, config.near_dup_threshold)
@@ -290,5 +295,5 @@ def postprocess(
     counts["dropped_by_reason"] = dict(Counter(d["reason"] for d in drops).most_common())
     counts["kept"] = len(frame)
     counts["letters_after"] = letter_counts(frame)
-    counts["audit"] = audit_kept(frame, config, seed)
+    counts["audit"] = audit_frame(frame, config, seed)
     return frame, drops, counts
