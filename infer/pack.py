@@ -88,12 +88,13 @@ def _apply_options(
 
 
 def _weights(specs: list[ModelSpec], cfg: SciqaConfig) -> dict[str, Any]:
-    """The weights infer will use, checked now: explicit ones parsed, ``auto`` fitted on
-    the runs' oof.parquet (the target refits them on the same files, to the same values)."""
+    """The weights infer will use, checked now: explicit ones parsed; ``auto``, ``stack``
+    and ``select`` fitted on the runs' oof.parquet (the target refits them on the same
+    files, to the same values)."""
     from infer.ensemble import parse_weights
 
     text = cfg.infer.weights
-    if text != "auto":
+    if text not in ("auto", "stack", "select"):
         values = parse_weights(text, len(specs), [s.name for s in specs])
         return {"setting": text, "values": values}
     from infer.oof_weights import fit_auto_weights
@@ -105,15 +106,16 @@ def _weights(specs: list[ModelSpec], cfg: SciqaConfig) -> dict[str, Any]:
         columns = read_table(runs[0] / OOF).columns
         letters = [c for c in columns if len(c) == 1 and c.isupper()]
     values, report = fit_auto_weights(
-        specs, letters or [], cfg.infer.ensemble, cfg.infer.weight_rounds, cfg.infer.oof_labels
-    )
+        specs, letters or [], cfg.infer.ensemble, cfg.infer.weight_rounds, cfg.infer.oof_labels,
+        method=text, folds=cfg.infer.weight_folds, seed=cfg.seed,
+    )  # fmt: skip
     if cfg.infer.oof_labels is None and "answer" not in read_table(runs[0] / OOF).columns:
         raise InferError(
-            f"--weights auto: {runs[0] / OOF} has no 'answer' column, so its labels came from "
-            "the run's training file, which the bundle does not hold; set infer.oof_labels "
-            "to that file so pack bundles it"
+            f"--weights {text}: {runs[0] / OOF} has no 'answer' column, so its labels came "
+            "from the run's training file, which the bundle does not hold; set "
+            "infer.oof_labels to that file so pack bundles it"
         )
-    return {"setting": "auto", "values": values, "fit": report}
+    return {"setting": text, "values": values, "fit": report}
 
 
 def _extras(members: list[Member], cfg: SciqaConfig) -> set[str]:

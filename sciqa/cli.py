@@ -27,6 +27,17 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config key: section.key=value (repeatable)."),
 ]
+# infer's ensemble options, shared by `sciqa pack` (it writes them into the bundle's config)
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option("--weights", help="auto | stack | select | equal | w1,w2,... (infer.weights)"),
+]
+TimeBudgetOpt = Annotated[
+    str | None, typer.Option("--time-budget", help="e.g. 8h30m (infer.time_budget).")
+]
+TtaOpt = Annotated[
+    int | None, typer.Option("--tta", help="Option-rotation passes per model (infer.tta).")
+]
 
 
 def _user_errors(func: F) -> F:
@@ -411,16 +422,9 @@ def infer(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Required: OUT_DIR for submission.csv.")
     ] = None,
-    weights: Annotated[
-        str | None,
-        typer.Option("--weights", help="auto | stack | select | equal | w1,w2,... (infer.weights)"),
-    ] = None,
-    time_budget: Annotated[
-        str | None, typer.Option("--time-budget", help="e.g. 8h30m (infer.time_budget).")
-    ] = None,
-    tta: Annotated[
-        int | None, typer.Option("--tta", help="Option-rotation passes per model (infer.tta).")
-    ] = None,
+    weights: WeightsOpt = None,
+    time_budget: TimeBudgetOpt = None,
+    tta: TtaOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -461,15 +465,9 @@ def pack(
         list[str] | None,
         typer.Option("--platform", help="Target pip platform tag, repeatable (pack.platforms)."),
     ] = None,
-    weights: Annotated[
-        str | None, typer.Option("--weights", help="auto | equal | w1,w2,... (infer.weights).")
-    ] = None,
-    time_budget: Annotated[
-        str | None, typer.Option("--time-budget", help="e.g. 8h30m (infer.time_budget).")
-    ] = None,
-    tta: Annotated[
-        int | None, typer.Option("--tta", help="Option-rotation passes per model (infer.tta).")
-    ] = None,
+    weights: WeightsOpt = None,
+    time_budget: TimeBudgetOpt = None,
+    tta: TtaOpt = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUT when it is already a bundle.")
     ] = False,

@@ -224,16 +224,18 @@ def test_adapter_fold_brings_its_base(tmp_path, sciqa_wheel, qfile, monkeypatch)
     assert got == (tmp_path / "ref" / "submission.csv").read_bytes()
 
 
-def test_weights_auto_is_fitted_at_pack_time(run_a, tmp_path, sciqa_wheel):
+@pytest.mark.parametrize("method", ["auto", "stack"])
+def test_fitted_weights_are_fitted_at_pack_time(run_a, tmp_path, sciqa_wheel, method):
     run_b = make_run(tmp_path / "run_b", 2)
     out = tmp_path / "bundle"
     labels = write_questions(_questions(12, seed=99), tmp_path / "train.csv")
-    args = [str(run_a), str(run_b), "--out", str(out), "--weights", "auto"]
+    args = [str(run_a), str(run_b), "--out", str(out), "--weights", method]
     pack(*args, "--set", f"infer.oof_labels={labels}", wheel=sciqa_wheel)
     manifest = json.loads((out / "manifest.json").read_text())
     assert load_config(out / "config.toml").infer.oof_labels == "models/oof_labels.csv"
     assert (out / "models" / "oof_labels.csv").read_bytes() == labels.read_bytes()
-    assert manifest["weights"]["setting"] == "auto"
+    assert manifest["weights"]["setting"] == method
+    assert load_config(out / "config.toml").infer.weights == method  # the target refits
     assert sum(manifest["weights"]["values"]) == pytest.approx(1.0)
     assert manifest["weights"]["fit"]["oof_questions"] == 12
     assert {"models/run_a/oof.parquet", "models/run_b/oof.parquet"} <= bundle_files(out)
