@@ -268,8 +268,8 @@ def summary(counts: dict[str, Any]) -> str:
     for key, what in (("audit_generated", "valid replies, before filters"), ("audit", "kept")):
         audit = counts.get(key)
         if audit is not None:
-            text = f"audit: {audit['skipped']}" if "skipped" in audit else one_line(audit)
-            lines.append(f"{text} ({what})")
+            text = audit["skipped"] if "skipped" in audit else one_line(audit)
+            lines.append(f"audit ({what}): {text.removeprefix('audit: ')}")
     if counts["stopped"]:
         lines.append(f"stopped early: {counts['stopped']}; rerun to continue (replies are cached)")
     if rep["unanswered"] and not counts["stopped"]:

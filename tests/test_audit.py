@@ -273,7 +273,7 @@ def test_gen_writes_the_audit_of_what_it_keeps(tmp_path, monkeypatch):
     assert "skipped" not in audit["baselines"]["passage_overlap"]  # context = the passage
     assert "flags" not in audit and manifest["postprocess"]["kept"] == 6
     assert "longest 1.000 (above chance)" in summary(counts).splitlines()[-1]
-    assert summary(counts).splitlines()[-1].endswith("(kept)")
+    assert summary(counts).splitlines()[-1].startswith("audit (kept): letters p=")
     assert manifest["audit_generated"]["questions"] == 6  # nothing filtered here: the same
 
     result = CliRunner().invoke(app, ["audit", str(tmp_path / "gen" / "q.csv")])
@@ -288,11 +288,11 @@ def test_gen_drops_flagged_questions_by_reason(tmp_path, monkeypatch):
     post = counts["postprocess"]
     assert post["dropped_by_reason"] == {"shortcut_longest": 6} and post["kept"] == 0
     assert counts["audit"] == {"skipped": "no questions kept"}
-    assert "audit: no questions kept (kept)" in summary(counts).splitlines()
+    assert "audit (kept): no questions kept" in summary(counts).splitlines()
     # ...while the writer's replies are still audited: the shortcut that dropped them
     generated = counts["audit_generated"]
     assert generated["questions"] == 6 and generated["baselines"]["longest"]["flagged"] == 6
-    assert "(valid replies, before filters)" in summary(counts)
+    assert "audit (valid replies, before filters): letters p=" in summary(counts)
     rejects = rejected_path(tmp_path / "gen" / "q.csv").read_text().splitlines()
     assert [json.loads(r)["reason"] for r in rejects] == ["shortcut_longest"] * 6
 
