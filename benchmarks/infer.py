@@ -228,12 +228,14 @@ def map_rows(run_dir: Path, questions: Path, out: Path, tta: int) -> list[dict]:
     return rows
 
 
-def speed_tables(frame: pd.DataFrame, with_ctx: pd.DataFrame, ctx_label: str, args) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = backbone_as_mc(Path(tmp) / "minilm-mc")
-        bare = frame.drop(columns=["context"], errors="ignore")
-        rows = speed_rows(model_dir, bare, "no context", args)
-        rows += speed_rows(model_dir, with_ctx.iloc[: args.context_limit], ctx_label, args)
+def two_input_table(
+    rows_for, model_dir: Path, frame: pd.DataFrame, with_ctx: pd.DataFrame, ctx_label: str, args
+) -> None:
+    """One table of ``rows_for`` (speed_rows, devices_rows): the questions without
+    context, then the first ``--context-limit`` with it."""
+    bare = frame.drop(columns=["context"], errors="ignore")
+    rows = rows_for(model_dir, bare, "no context", args)
+    rows += rows_for(model_dir, with_ctx.iloc[: args.context_limit], ctx_label, args)
     print(to_markdown(rows), flush=True)
 
 
@@ -343,15 +345,6 @@ def devices_rows(model_dir: Path, frame: pd.DataFrame, label: str, args) -> list
     return rows
 
 
-def devices_table(frame: pd.DataFrame, with_ctx: pd.DataFrame, ctx_label: str, args) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = backbone_as_mc(Path(tmp) / "minilm-mc")
-        bare = frame.drop(columns=["context"], errors="ignore")
-        rows = devices_rows(model_dir, bare, "no context", args)
-        rows += devices_rows(model_dir, with_ctx.iloc[: args.context_limit], ctx_label, args)
-    print(to_markdown(rows), flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=295, help="questions (ARC-Challenge: 295)")
@@ -379,10 +372,13 @@ def main() -> None:
         with_ctx = wikipedia_context(frame, args.context_words, seed=0)
         ctx_label = f"with ~{args.context_words} words of packaged Wikipedia"
     print(f"torch threads {torch.get_num_threads()}, batch {args.batch_size}", flush=True)
-    if not args.skip_speed:
-        speed_tables(frame, with_ctx, ctx_label, args)
-    if args.devices:
-        devices_table(frame, with_ctx, ctx_label, args)
+    if not args.skip_speed or args.devices:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = backbone_as_mc(Path(tmp) / "minilm-mc")  # one for both tables
+            if not args.skip_speed:
+                two_input_table(speed_rows, model_dir, frame, with_ctx, ctx_label, args)
+            if args.devices:
+                two_input_table(devices_rows, model_dir, frame, with_ctx, ctx_label, args)
     if args.run_dir is not None:
         questions = args.context_file or Path(tempfile.mkdtemp()) / "arc.csv"
         if args.context_file is None:
