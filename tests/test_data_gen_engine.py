@@ -18,14 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from data_gen.backends import response_format, sampling
 from data_gen.commands import run_gen
 from data_gen.engine import DEFAULT_ENV, engine_python
-from data_gen.fake_server import FakeLLM
+from data_gen.fake_server import FakeLLM, write_fake_passages
 from data_gen.parse import Rejected, ReplySpec, json_schema, parse_reply
 from data_gen.server import claim_port, last_log_line, run_server
 from sciqa.cli import app
@@ -57,21 +56,9 @@ with FakeLLM(port=args.port, owned_by="vllm"):
 """
 
 
-def passages(n: int = 3) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "passage_id": [f"p{i}" for i in range(n)],
-            "title": [f"T{i}" for i in range(n)],
-            "text": [f"Passage {i} about the energy of cells. " + "word " * 45 for i in range(n)],
-        }
-    )
-
-
 @pytest.fixture
 def passages_file(tmp_path: Path) -> Path:
-    path = tmp_path / "passages.parquet"
-    passages().to_parquet(path)
-    return path
+    return write_fake_passages(tmp_path / "passages.parquet", 3)
 
 
 @pytest.fixture(autouse=True)
