@@ -31,7 +31,7 @@ import pandas as pd
 from data_gen.cache import request_key
 from data_gen.commands import rejected_path, run_gen
 from data_gen.fake_server import FakeLLM, write_fake_passages
-from sciqa.assets import packaged_wikipedia
+from sciqa.assets.registry import packaged_wikipedia
 from sciqa.config import load_config
 
 NO_FILTERS = [

@@ -1,7 +1,7 @@
 """The steps of ``benchmarks/gpu_check.py``. Each runs in its own process (so a time box can
 kill it) and returns table rows; every step calls the product's own functions:
-``train.commands.run_train``, ``infer.commands.run_infer``, ``infer.predict.Predictor``,
-``infer.llm_predict`` and ``sciqa train`` under torchrun.
+``train.commands.run_train``, ``infer.commands.run_infer``, ``infer.predictors.encoder.Predictor``,
+``infer.predictors.causal`` and ``sciqa train`` under torchrun.
 """
 
 from __future__ import annotations
@@ -138,10 +138,10 @@ def step_train(ctx: Ctx, precision: str) -> dict[str, dict]:
 
 
 def _mc_inputs(ctx: Ctx, config: Any, n: int) -> tuple[Any, Any, Any]:
-    from infer.devices import resolve_devices
-    from infer.predict import load_tokenizer
+    from infer.predictors.encoder import load_tokenizer
+    from infer.predictors.sharded import resolve_devices
     from sciqa.io import read_questions
-    from sciqa.mc_encoding import encode_questions
+    from sciqa.scoring.mc_encoding import encode_questions
 
     tokenizer = load_tokenizer(ctx.mc_dir)
     frame = read_questions(ctx.data("test")).head(n)
@@ -150,10 +150,10 @@ def _mc_inputs(ctx: Ctx, config: Any, n: int) -> tuple[Any, Any, Any]:
 
 
 def check_fp16_fallback(ctx: Ctx, config: Any) -> dict[str, dict]:
-    """infer/predict.py's fallback: fp16 logits overflow -> that model re-runs in fp32."""
+    """infer/predictors/encoder.py's fallback: fp16 logits overflow -> re-run in fp32."""
     import torch
 
-    from infer.predict import Predictor, load_model
+    from infer.predictors.encoder import Predictor, load_model
 
     tokenizer, enc, device = _mc_inputs(ctx, config, 2 * config.infer.batch_size)
     model = load_model(ctx.mc_dir, device, torch.float16, config.infer.attention)
@@ -162,7 +162,7 @@ def check_fp16_fallback(ctx: Ctx, config: Any) -> dict[str, dict]:
         model.classifier.weight.fill_(OVERFLOW_WEIGHT)
         model.classifier.bias.zero_()
     predictor = Predictor(model, tokenizer, device, config.infer.batch_size)
-    with warnings_of("infer.predict", "non-finite logits") as switched:
+    with warnings_of("infer.predictors.encoder", "non-finite logits") as switched:
         logits = predictor.logits(enc.features, enc.lengths)
     now = str(predictor.model.dtype).replace("torch.", "")
     if not switched or now != "float32" or not np.isfinite(logits).all():
@@ -178,7 +178,7 @@ def check_mcagreement(ctx: Ctx, config: Any) -> dict[str, dict]:
     """Top-1 of the same weights in fp32 and bf16, through infer's Predictor."""
     import torch
 
-    from infer.predict import Predictor, load_model
+    from infer.predictors.encoder import Predictor, load_model
 
     # A quarter of the questions: fp32 on the GPU runs at a fraction of bf16's speed.
     tokenizer, enc, device = _mc_inputs(ctx, config, max(16, ctx.sizes.n_test // 4))
@@ -267,10 +267,10 @@ def check_prefix_cache(ctx: Ctx, config: Any) -> dict[str, dict]:
     """Cached vs full-sequence scoring (bf16), then the same weights in fp32."""
     import torch
 
-    from infer.llm_predict import LLMPredictor, load_llm
+    from infer.predictors.causal import LLMPredictor, load_llm
+    from sciqa.assets.llm import load_causal_tokenizer
     from sciqa.io import read_questions
-    from sciqa.llm_assets import load_causal_tokenizer
-    from sciqa.llm_prompts import PromptSpec, encode_for_llm
+    from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm
 
     causal = config.causal_lm
     tokenizer = load_causal_tokenizer(str(ctx.llm_dir), local_only=True)

@@ -5,7 +5,7 @@ random, which does not change speed), same questions (ARC-Challenge), one proces
 
 * seed: tokenized questions in file order, fixed batch size,
   ``DataCollatorForMultipleChoice``, fp32, ``torch.no_grad`` (the Kaggle seed notebook);
-* sciqa fp32: ``infer.predict.Predictor`` (sorted by length, padded per batch,
+* sciqa fp32: ``infer.predictors.encoder.Predictor`` (sorted by length, padded per batch,
   ``inference_mode``, SDPA), fp32 — identical logits;
 * sciqa bf16: the same in bf16 (on CPUs with AVX512-BF16/AMX; logits differ slightly).
 
@@ -16,7 +16,7 @@ ensemble vs ensemble + TTA through ``sciqa infer`` itself.
 
 ``--devices`` adds the ``infer.devices`` table: the same questions on 1 worker (all
 intra-op threads) vs 2 CPU workers (half the threads each) as threads (what
-``infer.devices`` ships, ``infer.devices.ShardedPredictor``) and as processes (a
+``infer.devices`` ships, ``infer.predictors.sharded.ShardedPredictor``) and as processes (a
 persistent spawned process per worker, shards sent over a pipe), q/s ratio, logits
 compared with the 1-worker run; set-up (spawn + import + load) is timed apart.
 
@@ -51,12 +51,12 @@ from transformers import (
     DataCollatorForMultipleChoice,
 )
 
-from infer.devices import ShardedPredictor, cpu_threads, shard_rows
-from infer.predict import Predictor, load_model
-from sciqa.assets import packaged_wikipedia, resolve_model
-from sciqa.benchmarks import benchmark_questions
+from infer.predictors.encoder import Predictor, load_model
+from infer.predictors.sharded import ShardedPredictor, cpu_threads, shard_rows
+from sciqa.assets.question_sets import benchmark_questions
+from sciqa.assets.registry import packaged_wikipedia, resolve_model
 from sciqa.io import read_questions
-from sciqa.mc_encoding import encode_questions
+from sciqa.scoring.mc_encoding import encode_questions
 
 
 def wikipedia_context(frame: pd.DataFrame, words: int, seed: int) -> pd.DataFrame:

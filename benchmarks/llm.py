@@ -41,7 +41,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from sciqa.benchmarks import benchmark_questions  # noqa: E402
+from sciqa.assets.question_sets import benchmark_questions  # noqa: E402
 from sciqa.config import load_config  # noqa: E402
 from sciqa.io import read_questions  # noqa: E402
 from sciqa.metrics import accuracy, map_at_3, top3_letters  # noqa: E402
@@ -75,8 +75,8 @@ class Scorer:
     def __init__(self, name: str, dtype: str, batch_size: int):
         import torch
 
-        from infer.llm_predict import LLMPredictor
-        from sciqa.llm_assets import causal_lm_path, load_causal_lm, load_causal_tokenizer
+        from infer.predictors.causal import LLMPredictor
+        from sciqa.assets.llm import causal_lm_path, load_causal_lm, load_causal_tokenizer
 
         path = causal_lm_path(name)
         self.tokenizer = load_causal_tokenizer(path)
@@ -88,7 +88,7 @@ class Scorer:
         )
 
     def encode(self, frame: pd.DataFrame, overrides: list[str]):
-        from sciqa.llm_prompts import PromptSpec, encode_for_llm
+        from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm
 
         cfg = load_config(None, overrides).causal_lm
         spec = PromptSpec.from_config(cfg, self.tokenizer, "smollm2")
@@ -190,9 +190,9 @@ def stream_one(args: argparse.Namespace) -> None:
 
     import torch
 
-    from infer.llm_predict import LLMPredictor, load_llm
-    from sciqa.llm_assets import causal_lm_path, load_causal_tokenizer
-    from sciqa.llm_prompts import PromptSpec, encode_for_llm
+    from infer.predictors.causal import LLMPredictor, load_llm
+    from sciqa.assets.llm import causal_lm_path, load_causal_tokenizer
+    from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm
 
     frame = (
         read_questions(args.questions) if args.questions else load_set(SETS[0], None, False, None)

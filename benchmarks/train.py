@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sciqa.benchmarks import benchmark_questions
+from sciqa.assets.question_sets import benchmark_questions
 from sciqa.config import load_config
 from sciqa.io import read_questions, write_questions
 
@@ -74,8 +74,8 @@ def seed_recipe_speed(questions: Path, max_length: int, use_context: bool, out: 
         set_seed,
     )
 
-    from sciqa.assets import resolve_model
-    from sciqa.mc_encoding import encode_questions
+    from sciqa.assets.registry import resolve_model
+    from sciqa.scoring.mc_encoding import encode_questions
 
     source = resolve_model("default", "backbone").name_or_path
     tokenizer = AutoTokenizer.from_pretrained(source)

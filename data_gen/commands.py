@@ -27,9 +27,9 @@ from data_gen.passages import read_passages, select_passages
 from data_gen.postprocess import postprocess
 from data_gen.prompts import load_templates
 from data_gen.scorers import load_encoder, make_scorer
-from sciqa.audit import one_line
 from sciqa.config import DEFAULT, SciqaConfig
 from sciqa.errors import SciqaError
+from sciqa.evaluation.audit import one_line
 from sciqa.io import read_questions, table_format, write_questions, write_table, write_text
 from sciqa.runs import write_run_files
 from sciqa.schema import ANSWER, CONTEXT, ID, PROMPT, SOURCE, SOURCE_ID

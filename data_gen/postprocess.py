@@ -2,7 +2,7 @@
 evaluation sets, answerable from the passage, not answerable without it, no shortcut
 (longest option, words shared with the question) that finds the answer without reading,
 and finally options shuffled so the answer letters are balanced; then the bias audit
-(:mod:`sciqa.audit`) of what is kept.
+(:mod:`sciqa.evaluation.audit`) of what is kept.
 
 Each step is switchable in config; every dropped question becomes a record
 ``{"stage": "filter", "id", "reason", "detail", ...}`` for the rejects file.
@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from data_gen.scorers import Scorer
-from sciqa.audit import (
+from sciqa.config import GenConfig
+from sciqa.evaluation.audit import (
     PASSAGE_OVERLAP,
     answer_index,
     audit_questions,
@@ -26,8 +27,7 @@ from sciqa.audit import (
     context_passages,
     shortcut_flags,
 )
-from sciqa.chance import chance_map_at_3, tie_aware_ap
-from sciqa.config import GenConfig
+from sciqa.evaluation.chance import chance_map_at_3, tie_aware_ap
 from sciqa.schema import ANSWER, CONTEXT, ID, PROMPT, SOURCE_ID, option_letters
 
 Drops = list[dict[str, Any]]

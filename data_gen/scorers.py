@@ -1,6 +1,6 @@
 """Scorers behind the answerability and too-easy filters: option probabilities per question.
 
-``zero_shot`` (default) turns :func:`sciqa.zero_shot.option_scores` cosines into
+``zero_shot`` (default) turns :func:`sciqa.scoring.zero_shot.option_scores` cosines into
 probabilities with a temperature softmax; any other ``gen.scorer`` value is a
 ``sciqa train`` model directory (an ``AutoModelForMultipleChoice`` checkpoint + tokenizer)
 whose logits are soft-maxed. Heavy imports stay inside functions.
@@ -14,11 +14,11 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from sciqa.assets import resolve_model
+from sciqa.assets.registry import resolve_model
 from sciqa.config import SciqaConfig
 from sciqa.errors import SciqaError
 from sciqa.metrics import softmax
-from sciqa.zero_shot import option_scores
+from sciqa.scoring.zero_shot import option_scores
 
 ZERO_SHOT = "zero_shot"
 
@@ -71,7 +71,7 @@ class TrainedScorer:
         import torch
         from transformers import DataCollatorForMultipleChoice
 
-        from sciqa.mc_encoding import encode_questions
+        from sciqa.scoring.mc_encoding import encode_questions
 
         encoded = encode_questions(
             self.tokenizer,

@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from sciqa.assets.llm import default_cache_dir, prepare_model
 from sciqa.config import SciqaConfig
 from sciqa.errors import SciqaError
-from sciqa.llm_assets import default_cache_dir, prepare_model
 
 HOST = "127.0.0.1"
 STOP_SECONDS = 30  # after SIGTERM, before SIGKILL

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from infer.budget import Budget, parse_duration
 from infer.errors import InferError
 from infer.models import check_letters, expand_model_dirs
+from infer.plan.budget import Budget, parse_duration
 from sciqa.config import SciqaConfig
 from sciqa.io import read_questions, write_json
-from sciqa.runs import write_run_files
+from sciqa.runs import ENSEMBLE, SCORES, SUBMISSION, write_run_files
 from sciqa.schema import ANSWER, option_letters
 
 log = logging.getLogger(__name__)
@@ -81,13 +81,13 @@ def run_infer(
     specs = expand_model_dirs(model_dirs, max_length=cfg.max_length, use_context=cfg.use_context)
     check_letters(specs, letters, str(questions))
 
-    from infer.ensemble import parse_weights
-    from infer.tta import rotations
+    from infer.ensemble.combine import parse_weights
+    from infer.plan.tta import rotations
 
     perms = rotations(len(letters), passes)
     fit_report = None
     if weights in ("auto", "stack", "select"):
-        from infer.oof_weights import fit_auto_weights
+        from infer.ensemble.oof import fit_auto_weights
 
         values, fit_report = fit_auto_weights(
             specs, letters, cfg.ensemble, cfg.weight_rounds, cfg.oof_labels,
@@ -118,7 +118,7 @@ def run_infer(
             rows.append(row)
         ensemble = runner.ensemble()
         if ensemble is not None:
-            row = {"model": outputs.ENSEMBLE, "weight": None}
+            row = {"model": ENSEMBLE, "weight": None}
             row["seconds"] = round(sum(r.get("seconds", 0) for r in runner.runs.values()), 2)
             if answers is not None:
                 row.update(outputs.score(ensemble, answers))
@@ -157,12 +157,12 @@ def run_infer(
         runner.run()
     if not runner.written:
         raise InferError(
-            f"no model finished within the time budget; {out_dir / outputs.SUBMISSION} "
+            f"no model finished within the time budget; {out_dir / SUBMISSION} "
             "was not written (raise --time-budget)"
         )
     result = summary(runner)
     if labelled:
-        write_json(result, out_dir / outputs.SCORES)
+        write_json(result, out_dir / SCORES)
     on_progress(runner)
     return result
 

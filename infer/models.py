@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from infer.errors import InferError
-from sciqa.llm_assets import LLM_PREFIX, causal_lm_path, is_causal_lm
-from sciqa.llm_prompts import PromptSpec
+from sciqa.assets.llm import LLM_PREFIX, causal_lm_path, is_causal_lm
 from sciqa.runs import FOLD_METRICS, FOLD_PREFIX, MODEL_FORMAT, MODEL_INFO, OOF
+from sciqa.scoring.llm_prompts import PromptSpec
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 

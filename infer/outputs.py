@@ -22,14 +22,11 @@ import pandas as pd
 
 from sciqa.io import atomic_path, write_json
 from sciqa.metrics import accuracy, map_at_3, top3_letters
+from sciqa.runs import LOGIT_IDS, LOGITS, SUBMISSION
 from sciqa.schema import CONTEXT, ID, PROMPT
 from sciqa.submission import make_submission, write_submission
 
-LOGITS = "logits"
-ENSEMBLE = "ensemble"
-SUBMISSION = "submission.csv"
-SCORES = "scores.json"
-CACHE = "cache"
+CACHE = "cache"  # infer's own: per-pass logits for resuming
 
 
 def questions_hash(frame: pd.DataFrame, letters: list[str]) -> str:
@@ -50,7 +47,7 @@ def save_npy(array: np.ndarray, path: Path) -> None:
 
 
 def write_logits(out_dir: Path, ids: list[str], name: str, logits: np.ndarray) -> None:
-    ids_path = out_dir / LOGITS / "ids.json"
+    ids_path = out_dir / LOGITS / LOGIT_IDS
     if not ids_path.is_file() or json.loads(ids_path.read_text(encoding="utf-8")) != ids:
         write_json(ids, ids_path)
     save_npy(logits, out_dir / LOGITS / f"{name}.npy")

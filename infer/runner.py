@@ -21,13 +21,13 @@ import pandas as pd
 from pydantic import ValidationError
 
 from infer import outputs
-from infer.budget import Budget, Candidate, CostModel, make_plan
-from infer.cascade import escalate, split_models
-from infer.devices import ShardedPredictor, busiest_tokens, not_split_reason, resolve_devices
-from infer.ensemble import combine, tta_mean
+from infer.ensemble.combine import combine, tta_mean
 from infer.errors import BudgetError, InferError
 from infer.models import ModelSpec
-from infer.predict import (
+from infer.plan.budget import Budget, Candidate, CostModel, make_plan
+from infer.plan.cascade import escalate, split_models
+from infer.plan.tta import permute_options, unpermute
+from infer.predictors.encoder import (
     BatchTiming,
     Interrupted,
     Predictor,
@@ -37,9 +37,15 @@ from infer.predict import (
     resolve_dtype,
     tokenizer_fingerprint,
 )
-from infer.tta import permute_options, unpermute
+from infer.predictors.sharded import (
+    ShardedPredictor,
+    busiest_tokens,
+    not_split_reason,
+    resolve_devices,
+)
 from sciqa.config import CausalLMConfig, InferConfig
-from sciqa.mc_encoding import EncodedQuestions, encode_questions
+from sciqa.runs import ENSEMBLE
+from sciqa.scoring.mc_encoding import EncodedQuestions, encode_questions
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +279,7 @@ class Runner:
         if spec.family != "causal_lm":
             model = load_model(spec.path, device, self.dtype, self.cfg.attention)
             return Predictor(model, tokenizer, device, self.cfg.batch_size, self.clock)
-        from infer.llm_predict import LLMPredictor, load_llm
+        from infer.predictors.causal import LLMPredictor, load_llm
 
         causal = self._causal_for(spec)
         model = load_llm(spec.path, device, self.dtype, causal, self.cfg.attention, spec.meta)
@@ -325,7 +331,7 @@ class Runner:
         outputs.write_logits(self.out_dir, self.ids, spec.name, self.logits[spec.name])
         ensemble = self.ensemble()
         if ensemble is not None and not np.isnan(ensemble).any():
-            outputs.write_logits(self.out_dir, self.ids, outputs.ENSEMBLE, ensemble)
+            outputs.write_logits(self.out_dir, self.ids, ENSEMBLE, ensemble)
             outputs.write_predictions(self.out_dir, self.ids, ensemble)
             self.written = True
         self.on_progress(self)
@@ -377,8 +383,8 @@ class Runner:
 def _load_tokenizer(spec: ModelSpec) -> Any:
     if spec.family != "causal_lm":
         return load_tokenizer(spec.path)
+    from sciqa.assets.llm import load_causal_tokenizer
     from sciqa.errors import SciqaError
-    from sciqa.llm_assets import load_causal_tokenizer
 
     try:
         return load_causal_tokenizer(str(spec.path), local_only=True)
@@ -388,7 +394,7 @@ def _load_tokenizer(spec: ModelSpec) -> Any:
 
 def _prompt_from_config(cfg: CausalLMConfig, tokenizer: Any, name: str) -> Any:
     from sciqa.errors import SciqaError
-    from sciqa.llm_prompts import PromptSpec
+    from sciqa.scoring.llm_prompts import PromptSpec
 
     try:
         return PromptSpec.from_config(cfg, tokenizer, name)
@@ -398,7 +404,7 @@ def _prompt_from_config(cfg: CausalLMConfig, tokenizer: Any, name: str) -> Any:
 
 def _encode_llm(spec: ModelSpec, tokenizer: Any, frame: pd.DataFrame, letters: list[str]) -> Any:
     from sciqa.errors import SciqaError
-    from sciqa.llm_prompts import encode_for_llm
+    from sciqa.scoring.llm_prompts import encode_for_llm
 
     try:
         enc = encode_for_llm(tokenizer, frame, spec.prompt, letters=letters, name=spec.name)

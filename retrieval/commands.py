@@ -13,7 +13,7 @@ from retrieval.context import build_context, queries, token_counter
 from retrieval.corpus import default_corpus_path
 from retrieval.errors import RetrievalInputError
 from retrieval.search import BM25, DENSE, Retriever
-from sciqa.assets import resolve_corpus, resolve_model
+from sciqa.assets.registry import resolve_corpus, resolve_model
 from sciqa.config import DEFAULT, SciqaConfig
 from sciqa.io import read_questions, write_questions, write_table
 from sciqa.runs import MANIFEST, write_run_files

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.errors import IndexDirError
-from sciqa.assets import resolve_model
+from sciqa.assets.registry import resolve_model
 from sciqa.config import SciqaConfig
 
 

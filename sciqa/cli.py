@@ -82,7 +82,7 @@ def eval_(
     seed: SeedOpt = 0,
 ) -> None:
     """Score a submission against labelled questions: MAP@3 (95% bootstrap interval), accuracy."""
-    from sciqa.evaluate import evaluate_dir, evaluate_submission, format_eval
+    from sciqa.evaluation.evaluate import evaluate_dir, evaluate_submission, format_eval
 
     if submission.is_dir():
         if against is not None:
@@ -118,8 +118,8 @@ def report(
     seed: SeedOpt = 0,
 ) -> None:
     """Static HTML report with plots (opens offline): intervals, correlation, calibration."""
-    from sciqa.report_data import verdict
-    from sciqa.report_html import write_report
+    from sciqa.evaluation.report.data import verdict
+    from sciqa.evaluation.report.html import write_report
 
     page, data = write_report(runs, out, labels=labels, n_resamples=resamples, seed=seed)
     typer.echo(verdict(data["ensemble_minus_best"]))
@@ -173,8 +173,8 @@ def audit(
     set_: SetOpt = None,
 ) -> None:
     """Bias audit: answer letters, shortcut baselines' MAP@3 vs chance, flagged questions."""
-    from sciqa.audit import audit_questions, format_report, load_for_audit
     from sciqa.config import load_config
+    from sciqa.evaluation.audit import audit_questions, format_report, load_for_audit
     from sciqa.io import write_json
 
     cfg = load_config(config, set_)
@@ -220,8 +220,8 @@ def assets(
     ] = False,
 ) -> None:
     """List the offline default models and data, and where they resolve on this machine."""
-    from sciqa.asset_checks import CHECKS, run_check
-    from sciqa.assets import PACKAGED, packaged_path
+    from sciqa.assets.checks import CHECKS, run_check
+    from sciqa.assets.registry import PACKAGED, packaged_path
     from sciqa.errors import AssetError
 
     if requirements:
@@ -262,7 +262,7 @@ def benchmark(
     out: Annotated[Path, typer.Argument(help="Where to write the labelled questions.")],
 ) -> None:
     """Export a real labelled science MCQ set (shipped offline) in the sciqa schema."""
-    from sciqa.benchmarks import benchmark_questions
+    from sciqa.assets.question_sets import benchmark_questions
     from sciqa.io import write_questions
 
     frame, dropped = benchmark_questions(name)
@@ -430,8 +430,9 @@ def infer(
 ) -> None:
     """Ensemble checkpoints into submission.csv (offline, within a time budget)."""
     from infer.commands import run_infer
-    from infer.outputs import SUBMISSION, format_table
+    from infer.outputs import format_table
     from sciqa.config import load_config
+    from sciqa.runs import SUBMISSION
 
     if out is None:
         raise SciqaError("--out OUT_DIR is required: where submission.csv and logits/ go")
@@ -475,7 +476,7 @@ def pack(
     set_: SetOpt = None,
 ) -> None:
     """Bundle an ensemble for an offline machine (Kaggle): models, wheels, predict.sh."""
-    from infer.pack import run_pack
+    from infer.pack.bundle import run_pack
     from sciqa.config import load_config
 
     if out is None:

@@ -232,7 +232,7 @@ class GenConfig(_Section):
     scorer: str = "zero_shot"  # zero_shot = models.embedding cosines, or a train model dir
     scorer_temperature: float = Field(0.05, gt=0)  # softmax temperature on zero-shot cosines
     batch_poll_seconds: float = Field(30.0, gt=0)  # --batch: seconds between status polls
-    # Bias audit of the kept questions (sciqa/audit.py, docs/audit.md); also `sciqa audit`.
+    # Bias audit of the kept questions (sciqa/evaluation/audit.py, docs/audit.md); `sciqa audit`.
     audit_action: Literal["report", "drop", "rebalance"] = "report"  # flagged: count/drop/trim
     audit_shortcuts: list[Literal["longest", "question_overlap", "passage_overlap"]] = [
         "longest",

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sciqa import asset_checks
-from sciqa import assets as assets_module
-from sciqa.assets import (
+from sciqa.assets import checks as asset_checks
+from sciqa.assets import registry as assets_module
+from sciqa.assets.question_sets import benchmark_questions
+from sciqa.assets.registry import (
     CORPUS,
     PackagedAsset,
     packaged_path,
@@ -19,7 +20,6 @@ from sciqa.assets import (
     resolve_corpus,
     resolve_model,
 )
-from sciqa.benchmarks import benchmark_questions
 from sciqa.cli import app
 from sciqa.errors import AssetError
 from sciqa.io import read_questions
@@ -45,7 +45,7 @@ def test_default_llm_resolves_to_a_gguf_file():
 
 
 def test_gemma_resolves_to_the_assembled_verified_gguf():
-    from sciqa.assets import GEMMA, file_sha256
+    from sciqa.assets.registry import GEMMA, file_sha256
 
     source = resolve_model("gemma", "llm")
     path = Path(source.name_or_path) / source.gguf_file

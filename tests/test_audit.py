@@ -1,4 +1,4 @@
-"""The bias audit (sciqa/audit.py, sciqa/chance.py): exact MAP@3 of the shortcut
+"""The bias audit (sciqa/evaluation/audit.py, chance.py): exact MAP@3 of the shortcut
 baselines on sets built to have them, chance on sets built not to, the flags, gen's
 use of it against the fake server, and every bad input as a one-line error."""
 
@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 from data_gen.commands import rejected_path, run_gen, summary
 from data_gen.fake_server import FakeLLM, write_fake_passages
 from data_gen.postprocess import filter_shortcuts
-from sciqa.audit import STOPWORDS, audit_questions, load_for_audit
-from sciqa.chance import chance_map_at_3, chance_sd, chi2_sf, tie_aware_ap
 from sciqa.cli import app
 from sciqa.config import load_config
+from sciqa.evaluation.audit import STOPWORDS, audit_questions, load_for_audit
+from sciqa.evaluation.chance import chance_map_at_3, chance_sd, chi2_sf, tie_aware_ap
 from sciqa.metrics import average_precision_at_3
 from sciqa.schema import validate_questions
 

@@ -439,7 +439,7 @@ def test_embedded_server_converts_the_gguf_once_and_answers():
     import openai
 
     from data_gen.server import serve
-    from sciqa.llm_assets import prepare_model
+    from sciqa.assets.llm import prepare_model
 
     folder = prepare_model("default", None)
     assert (Path(folder) / "config.json").is_file()
@@ -459,7 +459,7 @@ def test_trained_model_directory_scores_options(tmp_path):
     from transformers import AutoTokenizer, BertConfig, BertForMultipleChoice
 
     from data_gen.scorers import TrainedScorer
-    from sciqa.assets import resolve_model
+    from sciqa.assets.registry import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("default", "embedding").name_or_path)
     config = BertConfig(

@@ -360,7 +360,7 @@ def test_real_engine_structured_output_and_named_schema_error(tmp_path):
 
     if not (DEFAULT_ENV / "bin" / "python").is_file():
         pytest.skip("no .venv-engine: run `make engine` (make test does)")
-    from sciqa.assets import packaged_wikipedia
+    from sciqa.assets.registry import packaged_wikipedia
 
     wiki = packaged_wikipedia()
     wiki["passage_id"] = [f"w{i}" for i in range(len(wiki))]

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from sciqa.errors import SchemaError
-from sciqa.evaluate import score_submission
+from sciqa.evaluation.evaluate import score_submission
 from sciqa.io import write_table
 from sciqa.schema import validate_questions
 from sciqa.submission import (

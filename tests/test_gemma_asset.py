@@ -9,8 +9,8 @@ import hashlib
 import pytest
 from typer.testing import CliRunner
 
-from sciqa import assets as assets_module
-from sciqa.assets import GEMMA, Chunk, PackagedAsset, packaged_path, resolve_model
+from sciqa.assets import registry as assets_module
+from sciqa.assets.registry import GEMMA, Chunk, PackagedAsset, packaged_path, resolve_model
 from sciqa.cli import app
 from sciqa.errors import AssetError
 

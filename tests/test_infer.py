@@ -23,9 +23,9 @@ transformers = pytest.importorskip("transformers")
 
 from tiny_models import tiny_sizes, write_vocab  # noqa: E402
 
-from infer import predict  # noqa: E402
 from infer.commands import run_infer  # noqa: E402
 from infer.errors import BudgetError, InferError  # noqa: E402
+from infer.predictors import encoder as predict  # noqa: E402
 
 WORDS = [
     "which",
@@ -157,7 +157,7 @@ def _config(*overrides: str):
 
 def _reference_logits(model_dir: Path, frame: pd.DataFrame) -> np.ndarray:
     """The seed notebook's way: file order, one question at a time, no sorting."""
-    from sciqa.mc_encoding import encode_questions
+    from sciqa.scoring.mc_encoding import encode_questions
 
     tok = transformers.AutoTokenizer.from_pretrained(model_dir)
     model = transformers.AutoModelForMultipleChoice.from_pretrained(model_dir).eval()
@@ -212,7 +212,7 @@ def test_tta_runs_rotations_and_averages(qfile, runs, tmp_path):
     out = tmp_path / "out"
     run_infer(qfile, [str(fold)], out, _config(), tta=3)
     frame = read_table(qfile)
-    from infer.tta import permute_options, rotations, unpermute
+    from infer.plan.tta import permute_options, rotations, unpermute
 
     expected = np.mean(
         [

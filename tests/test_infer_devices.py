@@ -23,12 +23,12 @@ pytest.importorskip("transformers")
 from test_infer import WORDS, _questions, make_model, make_run  # noqa: E402
 from tiny_llm import build_tiny_llama  # noqa: E402
 
-from infer import devices as devices_mod  # noqa: E402
-from infer import predict  # noqa: E402
 from infer.commands import run_infer  # noqa: E402
-from infer.devices import ShardedPredictor, resolve_devices, shard_rows  # noqa: E402
-from infer.ensemble import combine  # noqa: E402
+from infer.ensemble.combine import combine  # noqa: E402
 from infer.errors import InferError  # noqa: E402
+from infer.predictors import encoder as predict  # noqa: E402
+from infer.predictors import sharded as devices_mod  # noqa: E402
+from infer.predictors.sharded import ShardedPredictor, resolve_devices, shard_rows  # noqa: E402
 from sciqa.cli import app  # noqa: E402
 from sciqa.config import load_config  # noqa: E402
 from sciqa.io import write_questions  # noqa: E402
@@ -219,7 +219,7 @@ def test_causal_member_is_split_and_equal(few, tiny_llm, tmp_path):
 def test_device_map_member_is_not_split_again(few, tiny_llm, tmp_path, monkeypatch, caplog):
     # device_map needs CUDA; here it loads on the CPU, which is all this test needs: the
     # member must run once, on one worker, and say why.
-    monkeypatch.setattr("sciqa.llm_assets.quantization_kwargs", lambda load_in, device_map: {})
+    monkeypatch.setattr("sciqa.assets.llm.quantization_kwargs", lambda load_in, device_map: {})
     members = [f"llm:{tiny_llm}?device_map=auto", str(make_model(tmp_path / "encoder", 5))]
     run_infer(few, members, tmp_path / "one", _config())
     with caplog.at_level(logging.INFO, logger="infer"):

@@ -16,12 +16,12 @@ from test_infer import WORDS, _questions, make_model  # noqa: E402
 from tiny_llm import build_tiny_llama  # noqa: E402
 
 from infer.commands import run_infer  # noqa: E402
+from sciqa.assets.llm import load_causal_lm, load_causal_tokenizer  # noqa: E402
 from sciqa.cli import app  # noqa: E402
 from sciqa.config import load_config  # noqa: E402
 from sciqa.io import write_questions  # noqa: E402
-from sciqa.llm_assets import load_causal_lm, load_causal_tokenizer  # noqa: E402
-from sciqa.llm_prompts import PromptSpec, encode_for_llm  # noqa: E402
-from sciqa.llm_scoring import ScoreHead, score_rows  # noqa: E402
+from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm  # noqa: E402
+from sciqa.scoring.llm_scoring import ScoreHead, score_rows  # noqa: E402
 from sciqa.submission import read_submission  # noqa: E402
 
 
@@ -235,7 +235,7 @@ def test_one_llm_joins_twice_with_per_member_settings(qfile, tiny_llm, tmp_path)
     np.testing.assert_allclose(
         _logits(out, "llm-tiny-pmi"), _logits(tmp_path / "pmi", "llm-tiny"), atol=1e-5
     )
-    from infer.ensemble import zscore
+    from infer.ensemble.combine import zscore
 
     expected = np.mean([zscore(_logits(out, n)) for n in names[:3]], axis=0)
     np.testing.assert_allclose(_logits(out, "ensemble"), expected, atol=1e-3)  # near-flat rows

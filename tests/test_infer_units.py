@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from infer.budget import Budget, Candidate, CostModel, make_plan, parse_duration
-from infer.cascade import escalate
-from infer.ensemble import combine, margin, parse_weights
+from infer.ensemble.combine import combine, margin, parse_weights
+from infer.ensemble.oof import greedy_weights, map3_from_logits
 from infer.errors import InferError
-from infer.oof_weights import greedy_weights, map3_from_logits
-from infer.tta import permute_options, rotation, rotations, unpermute
+from infer.plan.budget import Budget, Candidate, CostModel, make_plan, parse_duration
+from infer.plan.cascade import escalate
+from infer.plan.tta import permute_options, rotation, rotations, unpermute
 from sciqa.metrics import map_at_3, softmax, top3_letters
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sciqa.intervals import (
+from sciqa.evaluation.intervals import (
     average_precisions,
     average_precisions_from_logits,
     bootstrap_interval,
@@ -29,7 +29,7 @@ def aps_of(n, seed=1):
 @pytest.mark.parametrize("seed", [0, 3])
 def test_bootstrap_matches_slow_reference_loop(n, seed, monkeypatch):
     # Small blocks so the vectorised path crosses several block boundaries.
-    monkeypatch.setattr("sciqa.intervals._CELLS_PER_BLOCK", 3 * n)
+    monkeypatch.setattr("sciqa.evaluation.intervals._CELLS_PER_BLOCK", 3 * n)
     values = aps_of(n, seed=seed + 10)
     ci = bootstrap_interval(values, n_resamples=101, seed=seed)
     low, high = reference_interval(values, 101, seed)

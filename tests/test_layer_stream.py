@@ -22,17 +22,18 @@ pytest.importorskip("accelerate")
 from test_infer import WORDS, _questions, make_model  # noqa: E402
 from tiny_llm import build_tiny_llama  # noqa: E402
 
-from infer import layer_split  # noqa: E402
 from infer.commands import run_infer  # noqa: E402
-from infer.layer_stream import LayerStreamer, layout_of, open_streamer  # noqa: E402
-from infer.llm_predict import streamed_scores  # noqa: E402
+from infer.predictors.causal import streamed_scores  # noqa: E402
+from infer.predictors.offload import split as layer_split  # noqa: E402
+from infer.predictors.offload.layout import layout_of  # noqa: E402
+from infer.predictors.offload.stream import LayerStreamer, open_streamer  # noqa: E402
+from sciqa.assets.llm import load_causal_lm, load_causal_tokenizer  # noqa: E402
 from sciqa.cli import app  # noqa: E402
 from sciqa.config import load_config  # noqa: E402
 from sciqa.io import write_questions  # noqa: E402
-from sciqa.llm_assets import load_causal_lm, load_causal_tokenizer  # noqa: E402
-from sciqa.llm_prompts import PromptSpec, encode_for_llm  # noqa: E402
-from sciqa.llm_scoring import ScoreHead, score_rows  # noqa: E402
 from sciqa.metrics import top3_letters  # noqa: E402
+from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm  # noqa: E402
+from sciqa.scoring.llm_scoring import ScoreHead, score_rows  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -381,8 +382,8 @@ def test_bad_streaming_input_is_one_line(qfile, tiny_llm, tmp_path, model, sets,
 
 
 def test_an_error_mid_sweep_leaves_no_weights_behind(tiny_llm, tmp_path):
-    from infer.layer_stream import Job
-    from sciqa.llm_scoring import prefix_inputs
+    from infer.predictors.offload.stream import Job
+    from sciqa.scoring.llm_scoring import prefix_inputs
 
     cfg = _config(tmp_path).causal_lm
     tok = load_causal_tokenizer(str(tiny_llm))

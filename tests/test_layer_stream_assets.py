@@ -20,9 +20,9 @@ N_QUESTIONS = 4
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
     """(path, tokenizer, resident fp32 model, a streamer over a fresh split)."""
-    from infer.layer_stream import open_streamer
+    from infer.predictors.offload.stream import open_streamer
+    from sciqa.assets.llm import causal_lm_path, load_causal_lm, load_causal_tokenizer
     from sciqa.config import load_config
-    from sciqa.llm_assets import causal_lm_path, load_causal_lm, load_causal_tokenizer
 
     path = Path(causal_lm_path("llm:default"))
     tokenizer = load_causal_tokenizer(str(path))
@@ -36,8 +36,8 @@ def smollm2(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def questions():
-    from sciqa.assets import packaged_wikipedia
-    from sciqa.benchmarks import benchmark_questions
+    from sciqa.assets.question_sets import benchmark_questions
+    from sciqa.assets.registry import packaged_wikipedia
 
     frame = benchmark_questions("arc-challenge")[0].head(N_QUESTIONS).copy()
     leads = packaged_wikipedia()["text"].tolist()
@@ -48,11 +48,11 @@ def questions():
 @pytest.mark.parametrize("context", [True, False])
 @pytest.mark.parametrize("mode", ["cloze", "letter", "yes_no"])
 def test_streamed_smollm2_scores_equal_resident(smollm2, questions, mode, context):
-    from infer.llm_predict import streamed_scores
+    from infer.predictors.causal import streamed_scores
     from sciqa.config import load_config
-    from sciqa.llm_prompts import PromptSpec, encode_for_llm
-    from sciqa.llm_scoring import ScoreHead, score_rows
     from sciqa.metrics import top3_letters
+    from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm
+    from sciqa.scoring.llm_scoring import ScoreHead, score_rows
 
     _, tokenizer, model, streamer = smollm2
     sets = [f"causal_lm.mode={mode}", f"causal_lm.use_context={context}"]

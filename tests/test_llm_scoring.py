@@ -1,4 +1,4 @@
-"""Causal-LM option scoring (sciqa.llm_prompts / sciqa.llm_scoring) on a tiny random Llama."""
+"""Causal-LM option scoring (sciqa.scoring: llm_prompts, llm_scoring) on a tiny random Llama."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ pytest.importorskip("transformers")
 
 from tiny_llm import build_tiny_llama  # noqa: E402
 
+from sciqa.assets.llm import load_causal_lm, load_causal_tokenizer  # noqa: E402
 from sciqa.config import load_config  # noqa: E402
-from sciqa.llm_assets import load_causal_lm, load_causal_tokenizer  # noqa: E402
-from sciqa.llm_prompts import LLMPromptError, PromptSpec, encode_for_llm  # noqa: E402
-from sciqa.llm_scoring import ScoreHead, full_features, score_rows  # noqa: E402
+from sciqa.scoring.llm_prompts import LLMPromptError, PromptSpec, encode_for_llm  # noqa: E402
+from sciqa.scoring.llm_scoring import ScoreHead, full_features, score_rows  # noqa: E402
 
 FRAME = pd.DataFrame(
     {

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from sciqa.mc_encoding import encode_questions
+from sciqa.scoring.mc_encoding import encode_questions
 
 
 class WordTokenizer:

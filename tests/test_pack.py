@@ -25,7 +25,7 @@ from test_infer import WORDS, _questions, make_run
 from tiny_llm import build_tiny_llama
 
 from infer.commands import run_infer
-from infer.pack import toml_text
+from infer.pack.bundle import toml_text
 from sciqa.cli import app
 from sciqa.config import load_config
 from sciqa.io import write_questions
@@ -194,7 +194,7 @@ def test_adapter_fold_brings_its_base(tmp_path, sciqa_wheel, qfile, monkeypatch)
     pytest.importorskip("peft")
     from peft import LoraConfig, get_peft_model
 
-    from sciqa.llm_assets import load_causal_lm, load_causal_tokenizer
+    from sciqa.assets.llm import load_causal_lm, load_causal_tokenizer
 
     base = build_tiny_llama(tmp_path / "base_llm", [" ".join(WORDS)] * 3)
     lora = get_peft_model(

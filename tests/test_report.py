@@ -13,15 +13,15 @@ import pytest
 from typer.testing import CliRunner
 
 from infer import outputs
-from infer.ensemble import combine
+from infer.ensemble.combine import combine
 from sciqa.cli import app
 from sciqa.config import load_config
-from sciqa.evidence import load_evidence
-from sciqa.intervals import average_precisions_from_logits, paired_bootstrap
+from sciqa.evaluation.evidence import load_evidence
+from sciqa.evaluation.intervals import average_precisions_from_logits, paired_bootstrap
+from sciqa.evaluation.report.data import collect, correlation, reliability
 from sciqa.io import write_questions
 from sciqa.metrics import map_at_3, top3_letters
-from sciqa.report_data import collect, correlation, reliability
-from sciqa.runs import write_run_files
+from sciqa.runs import ENSEMBLE, write_run_files
 from sciqa.submission import make_submission, write_submission
 
 LETTERS = list("ABCDE")
@@ -66,7 +66,7 @@ def make_infer_dir(
     for name, logits in members.items():
         outputs.write_logits(out, ids, name, logits)
     ensemble = combine(list(members.values()), list(weights.values()), "probs")
-    outputs.write_logits(out, ids, outputs.ENSEMBLE, ensemble)
+    outputs.write_logits(out, ids, ENSEMBLE, ensemble)
     outputs.write_predictions(out, ids, ensemble)
     rows = [
         {"model": name, "path": f"/runs/{name}", "weight": weights[name], "status": "done",

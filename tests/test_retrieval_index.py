@@ -158,7 +158,7 @@ def test_context_budget_in_backbone_tokens(built: Path, tmp_path: Path) -> None:
     run_retrieve(questions, built, out, config, k=3)
     from transformers import AutoTokenizer
 
-    from sciqa.assets import resolve_model
+    from sciqa.assets.registry import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("default", "backbone").name_or_path)
     contexts = pd.read_csv(out)["context"]

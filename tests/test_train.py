@@ -21,8 +21,8 @@ from sciqa.cli import app  # noqa: E402
 from sciqa.config import load_config  # noqa: E402
 from sciqa.errors import SciqaError  # noqa: E402
 from sciqa.io import read_table, write_table  # noqa: E402
-from sciqa.mc_encoding import encode_questions  # noqa: E402
 from sciqa.metrics import map_at_3, top3_letters  # noqa: E402
+from sciqa.scoring.mc_encoding import encode_questions  # noqa: E402
 from train.commands import run_train  # noqa: E402
 from train.dataset import encode_split  # noqa: E402
 from train.folds import fold_indices, groups_of  # noqa: E402

@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 from test_train import config_for, make_questions, one_thread, tiny_bert  # noqa: E402, F401
 
 from sciqa.io import read_table, write_table  # noqa: E402
-from sciqa.mc_encoding import encode_questions  # noqa: E402
+from sciqa.scoring.mc_encoding import encode_questions  # noqa: E402
 from train.commands import run_train  # noqa: E402
 from train.trainer import _best_evaluation  # noqa: E402
 

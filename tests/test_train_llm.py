@@ -16,13 +16,13 @@ pytest.importorskip("peft")
 from tiny_llm import build_tiny_llama  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+from sciqa.assets.llm import load_causal_lm, load_causal_tokenizer  # noqa: E402
 from sciqa.cli import app  # noqa: E402
 from sciqa.config import load_config  # noqa: E402
 from sciqa.errors import ConfigError, SciqaError  # noqa: E402
 from sciqa.io import read_table, write_table  # noqa: E402
-from sciqa.llm_assets import load_causal_lm, load_causal_tokenizer  # noqa: E402
-from sciqa.llm_prompts import PromptSpec, encode_for_llm  # noqa: E402
-from sciqa.llm_scoring import ScoreHead, score_rows  # noqa: E402
+from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm  # noqa: E402
+from sciqa.scoring.llm_scoring import ScoreHead, score_rows  # noqa: E402
 from train.commands import run_train  # noqa: E402
 
 runner = CliRunner()

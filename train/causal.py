@@ -2,8 +2,8 @@
 
 ``models.backbone = llm:<default|path|Hub name>`` (or a folder whose config is a
 ``*ForCausalLM``) takes this path. Questions are encoded by
-:func:`sciqa.llm_prompts.encode_for_llm` with the ``causal_lm`` section, every option's
-whole sequence is scored by :func:`sciqa.llm_scoring.full_scores` (cloze log-probability,
+:func:`sciqa.scoring.llm_prompts.encode_for_llm` with the ``causal_lm`` section, every option's
+whole sequence is scored by :func:`sciqa.scoring.llm_scoring.full_scores` (cloze log-probability,
 letter logit or yes-minus-no) and the loss is cross-entropy over a question's option
 scores. Infer re-encodes with the saved ``PromptSpec`` and scores with the same module, so
 a fold's out-of-fold logits are what infer computes for those questions.
@@ -21,17 +21,17 @@ from typing import Any
 import pandas as pd
 import torch
 
-from sciqa.config import DEFAULT, SciqaConfig, TrainConfig
-from sciqa.errors import AssetError, ConfigError
-from sciqa.llm_assets import (
+from sciqa.assets.llm import (
     causal_lm_path,
     load_causal_lm,
     load_causal_tokenizer,
     quantization_kwargs,
 )
-from sciqa.llm_prompts import PromptSpec, encode_for_llm
-from sciqa.llm_scoring import ScoreHead, collate_full, full_features, full_scores
+from sciqa.config import DEFAULT, SciqaConfig, TrainConfig
+from sciqa.errors import AssetError, ConfigError
 from sciqa.schema import ID
+from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm
+from sciqa.scoring.llm_scoring import ScoreHead, collate_full, full_features, full_scores
 from train.dataset import Split
 from train.model import mergeable, resolve_precision
 from train.trainer import LengthGroupedTrainer

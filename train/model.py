@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForMultipleChoice, AutoTokenizer, PreTrainedModel
 
-from sciqa.assets import ModelSource, resolve_model
+from sciqa.assets.registry import ModelSource, resolve_model
 from sciqa.config import SciqaConfig, TrainConfig
 from sciqa.errors import ConfigError, SciqaError
 from train.dataset import Split, encode_split

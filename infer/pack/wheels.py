@@ -70,7 +70,7 @@ def build_sciqa_wheel(dest: Path, prebuilt: str | None) -> Path:
         if not (wheel.is_file() and wheel.name.startswith("sciqa-") and wheel.suffix == ".whl"):
             raise InferError(f"pack.sciqa_wheel = {prebuilt!r}: not a sciqa-*.whl file")
         return Path(shutil.copy2(wheel, dest / wheel.name))
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent.parent  # infer/pack/wheels.py -> the checkout
     if not (root / "pyproject.toml").is_file():
         raise InferError(
             "sciqa is not installed from a source checkout, so pack cannot build its wheel; "

@@ -8,7 +8,7 @@ question's words, teaches a model that shortcut instead of science. The audit me
   ``question_overlap``: content words shared with the question, ``passage_overlap``:
   shared with the passage/context) against chance, ``H(min(k, 3)) / k`` for ``k``
   options (0.367 for 5, 0.458 for 4), with a bootstrap interval and the chance band
-  (:mod:`sciqa.chance`; ties count at their expected rank, so no letter is favoured);
+  (:mod:`sciqa.evaluation.chance`; ties count at their expected rank, so no letter is favoured);
 - **flags**: questions one shortcut answers by a clear margin (correct option
   ``length_ratio`` times longer than any other; ``overlap_margin`` more shared words).
 
@@ -25,15 +25,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sciqa.chance import (
+from sciqa.errors import SchemaError
+from sciqa.evaluation.chance import (
     chance_map_at_3,
     chi2_sf,
     compare_to_chance,
     tie_aware_ap,
     tie_aware_top1,
 )
-from sciqa.errors import SchemaError
-from sciqa.intervals import bootstrap_interval
+from sciqa.evaluation.intervals import bootstrap_interval
 from sciqa.io import read_table
 from sciqa.schema import ANSWER, CONTEXT, ID, PROMPT, SOURCE_ID, option_letters, validate_questions
 

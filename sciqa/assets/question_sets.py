@@ -12,7 +12,7 @@ from collections import Counter
 import pandas as pd
 import pyarrow as pa
 
-from sciqa.assets import BENCHMARKS, packaged_path
+from sciqa.assets.registry import BENCHMARKS, packaged_path
 from sciqa.errors import AssetError
 from sciqa.schema import validate_questions
 

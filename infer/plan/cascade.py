@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from infer.ensemble import margin
+from infer.ensemble.combine import margin
 from infer.models import ModelSpec
 
 

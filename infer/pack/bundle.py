@@ -29,8 +29,8 @@ from typing import Any
 
 from infer.errors import InferError
 from infer.models import ModelSpec, expand_model_dirs
-from infer.pack_members import MODELS, Member, copy_member, plan_members
-from infer.pack_script import PREDICT, render
+from infer.pack.members import MODELS, Member, copy_member, plan_members
+from infer.pack.script import PREDICT, render
 from sciqa.config import SciqaConfig, load_config
 from sciqa.runs import MANIFEST, OOF, file_digest, git_sha
 
@@ -70,7 +70,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 def _apply_options(
     config: SciqaConfig, weights: str | None, tta: int | None, time_budget: str | None
 ) -> SciqaConfig:
-    from infer.budget import parse_duration
+    from infer.plan.budget import parse_duration
 
     cfg = config.model_copy(deep=True)
     if weights is not None:
@@ -91,13 +91,13 @@ def _weights(specs: list[ModelSpec], cfg: SciqaConfig) -> dict[str, Any]:
     """The weights infer will use, checked now: explicit ones parsed; ``auto``, ``stack``
     and ``select`` fitted on the runs' oof.parquet (the target refits them on the same
     files, to the same values)."""
-    from infer.ensemble import parse_weights
+    from infer.ensemble.combine import parse_weights
 
     text = cfg.infer.weights
     if text not in ("auto", "stack", "select"):
         values = parse_weights(text, len(specs), [s.name for s in specs])
         return {"setting": text, "values": values}
-    from infer.oof_weights import fit_auto_weights
+    from infer.ensemble.oof import fit_auto_weights
     from sciqa.io import read_table
 
     runs = [s.run_dir for s in specs if s.run_dir is not None]
@@ -240,7 +240,7 @@ def run_pack(
     """Write the bundle OUT; returns its manifest."""
     from tqdm.auto import tqdm
 
-    from infer.pack_wheels import bundle_wheels, requirement_name
+    from infer.pack.wheels import bundle_wheels, requirement_name
 
     out = Path(os.path.abspath(out))
     _check_out(out, overwrite)

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sciqa.evidence import Evidence, Member
-from sciqa.intervals import (
+from sciqa.evaluation.evidence import Evidence, Member
+from sciqa.evaluation.intervals import (
     CONFIDENCE,
     N_RESAMPLES,
     SEED,

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sciqa.mc_encoding import first_segment
 from sciqa.schema import CONTEXT, PROMPT, option_letters
+from sciqa.scoring.mc_encoding import first_segment
 
 
 def option_scores(

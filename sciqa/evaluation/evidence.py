@@ -26,12 +26,9 @@ import pandas as pd
 from sciqa.errors import SciqaError
 from sciqa.io import read_questions, read_table
 from sciqa.metrics import softmax
-from sciqa.runs import FOLD_METRICS, FOLD_PREFIX, MANIFEST, OOF
+from sciqa.runs import ENSEMBLE, FOLD_METRICS, FOLD_PREFIX, LOGIT_IDS, LOGITS, MANIFEST, OOF
 from sciqa.schema import ANSWER, ID, SOURCE, option_letters
 
-LOGITS = "logits"  # the layout of infer/outputs.py, read here as files
-IDS = "ids.json"
-ENSEMBLE = "ensemble"
 FOLD = "fold"
 
 
@@ -79,7 +76,7 @@ def load_evidence(paths: list[Path], labels: Path | None = None) -> Evidence:
     for path in paths:
         if not path.is_dir():
             raise EvidenceError(f"{path}: not a directory")
-    infer_dirs = [p for p in paths if (p / LOGITS / IDS).is_file()]
+    infer_dirs = [p for p in paths if (p / LOGITS / LOGIT_IDS).is_file()]
     if infer_dirs:
         if len(paths) > 1:
             raise EvidenceError(
@@ -165,7 +162,7 @@ def _manifest_questions(out: Path, manifest: dict[str, Any]) -> Path:
 def load_infer_dir(out: Path, labels: Path | None = None) -> Evidence:
     """Members (``logits/<model>.npy``), ensemble and manifest of a ``sciqa infer`` run."""
     logits_dir = out / LOGITS
-    ids_path = logits_dir / IDS
+    ids_path = logits_dir / LOGIT_IDS
     ids = [str(i) for i in json.loads(ids_path.read_text(encoding="utf-8"))]
     manifest_path = out / MANIFEST
     manifest = _read_json(manifest_path) if manifest_path.is_file() else {}
@@ -217,7 +214,7 @@ def _load_logits(path: Path, ids: list[str], letters: list[str]) -> np.ndarray:
     if array.ndim != 2 or array.shape[0] != len(ids):
         raise EvidenceError(
             f"{path}: shape {array.shape} does not match the {len(ids)} ids in "
-            f"{path.parent / IDS}; its rows belong to another run (re-run sciqa infer)"
+            f"{path.parent / LOGIT_IDS}; its rows belong to another run (re-run sciqa infer)"
         )
     if array.shape[1] != len(letters):
         raise EvidenceError(
@@ -236,7 +233,7 @@ def _oof(run: Path) -> pd.DataFrame:
         if any(run.glob(f"{FOLD_PREFIX}*")):
             raise EvidenceError(f"{path}: not written yet; no fold of this run has finished")
         raise EvidenceError(
-            f"{run}: neither a sciqa infer OUT dir (logits/{IDS}) nor a sciqa train run dir "
+            f"{run}: neither a sciqa infer OUT dir (logits/{LOGIT_IDS}) nor a sciqa train run dir "
             f"({OOF}); nothing to report"
         )
     frame = read_table(path)

@@ -10,10 +10,10 @@ import html
 from pathlib import Path
 from typing import Any
 
-from sciqa.evidence import Evidence, load_evidence, oof_evidence
-from sciqa.intervals import N_RESAMPLES, SEED
+from sciqa.evaluation.evidence import Evidence, load_evidence, oof_evidence
+from sciqa.evaluation.intervals import N_RESAMPLES, SEED
+from sciqa.evaluation.report.data import verdict
 from sciqa.io import write_json, write_text
-from sciqa.report_data import verdict
 
 PAGE = "index.html"
 DATA = "report.json"
@@ -243,8 +243,8 @@ def write_report(
     seed: int = SEED,
 ) -> tuple[Path, dict[str, Any]]:
     """Read the run(s), write REPORT_DIR/index.html + PNGs + report.json; returns the page."""
-    from sciqa import report_plots as plots
-    from sciqa.report_data import collect, correlation
+    from sciqa.evaluation.report import plots
+    from sciqa.evaluation.report.data import collect, correlation
 
     ev = load_evidence(paths, labels)
     data = collect(ev, n_resamples=n_resamples, seed=seed)

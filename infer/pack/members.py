@@ -28,7 +28,7 @@ from typing import Any
 
 from infer.errors import InferError
 from infer.models import ModelSpec
-from sciqa.llm_assets import LLM_PREFIX
+from sciqa.assets.llm import LLM_PREFIX
 from sciqa.runs import MODEL_INFO, OOF
 
 MODELS = "models"
@@ -94,7 +94,7 @@ def model_files(folder: Path) -> tuple[list[Path], list[str]]:
 
 def _llm_source(arg: str) -> tuple[str, Path]:
     """``llm:NAME?...`` -> ("gguf" | "llm_dir", the file or folder to copy)."""
-    from sciqa.assets import LLM, packaged_path
+    from sciqa.assets.registry import LLM, packaged_path
     from sciqa.errors import SciqaError
 
     name = arg[len(LLM_PREFIX) :].partition("?")[0] or "default"

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from sciqa.errors import SchemaError
-from sciqa.intervals import (
+from sciqa.evaluation.intervals import (
     N_RESAMPLES,
     SEED,
     average_precisions,
@@ -97,7 +97,7 @@ def score_submission(
 def _score_file(
     path: Path, labels: pd.DataFrame, labels_path: Path, n_resamples: int, seed: int
 ) -> tuple[dict[str, Any], Any]:
-    from sciqa.report_data import ci_dict
+    from sciqa.evaluation.report.data import ci_dict
     from sciqa.submission import read_submission
 
     answers, predictions = join_submission(
@@ -121,8 +121,8 @@ def evaluate_submission(
 ) -> dict[str, Any]:
     """``sciqa eval SUBMISSION LABELS [--against OTHER]``: scores with a 95% bootstrap
     interval; with ``against``, the paired interval of SUBMISSION minus OTHER."""
+    from sciqa.evaluation.report.data import diff_dict
     from sciqa.io import read_questions
-    from sciqa.report_data import diff_dict
 
     labels = read_questions(labels_path, require_answer=True)
     result, aps = _score_file(submission, labels, labels_path, n_resamples, seed)
@@ -145,8 +145,8 @@ def evaluate_dir(
 
     The top-level keys are the ensemble's (what scoring its submission.csv gives).
     """
-    from sciqa.evidence import load_evidence
-    from sciqa.report_data import ensemble_minus_best, system_scores
+    from sciqa.evaluation.evidence import load_evidence
+    from sciqa.evaluation.report.data import ensemble_minus_best, system_scores
 
     ev = load_evidence(paths, labels)
     systems = system_scores(ev, n_resamples=n_resamples, seed=seed)
@@ -177,7 +177,7 @@ def format_eval(result: dict[str, Any], name: str) -> list[str]:
     ci = result["map_at_3_ci"]
     lines = []
     if "models" in result:
-        from sciqa.report_data import verdict
+        from sciqa.evaluation.report.data import verdict
 
         lines.append("| model | weight | questions | MAP@3 | 95% interval | accuracy |")
         lines.append("|---|---:|---:|---:|---|---:|")

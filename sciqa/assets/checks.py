@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sciqa.assets import GEMMA, ModelSource, file_sha256, packaged_wikipedia, resolve_model
+from sciqa.assets.registry import GEMMA, ModelSource, file_sha256, packaged_wikipedia, resolve_model
 
 _PAIR = (
     "Photosynthesis turns light energy into chemical energy in plants.",
@@ -103,7 +103,7 @@ def check_gemma() -> str:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sciqa.llm_assets import load_causal_tokenizer, prepare_model
+    from sciqa.assets.llm import load_causal_tokenizer, prepare_model
 
     source = resolve_model("gemma", "llm")
     gguf = Path(source.name_or_path) / str(source.gguf_file)
@@ -142,7 +142,7 @@ def check_corpus() -> str:
 
 
 def check_benchmarks() -> str:
-    from sciqa.benchmarks import SETS, benchmark_questions
+    from sciqa.assets.question_sets import SETS, benchmark_questions
 
     counts = [f"{name} {len(benchmark_questions(name)[0])}" for name in SETS]
     return "questions: " + ", ".join(counts)

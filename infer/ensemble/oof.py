@@ -14,54 +14,18 @@ evaluates the real metric, needs no gradient, and cannot give a negative weight.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from infer.ensemble import combine
+from infer.ensemble.combine import combine
+from infer.ensemble.fit import greedy_weights, map3_from_logits, select_weights, stack_weights
 from infer.errors import InferError
 from infer.models import ModelSpec
 from sciqa.io import read_questions, read_table
-from sciqa.runs import OOF
+from sciqa.runs import MANIFEST, OOF
 from sciqa.schema import ANSWER, ID
-
-
-def map3_from_logits(logits: np.ndarray, labels: np.ndarray) -> float:
-    """MAP@3 of ``(n, c)`` scores against label indices, ties in option order.
-
-    The mean of the core's per-question AP@3 (:mod:`sciqa.intervals`), so weight fitting
-    and ``sciqa eval`` rank ties the same way.
-
-    >>> map3_from_logits(np.array([[0.1, 2.0, -1.0]]), np.array([0]))
-    0.5
-    """
-    from sciqa.intervals import average_precisions_from_logits
-
-    return float(average_precisions_from_logits(logits, labels).mean())
-
-
-def greedy_weights(
-    arrays: Sequence[np.ndarray], labels: np.ndarray, mode: str, rounds: int
-) -> tuple[np.ndarray, float]:
-    """Copy counts (as weights) and the MAP@3 they reach on ``labels``."""
-    m = len(arrays)
-    singles = [map3_from_logits(a, labels) for a in arrays]
-    counts = np.zeros(m)
-    counts[int(np.argmax(singles))] = 1
-    best_counts, best_score = counts.copy(), max(singles)
-    for _ in range(rounds - 1):
-        trials = []
-        for i in range(m):
-            trial = counts.copy()
-            trial[i] += 1
-            trials.append(map3_from_logits(combine(arrays, trial, mode), labels))
-        pick = int(np.argmax(trials))
-        counts[pick] += 1
-        if trials[pick] > best_score:  # strict: ties keep the smaller ensemble
-            best_counts, best_score = counts.copy(), trials[pick]
-    return best_counts / best_counts.sum(), best_score
 
 
 def _read_oof(run_dir: Path) -> pd.DataFrame:
@@ -78,7 +42,7 @@ def _read_oof(run_dir: Path) -> pd.DataFrame:
 
 def _labels_from_manifest(run_dir: Path, ids: set[str]) -> pd.Series | None:
     """The run's training questions, as listed in its manifest's inputs."""
-    manifest = run_dir / "manifest.json"
+    manifest = run_dir / MANIFEST
     if not manifest.is_file():
         return None
     inputs = json.loads(manifest.read_text(encoding="utf-8")).get("inputs", [])
@@ -123,7 +87,7 @@ def fit_auto_weights(
     """Weight per model spec, plus a report for the manifest/scores.
 
     ``method``: ``auto`` (greedy selection), ``stack`` (logistic stacking) or ``select``
-    (whichever of best single / equal / greedy / stack wins nested CV; infer/stacking.py).
+    (whichever of best single / equal / greedy / stack wins nested CV; infer/ensemble/fit.py).
     """
     orphans = [s.name for s in specs if s.run_dir is None]
     if orphans:
@@ -160,8 +124,6 @@ def fit_auto_weights(
         run_weights, score = greedy_weights(arrays, y, mode, rounds)
         described = f"greedy selection with replacement, {rounds} rounds, MAP@3 on OOF"
     else:
-        from infer.stacking import select_weights, stack_weights
-
         if method == "stack":
             run_weights = stack_weights(arrays, y, mode)[0]
             described = "logistic stacking: simplex weights + temperature, OOF cross-entropy"

@@ -4,7 +4,7 @@
 the model is built on the meta device (accelerate's ``init_empty_weights``), and a
 *group* of questions goes through it part by part. For each part (embeddings, decoder
 layer 0..N-1, final norm + head) its weights are read from the per-layer split
-(:mod:`infer.layer_split`) into the empty module (``set_module_tensor_to_device``), the
+(:mod:`infer.predictors.offload.split`) into the empty module (``set_module_tensor_to_device``), the
 hidden states of every question of the group pass through it, and its weights go back
 to the meta device before the next part is read. With ``offload_prefetch`` the next
 part is read on a thread while this one computes, so at most two parts are held.
@@ -19,7 +19,6 @@ and the KV is dropped: no layer's cache outlives the layer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -30,102 +29,10 @@ from typing import Any
 
 import torch
 
-from infer.errors import InferError
-from infer.layer_split import DTYPES, LayerSplit, Part, ensure_split
+from infer.predictors.offload.layout import Part, modules_of, parts_of, skeleton
+from infer.predictors.offload.split import DTYPES, LayerSplit, ensure_split
 
 log = logging.getLogger(__name__)
-
-# Families whose forward is exactly embeddings -> layers(rotary, mask) -> norm -> lm_head.
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
-NEEDED = "model.embed_tokens, model.layers, model.norm, model.rotary_emb and lm_head"
-
-
-def skeleton(path: Path, dtype: torch.dtype, attention: str = "sdpa") -> Any:
-    """The causal LM of ``path`` with every weight on the meta device (no memory)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InferError(f"{path}: cannot read its config.json: {reason}") from None
-    with init_empty_weights(), _no_init():
-        try:
-            model = AutoModelForCausalLM.from_config(
-                config, attn_implementation=attention, dtype=dtype
-            )
-        except (ValueError, ImportError) as exc:
-            if "attn" not in str(exc).lower() and "attention" not in str(exc).lower():
-                raise InferError(f"{path}: {str(exc).splitlines()[0]}") from None
-            model = AutoModelForCausalLM.from_config(
-                config, attn_implementation="eager", dtype=dtype
-            )
-    return model.eval()
-
-
-def _no_init() -> Any:
-    """Skip the random init of the empty weights: on the meta device it does nothing but
-    its first call imports torch._dynamo (~20 s on a busy 2-core machine)."""
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # another transformers layout: pay the init
-        return contextlib.nullcontext()
-    return no_init_weights()
-
-
-def _modules(model: Any) -> tuple[Any, list[Any], Any, Any, Any]:
-    """(embed_tokens, decoder layers, norm, rotary_emb, lm_head), or a one-line refusal."""
-    arch, family = type(model).__name__, model.config.model_type
-    base = getattr(model, "model", None)
-    found = base is not None and all(
-        hasattr(base, n) for n in ("embed_tokens", "layers", "norm", "rotary_emb")
-    )
-    if (
-        not found
-        or not isinstance(base.layers, torch.nn.ModuleList)
-        or not hasattr(model, "lm_head")
-    ):
-        raise InferError(
-            f"causal_lm.offload = layers: cannot locate the decoder layers of {arch} "
-            f"(model_type {family!r}): streaming needs {NEEDED}, as "
-            f"{', '.join(SUPPORTED)} have; use causal_lm.offload=none"
-        )
-    if family not in SUPPORTED:
-        raise InferError(
-            f"causal_lm.offload = layers: {arch} (model_type {family!r}) is not a family it "
-            f"streams ({', '.join(SUPPORTED)}): its forward may do more than embeddings, "
-            "layers, norm and head; use causal_lm.offload=none"
-        )
-    return base.embed_tokens, list(base.layers), base.norm, base.rotary_emb, model.lm_head
-
-
-def parts_of(model: Any) -> tuple[list[Part], dict[str, str]]:
-    """The split layout of ``model``: embeddings, one part per decoder layer, norm + head;
-    and its tied parameters (stored once in a checkpoint)."""
-    embed, layers, norm, _rotary, head = _modules(model)
-    names = {id(m): n for n, m in model.named_modules()}
-    keys = list(model.state_dict())
-
-    def under(*modules: Any) -> tuple[str, ...]:
-        prefixes = tuple(names[id(m)] + "." for m in modules)
-        return tuple(k for k in keys if k.startswith(prefixes))
-
-    parts = [Part("embed", under(embed))]
-    parts += [Part(f"layer_{i:05d}", under(layer)) for i, layer in enumerate(layers)]
-    parts.append(Part("head", under(norm, head)))
-    placed = {t for p in parts for t in p.tensors}
-    if stray := [k for k in keys if k not in placed]:
-        raise InferError(
-            f"causal_lm.offload = layers: {type(model).__name__} has weights outside its "
-            f"layers, norm and head ({stray[0]}, ...); use causal_lm.offload=none"
-        )
-    tied = getattr(model, "all_tied_weights_keys", None) or {}
-    return parts, {str(k): str(v) for k, v in dict(tied).items()}
-
-
-def layout_of(path: Path) -> tuple[list[Part], dict[str, str]]:
-    return parts_of(skeleton(path, torch.float32, "eager"))
 
 
 @dataclass
@@ -133,7 +40,7 @@ class Job:
     """One micro-batch: a first pass, optionally a second on top of its KV cache.
 
     ``first``/``second``: ``input_ids``, ``attention_mask``, ``position_ids`` (the shape
-    ``sciqa.llm_scoring`` builds for the model's own forward). The first pass's KV is
+    ``sciqa.scoring.llm_scoring`` builds for the model's own forward). The first pass's KV is
     repeated ``repeat`` times per row for the second. ``finish(first_logits,
     second_logits)`` gets the logits of the first pass's last ``keep`` positions and of
     every second-pass position as soon as the head has run, and returns what the job
@@ -185,7 +92,7 @@ class LayerStreamer:
     ):
         self.model, self.split, self.device, self.dtype = model, split, device, dtype
         self.config = model.config
-        self.embed, self.layers, self.norm, self.rotary, self.head = _modules(model)
+        self.embed, self.layers, self.norm, self.rotary, self.head = modules_of(model)
         self.rotary.to(device)  # its buffers are real (init_empty_weights leaves buffers)
         self.group_size = group_size
         self.store = device if activations == "device" else torch.device("cpu")

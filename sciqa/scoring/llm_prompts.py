@@ -11,7 +11,7 @@ listed options) and, per option, a *suffix*:
   "yes" minus "no" after it.
 - ``letter``: no suffix; the option letters' logits after the prefix are the scores.
 
-Splitting prefix from suffix is what lets ``sciqa.llm_scoring`` run the prefix once and
+Splitting prefix from suffix is what lets ``sciqa.scoring.llm_scoring`` run the prefix once and
 reuse its KV cache for every option. Suffix ids are the tail of the tokenized prefix +
 suffix text, so the scored tokens are exactly those of the joint text. Only the context is
 ever truncated to fit ``max_length``; the question and the options are kept whole.
@@ -88,7 +88,7 @@ class PromptSpec:
 
 @dataclass
 class LLMEncoded:
-    """Token ids of every question, for ``sciqa.llm_scoring``."""
+    """Token ids of every question, for ``sciqa.scoring.llm_scoring``."""
 
     mode: str
     prefixes: list[list[int]]

@@ -31,30 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from sciqa.metrics import softmax
+from infer.ensemble.combine import combine, member_space, mix
 
 METHODS = ("best", "equal", "greedy", "stack")
 STACK_L2 = 1e-3  # pull of the stacking weights' logits towards equal weights
 MAX_LOGIT = 10.0  # bound on a stacking weight's logit: exp(-20) is as good as 0
-
-
-def _features(arrays: Sequence[np.ndarray], mode: str) -> np.ndarray:
-    """``(m, n, c)`` float64 member scores in the space ``combine`` averages them in."""
-    from infer.ensemble import zscore
-
-    stack = np.stack([np.asarray(a, dtype=np.float64) for a in arrays])
-    if mode == "probs":
-        return np.stack([softmax(a) for a in stack])
-    if mode == "zscore":
-        return np.stack([zscore(a) for a in stack])
-    if mode == "logits":
-        return stack
-    raise ValueError(f"unknown ensemble mode {mode!r}; use 'probs', 'logits' or 'zscore'")
-
-
-def _combined(features: np.ndarray, weights: np.ndarray, mode: str) -> np.ndarray:
-    mixed = np.einsum("m,mnc->nc", weights / weights.sum(), features)
-    return np.log(np.clip(mixed, 1e-12, None)) if mode == "probs" else mixed
 
 
 def _log_loss(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -63,19 +44,55 @@ def _log_loss(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((logz - shifted[np.arange(len(labels)), labels]).mean())
 
 
+def map3_from_logits(logits: np.ndarray, labels: np.ndarray) -> float:
+    """MAP@3 of ``(n, c)`` scores against label indices, ties in option order.
+
+    The mean of the core's per-question AP@3 (:mod:`sciqa.evaluation.intervals`), so weight fitting
+    and ``sciqa eval`` rank ties the same way.
+
+    >>> map3_from_logits(np.array([[0.1, 2.0, -1.0]]), np.array([0]))
+    0.5
+    """
+    from sciqa.evaluation.intervals import average_precisions_from_logits
+
+    return float(average_precisions_from_logits(logits, labels).mean())
+
+
+def greedy_weights(
+    arrays: Sequence[np.ndarray], labels: np.ndarray, mode: str, rounds: int
+) -> tuple[np.ndarray, float]:
+    """Copy counts (as weights) and the MAP@3 they reach on ``labels``."""
+    m = len(arrays)
+    singles = [map3_from_logits(a, labels) for a in arrays]
+    counts = np.zeros(m)
+    counts[int(np.argmax(singles))] = 1
+    best_counts, best_score = counts.copy(), max(singles)
+    for _ in range(rounds - 1):
+        trials = []
+        for i in range(m):
+            trial = counts.copy()
+            trial[i] += 1
+            trials.append(map3_from_logits(combine(arrays, trial, mode), labels))
+        pick = int(np.argmax(trials))
+        counts[pick] += 1
+        if trials[pick] > best_score:  # strict: ties keep the smaller ensemble
+            best_counts, best_score = counts.copy(), trials[pick]
+    return best_counts / best_counts.sum(), best_score
+
+
 def stack_weights(
     arrays: Sequence[np.ndarray], labels: np.ndarray, mode: str, l2: float = STACK_L2
 ) -> tuple[np.ndarray, float]:
     """Simplex weights and temperature minimising OOF cross-entropy (plus ``l2``)."""
     from scipy.optimize import minimize
 
-    features = _features(arrays, mode)
+    features = member_space(arrays, mode)
     m = len(arrays)
 
     def objective(params: np.ndarray) -> float:
         theta, temperature = params[:m], np.exp(params[m])
         weights = np.exp(theta - theta.max())
-        loss = _log_loss(temperature * _combined(features, weights, mode), labels)
+        loss = _log_loss(temperature * mix(features, weights, mode), labels)
         return loss + l2 * float(((theta - theta.mean()) ** 2).sum())
 
     start = np.zeros(m + 1)
@@ -90,8 +107,6 @@ def fit_weights(
     method: str, arrays: Sequence[np.ndarray], labels: np.ndarray, mode: str, rounds: int = 50
 ) -> np.ndarray:
     """Weights (summing to 1) of one method, fitted on ``arrays`` against ``labels``."""
-    from infer.oof_weights import greedy_weights, map3_from_logits
-
     m = len(arrays)
     if method == "best":
         weights = np.zeros(m)
@@ -146,8 +161,6 @@ def select_weights(
     methods: Sequence[str] = METHODS,
 ) -> Selection:
     """Nested CV over ``methods``; the winner is refitted on every OOF question."""
-    from infer.ensemble import combine
-    from infer.oof_weights import map3_from_logits
 
     n = len(labels)
     if n < 2 * folds:

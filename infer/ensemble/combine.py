@@ -27,25 +27,36 @@ def combine(arrays: Sequence[np.ndarray], weights: Sequence[float], mode: str) -
     """Weighted mean of ``(n, n_options)`` arrays; all-NaN rows stay NaN."""
     if not arrays:
         raise ValueError("nothing to combine")
-    stack = np.stack([np.asarray(a, dtype=np.float64) for a in arrays])  # (m, n, c)
+    return mix(member_space(arrays, mode), weights, mode).astype(np.float32)
+
+
+def member_space(arrays: Sequence[np.ndarray], mode: str) -> np.ndarray:
+    """``(m, n, c)`` float64 member scores in the space ``mode`` averages them in."""
+    stack = np.stack([np.asarray(a, dtype=np.float64) for a in arrays])
     if mode == "probs":
-        stack = np.stack([softmax(a) for a in stack])
-    elif mode == "zscore":
-        stack = np.stack([zscore(a) for a in stack])
-    elif mode != "logits":
-        raise ValueError(f"unknown ensemble mode {mode!r}; use 'probs', 'logits' or 'zscore'")
+        return np.stack([softmax(a) for a in stack])
+    if mode == "zscore":
+        return np.stack([zscore(a) for a in stack])
+    if mode == "logits":
+        return stack
+    raise ValueError(f"unknown ensemble mode {mode!r}; use 'probs', 'logits' or 'zscore'")
+
+
+def mix(space: np.ndarray, weights: Sequence[float], mode: str) -> np.ndarray:
+    """Weighted mean over members of :func:`member_space` scores, float64; a member's NaN
+    row leaves it out of that question's mean, and ``probs`` comes back as log-probs."""
     w = np.asarray(weights, dtype=np.float64)[:, None]  # (m, 1)
-    scored = ~np.isnan(stack).any(axis=2)  # (m, n): which model scored which question
+    scored = ~np.isnan(space).any(axis=2)  # (m, n): which model scored which question
     w_rows = w * scored
     total = w_rows.sum(axis=0)  # (n,)
     mean = (
-        np.einsum("mn,mnc->nc", w_rows, np.nan_to_num(stack)) / np.where(total, total, 1)[:, None]
+        np.einsum("mn,mnc->nc", w_rows, np.nan_to_num(space)) / np.where(total, total, 1)[:, None]
     )
     mean[total == 0] = np.nan
     if mode == "probs":
         with np.errstate(divide="ignore"):
             mean = np.log(np.clip(mean, 1e-12, None))
-    return mean.astype(np.float32)
+    return mean
 
 
 def zscore(scores: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Option scores from a causal LM, with or without reusing the prefix's KV cache.
 
-Two paths compute the same ``(questions, options)`` scores from :mod:`sciqa.llm_prompts`
+Two paths compute the same ``(questions, options)`` scores from :mod:`sciqa.scoring.llm_prompts`
 encodings:
 
 - :func:`full_scores`: every option's whole sequence (prefix + suffix), left-padded into
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from sciqa.llm_prompts import LLMEncoded
+from sciqa.scoring.llm_prompts import LLMEncoded
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def full_features(enc: LLMEncoded, rows: Sequence[int] | None = None) -> list[di
     """One feature per question: the sequence per option (one shared sequence in letter
     mode), how many trailing tokens are scored (cloze) and the divisor, plus the label."""
     if enc.uncond_suffixes:
-        from sciqa.llm_prompts import LLMPromptError
+        from sciqa.scoring.llm_prompts import LLMPromptError
 
         raise LLMPromptError(
             "causal_lm.normalise = 'pmi' scores zero-shot only (its second, unconditional "

@@ -1,6 +1,6 @@
 """The report's PNG plots (matplotlib, Agg backend: no display, no browser).
 
-Each function takes the dicts of :mod:`sciqa.report_data` and writes one PNG, returning
+Each function takes the dicts of :mod:`sciqa.evaluation.report.data` and writes one PNG, returning
 its path, or None when there is nothing to draw (e.g. a correlation of one member).
 Imported only by ``sciqa report``, so ``sciqa --help`` never loads matplotlib.
 """

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from infer.errors import InferError
-from infer.predict import BatchTiming, Interrupted, length_order, padded_tokens
+from infer.predictors.encoder import BatchTiming, Interrupted, length_order, padded_tokens
 
 log = logging.getLogger(__name__)
 

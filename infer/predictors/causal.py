@@ -1,15 +1,16 @@
 """Run one causal LM as an option scorer, with the same interface as ``Predictor``.
 
 Questions are sorted longest first and batched like the encoder path; each batch goes
-through :func:`sciqa.llm_scoring.score_rows` (the prefix KV cache reused for every option
-when ``causal_lm.prefix_cache`` is on). A half-precision batch with non-finite scores is
-re-run in fp32 and the model stays in fp32.
+through :func:`sciqa.scoring.llm_scoring.score_rows` (the prefix KV cache reused for
+every option when ``causal_lm.prefix_cache`` is on). A half-precision batch with
+non-finite scores is re-run in fp32 and the model stays in fp32.
 
-With ``causal_lm.offload = layers`` the model is a :class:`infer.layer_stream.LayerStreamer`
-and the unit is a *group* of ``offload_group`` questions: every micro-batch of
-``batch_size`` questions of the group becomes a :class:`~infer.layer_stream.Job` built
-by the same ``sciqa.llm_scoring`` helpers, and the whole group goes through each layer
-while it is loaded. The budget times the first group like any first batch.
+With ``causal_lm.offload = layers`` the model is a
+:class:`infer.predictors.offload.stream.LayerStreamer` and the unit is a *group* of
+``offload_group`` questions: every micro-batch of ``batch_size`` questions of the group
+becomes a :class:`~infer.predictors.offload.stream.Job` built by the same
+``sciqa.scoring.llm_scoring`` helpers, and the whole group goes through each layer while
+it is loaded. The budget times the first group like any first batch.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from infer.errors import InferError
-from infer.predict import BatchTiming, length_order
+from infer.predictors.encoder import BatchTiming, length_order
 from sciqa.errors import SciqaError
-from sciqa.llm_prompts import LLMEncoded
-from sciqa.llm_scoring import ScoreHead, score_rows
+from sciqa.scoring.llm_prompts import LLMEncoded
+from sciqa.scoring.llm_scoring import ScoreHead, score_rows
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def load_llm(
     A fold saved as a LoRA adapter (trained over a 4/8-bit base) loads its base, named in
     ``sciqa_model.json``, then the adapter on top with peft.
     """
-    from sciqa.llm_assets import load_causal_lm
+    from sciqa.assets.llm import load_causal_lm
 
     adapter = bool((meta or {}).get("adapter"))
     base = str((meta or {}).get("base", "")) if adapter else str(path)
@@ -92,7 +93,7 @@ def _streamer(
             f"{key}: causal_lm.offload = layers reads plain fp32/bf16/fp16 weights one layer "
             f"at a time and does not combine with {key.split('.')[1]}; leave it unset"
         )
-    from infer.layer_stream import open_streamer
+    from infer.predictors.offload.stream import open_streamer
 
     return open_streamer(Path(path), device, dtype, cfg, attention)
 
@@ -108,7 +109,7 @@ def streamed_scores(
 ) -> torch.Tensor:
     """``(len(rows), C)`` float32 scores of ``rows`` from one sweep of a streamed model, in
     micro-batches of ``batch_size``; pmi's conditional and bare halves share the sweep."""
-    from sciqa.llm_scoring import _bare, _summed
+    from sciqa.scoring.llm_scoring import _bare, _summed
 
     if enc.uncond_suffixes and not prefix_cache:
         raise ValueError("pmi scoring runs through the prefix cache")
@@ -123,8 +124,8 @@ def streamed_scores(
 def _job(enc: LLMEncoded, rows: list[int], head: ScoreHead, pad_id: int, cache: bool) -> Any:
     """One micro-batch as the two model calls of ``cached_scores`` (or the one of
     ``full_scores``); its ``finish`` turns the logits into scores with the same code."""
-    from infer.layer_stream import Job
-    from sciqa.llm_scoring import (
+    from infer.predictors.offload.stream import Job
+    from sciqa.scoring.llm_scoring import (
         collate_full,
         full_features,
         full_from_logits,

@@ -17,9 +17,9 @@ written. A split folder is itself a model folder (``llm:<split folder>``), so it
 built on one machine and copied to an offline one (docs/llm.md).
 
 Sources: safetensors (one file or sharded with ``model.safetensors.index.json``) and
-``pytorch_model*.bin``; a GGUF file is first converted by ``sciqa.llm_assets``.
+``pytorch_model*.bin``; a GGUF file is first converted by ``sciqa.assets.llm``.
 
-    python -m infer.layer_split MODEL_DIR [--dir DIR] [--dtype fp16]
+    python -m infer.predictors.offload.split MODEL_DIR [--dir DIR] [--dtype fp16]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from infer.errors import InferError
+from infer.predictors.offload.layout import Part
 
 FORMAT = "sciqa-layers/1"
 MANIFEST = "split.json"
@@ -45,19 +46,6 @@ SAMPLES, SAMPLE_BYTES = 256, 4096  # blocks hashed per weight file for the cache
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-@dataclass(frozen=True)
-class Part:
-    """One file of a split: a name (``embed``, ``layer_00003``, ``head``) and the full
-    parameter names it holds, as the model's ``state_dict`` names them."""
-
-    name: str
-    tensors: tuple[str, ...]
-
-    @property
-    def file(self) -> str:
-        return f"{self.name}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -74,7 +62,7 @@ class LayerSplit:
 
 
 def default_split_dir() -> Path:
-    from sciqa.llm_assets import default_cache_dir
+    from sciqa.assets.llm import default_cache_dir
 
     return default_cache_dir().parent / "layers"
 
@@ -315,14 +303,14 @@ def main(argv: list[str] | None = None) -> None:
     """Split a checkpoint ahead of time (say, before copying it to an offline machine)."""
     import argparse
 
-    from sciqa.llm_assets import causal_lm_path
+    from sciqa.assets.llm import causal_lm_path
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("model", help="llm:NAME, a model folder or a .gguf file")
     parser.add_argument("--dir", type=Path, default=None, help="split cache (offload_dir)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp16")
     args = parser.parse_args(argv)
-    from infer.layer_stream import layout_of
+    from infer.predictors.offload.layout import layout_of
 
     try:
         path = Path(causal_lm_path(args.model) or args.model)

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sciqa.assets import default_cache_dir, resolve_model
+from sciqa.assets.registry import default_cache_dir, resolve_model
 from sciqa.errors import SciqaError
 
 

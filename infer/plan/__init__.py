@@ -1,0 +1,1 @@
+"""What to run within the time: ``budget`` (costs, plans), ``cascade``, ``tta`` (rotations)."""
