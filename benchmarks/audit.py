@@ -66,7 +66,8 @@ def fake_generated(work: Path, n: int = 12) -> pd.DataFrame:
     off = ["gen.dedup=false", "gen.answerability_filter=false", "gen.too_easy_filter=false"]
     with FakeLLM() as fake:
         config = load_config(None, [f"llm.base_url={fake.base_url}", "llm.model=fake", *off])
-        run_gen(passages, work / "fake" / "q.csv", config, n=n)
+        config.gen.n = n
+        run_gen(passages, work / "fake" / "q.csv", config)
     return read_labelled(str(work / "fake" / "q.csv"))
 
 

@@ -68,7 +68,8 @@ def throughput(work: Path, n: int) -> list[str]:
         endpoint = [f"llm.base_url={base_url}", "llm.model=fake"]
         config = load_config(None, [*endpoint, f"llm.concurrency={concurrency}", *NO_FILTERS])
         start = time.perf_counter()
-        counts = run_gen(passages, work / f"c{concurrency}" / "q.parquet", config, n=n)
+        config.gen.n = n
+        counts = run_gen(passages, work / f"c{concurrency}" / "q.parquet", config)
         seconds = time.perf_counter() - start
         kept = counts["postprocess"]["kept"]
         rates[concurrency] = kept / counts["seconds"]["generate"] * 60
@@ -136,7 +137,8 @@ def _gen(
     config = load_config(None, [*endpoint, *(f"gen.{k}={v}" for k, v in gen.items())])
     for key, value in BEFORE.items() if before else ():
         setattr(config.gen, key, value)
-    counts = run_gen(passages, out, config, n=n)
+    config.gen.n = n
+    counts = run_gen(passages, out, config)
     counts["first_valid"] = _first_valid(out, counts["replies"]["jobs"], 0)
     return counts
 

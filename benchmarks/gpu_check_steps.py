@@ -115,7 +115,8 @@ def step_train(ctx: Ctx, precision: str) -> dict[str, dict]:
     reset_peak()
     began = time.perf_counter()
     with scaler_watch() as scaler:
-        run_train(ctx.data("train"), out, config, folds=1, valid=ctx.data("valid"), overwrite=True)
+        config.train.folds = 1
+        run_train(ctx.data("train"), out, config, valid=ctx.data("valid"), overwrite=True)
     seconds = time.perf_counter() - began
     m = json.loads((out / "fold_0" / "metrics.json").read_text(encoding="utf-8"))
     t = config.train

@@ -215,7 +215,8 @@ def map_rows(run_dir: Path, questions: Path, out: Path, tta: int) -> list[dict]:
     config = load_config(None, ["infer.batch_size=16"])
     plain = run_infer(questions, [str(run_dir)], out, config)
     # Same OUT_DIR: the TTA run takes pass 1 of every fold from the cache.
-    with_tta = run_infer(questions, [str(run_dir)], out, config, tta=tta)
+    config.infer.tta = tta
+    with_tta = run_infer(questions, [str(run_dir)], out, config)
     rows = [
         {"model": r["model"], "MAP@3": r["map_at_3"], "accuracy": r["accuracy"]}
         for r in plain["models"]

@@ -111,7 +111,8 @@ def sciqa_run(questions: Path, valid: Path, out: Path, overrides: list[str]) -> 
 
     config = load_config(RECIPE, overrides)
     started = time.perf_counter()
-    run_train(questions, out, config, folds=1, valid=valid)
+    config.train.folds = 1
+    run_train(questions, out, config, valid=valid)
     wall = time.perf_counter() - started
     return json.loads((out / "fold_0" / "metrics.json").read_text()), wall
 

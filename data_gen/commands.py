@@ -128,7 +128,6 @@ def run_gen(
     out: Path,
     config: SciqaConfig,
     *,
-    n: int | None = None,
     excludes: Sequence[Path] = (),
     batch: bool = False,
     encoder: Any = None,
@@ -141,7 +140,7 @@ def run_gen(
     if encoder is None and _needs_encoder(config, excludes):
         encoder = load_encoder(config)
     chosen, selection = select_passages(
-        read_passages(passages), n or gen.n, gen, config.seed, source=str(passages), encoder=encoder
+        read_passages(passages), gen.n, gen, config.seed, source=str(passages), encoder=encoder
     )
     letters = list(string.ascii_uppercase[: gen.n_options])
     templates = load_templates(gen.prompts)

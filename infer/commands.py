@@ -60,18 +60,13 @@ def run_infer(
     out_dir: Path,
     config: SciqaConfig,
     *,
-    weights: str | None = None,
-    time_budget: str | None = None,
-    tta: int | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """Run the ensemble and write OUT_DIR; returns the scores/summary dict."""
     _force_offline()
     _log_to_stderr()
     cfg = config.infer
-    weights = weights if weights is not None else cfg.weights
-    budget_text = time_budget if time_budget is not None else cfg.time_budget
-    passes = tta if tta is not None else cfg.tta
+    weights, budget_text, passes = cfg.weights, cfg.time_budget, cfg.tta
     # Parse every argument before the clock starts or anything is loaded.
     budget_seconds = parse_duration(budget_text) if budget_text else None
     budget = Budget(budget_seconds, cfg.budget_margin if budget_seconds else 0.0, clock)

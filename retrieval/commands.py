@@ -120,14 +120,10 @@ def attach_context(
     return frame, audit_table(frame[ID].tolist(), hits, retriever)
 
 
-def run_retrieve(
-    questions: Path, index: Path, out: Path, config: SciqaConfig, k: int | None
-) -> str:
+def run_retrieve(questions: Path, index: Path, out: Path, config: SciqaConfig) -> str:
     """``sciqa retrieve``: write OUT (questions + context) and its audit parquet."""
     started = time.perf_counter()
-    k = config.retrieval.k if k is None else k
-    if k < 1:
-        raise RetrievalInputError(f"--k {k}: must be at least 1 passage per question")
+    k = config.retrieval.k  # >= 1: the config checks it
     frame = read_questions(questions)
     retriever = Retriever.open(index, config)
     if k > len(retriever.passages):

@@ -4,7 +4,6 @@ inside its body so ``sciqa --help`` stays fast and needs no torch, faiss or open
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -38,6 +37,15 @@ TimeBudgetOpt = Annotated[
 TtaOpt = Annotated[
     int | None, typer.Option("--tta", help="Option-rotation passes per model (infer.tta).")
 ]
+
+
+def ensemble_flags(weights: str | None, time_budget: str | None, tta: int | None) -> dict:
+    """The ensemble flags infer and pack share, each sugar for one ``infer`` key."""
+    return {
+        "--weights": ("infer.weights", weights),
+        "--time-budget": ("infer.time_budget", time_budget),
+        "--tta": ("infer.tta", tta),
+    }
 
 
 def _user_errors(func: F) -> F:
@@ -285,10 +293,14 @@ def gen(
         bool, typer.Option("--batch", help="Send first requests through the OpenAI Batch API.")
     ] = False,
     max_requests: Annotated[
-        int | None, typer.Option("--max-requests", min=0, help="Stop after sending this many.")
+        int | None,
+        typer.Option(
+            "--max-requests", min=0, help="Stop after this many new requests (gen.max_requests)."
+        ),
     ] = None,
     max_cost: Annotated[
-        float | None, typer.Option("--max-cost", min=0, help="Stop once this USD is spent.")
+        float | None,
+        typer.Option("--max-cost", min=0, help="Stop once this USD is spent (gen.max_cost)."),
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -296,14 +308,12 @@ def gen(
     """Generate MCQs from Wikipedia passages with an LLM (resumable; see docs/data_gen.md)."""
     from sciqa.config import load_config
 
-    cfg = load_config(config, set_)
-    if max_requests is not None:
-        cfg.gen.max_requests = max_requests
-    if max_cost is not None:
-        cfg.gen.max_cost = max_cost
+    flags = {"--n": ("gen.n", n), "--max-requests": ("gen.max_requests", max_requests)}
+    flags["--max-cost"] = ("gen.max_cost", max_cost)
+    cfg = load_config(config, set_, flags)
     from data_gen.commands import run_gen, summary
 
-    typer.echo(summary(run_gen(passages, out, cfg, n=n, excludes=exclude or [], batch=batch)))
+    typer.echo(summary(run_gen(passages, out, cfg, excludes=exclude or [], batch=batch)))
 
 
 @app.command("serve-llm")
@@ -367,10 +377,10 @@ def retrieve(
     """Attach the top-k passages (dense + BM25, fused) as `context` to each question."""
     from sciqa.config import load_config
 
-    cfg = load_config(config, set_)
+    cfg = load_config(config, set_, {"--k": ("retrieval.k", k)})
     from retrieval.commands import run_retrieve
 
-    typer.echo(run_retrieve(questions, index, out, cfg, k))
+    typer.echo(run_retrieve(questions, index, out, cfg))
 
 
 @app.command()
@@ -397,15 +407,8 @@ def train(
     from sciqa.config import load_config
     from train.commands import run_train
 
-    run_train(
-        questions,
-        out,
-        load_config(config, set_),
-        folds=folds,
-        fold=fold,
-        valid=valid,
-        overwrite=overwrite,
-    )
+    cfg = load_config(config, set_, {"--folds": ("train.folds", folds)})
+    run_train(questions, out, cfg, fold=fold, valid=valid, overwrite=overwrite)
 
 
 @app.command()
@@ -436,15 +439,8 @@ def infer(
 
     if out is None:
         raise SciqaError("--out OUT_DIR is required: where submission.csv and logits/ go")
-    result = run_infer(
-        questions,
-        model_dirs or [],
-        out,
-        load_config(config, set_),
-        weights=weights,
-        time_budget=time_budget,
-        tta=tta,
-    )
+    flags = ensemble_flags(weights, time_budget, tta)
+    result = run_infer(questions, model_dirs or [], out, load_config(config, set_, flags))
     typer.echo(format_table(result["models"]))
     typer.echo(f"{out / SUBMISSION}: {result['questions']} predictions")
 
@@ -481,22 +477,11 @@ def pack(
 
     if out is None:
         raise SciqaError("--out BUNDLE is required: the folder to write (docs/kaggle.md)")
-    overrides = list(set_ or [])
-    if python is not None:
-        overrides.append(f"pack.python={python}")
-    if platform:
-        overrides.append(f"pack.platforms={json.dumps(platform)}")
-    cfg = load_config(config, overrides)
-    manifest = run_pack(
-        model_dirs or [],
-        out,
-        cfg,
-        weights=weights,
-        time_budget=time_budget,
-        tta=tta,
-        overwrite=overwrite,
-        log=lambda line: typer.echo(line, err=True),
-    )
+    flags = ensemble_flags(weights, time_budget, tta)
+    flags |= {"--python": ("pack.python", python), "--platform": ("pack.platforms", platform)}
+    cfg = load_config(config, set_, flags)
+    log = functools.partial(typer.echo, err=True)
+    manifest = run_pack(model_dirs or [], out, cfg, overwrite=overwrite, log=log)
     mib = {k: v / 2**20 for k, v in manifest["bytes"].items()}
     typer.echo(
         f"{out}: {len(manifest['members'])} member(s), models {mib['models']:.1f} MiB, "

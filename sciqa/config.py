@@ -9,9 +9,11 @@ falls back to a default. Later stages add their own section models.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -360,26 +362,50 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
     node[leaf] = value
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def _describe(error: ValidationError, source: str, flags: Mapping[str, tuple[str, Any]]) -> str:
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "<root>"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key {where!r}; run `sciqa config` to see the valid keys"
+    for flag, (key, value) in flags.items():
+        if key == where and value is not None:
+            return f"{flag} {value}: {key}: {first['msg']}"
     return f"{source}: {where}: {first['msg']}"
 
 
+def flag_overrides(flags: Mapping[str, tuple[str, Any]] | None) -> list[str]:
+    """Command-line flags as ``--set`` items: every flag is sugar for one config key.
+
+    ``flags`` maps a flag to (its config key, its value); ``None`` = not given, a list is
+    written as a JSON list.
+
+    >>> flag_overrides({"--n": ("gen.n", 12), "--tta": ("infer.tta", None),
+    ...                 "--platform": ("pack.platforms", ["a", "b"])})
+    ['gen.n=12', 'pack.platforms=["a", "b"]']
+    """
+    items = []
+    for key, value in (flags or {}).values():
+        if value is not None:
+            items.append(f"{key}={json.dumps(value) if isinstance(value, list) else value}")
+    return items
+
+
 def load_config(
-    path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None
+    path: str | os.PathLike[str] | None = None,
+    overrides: list[str] | None = None,
+    flags: Mapping[str, tuple[str, Any]] | None = None,
 ) -> SciqaConfig:
-    """Defaults, then ``path`` (TOML/YAML), then each ``overrides`` item in order."""
+    """Defaults, then ``path`` (TOML/YAML), then each ``overrides`` item in order, then the
+    command's ``flags`` ({flag: (config key, value)}, see :func:`flag_overrides`): the one
+    place where a command line changes the config, before it is validated."""
     data = _read_file(Path(path)) if path is not None else {}
-    for override in overrides or []:
+    for override in [*(overrides or []), *flag_overrides(flags)]:
         _apply_override(data, override)
     source = str(path) if path is not None else "config"
     try:
         return SciqaConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        raise ConfigError(_describe(exc, source, flags or {})) from None
 
 
 def dump_config(config: SciqaConfig) -> str:

@@ -255,7 +255,8 @@ GEN = [
 def gen_run(tmp_path, fake, *overrides):
     passages = write_fake_passages(tmp_path / "p.parquet", 6)
     config = load_config(None, [f"llm.base_url={fake.base_url}", *GEN, *overrides])
-    return run_gen(passages, tmp_path / "gen" / "q.csv", config, n=6)
+    config.gen.n = 6
+    return run_gen(passages, tmp_path / "gen" / "q.csv", config)
 
 
 def test_gen_writes_the_audit_of_what_it_keeps(tmp_path, monkeypatch):

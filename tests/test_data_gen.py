@@ -103,7 +103,7 @@ def config(fake: FakeLLM, *overrides: str):
 
 
 def run(passages_file, out, fake, *overrides, n=6, **kwargs):
-    return run_gen(passages_file, out, config(fake, *overrides), n=n, **kwargs)
+    return run_gen(passages_file, out, config(fake, *overrides, f"gen.n={n}"), **kwargs)
 
 
 # --- parsing -----------------------------------------------------------------------
@@ -307,7 +307,8 @@ def test_unreachable_base_url_is_named(passages_file, tmp_path):
         ],
     )
     with pytest.raises(SciqaError, match=f"cannot reach llm.base_url {url}"):
-        run_gen(passages_file, tmp_path / "q.csv", cfg, n=2)
+        cfg.gen.n = 2
+        run_gen(passages_file, tmp_path / "q.csv", cfg)
 
 
 def test_passages_without_text_and_n_too_large(tmp_path):

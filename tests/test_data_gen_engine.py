@@ -163,7 +163,8 @@ def test_backend_is_detected_and_recorded(passages_file, tmp_path, owned_by, bac
                 *FILTERS_OFF,
             ],
         )
-        counts = run_gen(passages_file, out, config, n=3)
+        config.gen.n = 3
+        counts = run_gen(passages_file, out, config)
     structured = json.loads((tmp_path / "manifest.json").read_text())["structured_output"]
     assert structured["backend"] == backend and structured["used"] == used
     assert counts["replies"]["valid"] == 3
@@ -204,7 +205,8 @@ def test_whole_format_refused_still_downgrades(passages_file, tmp_path):
         config = load_config(
             None, [f"llm.base_url={fake.base_url}", "llm.model=fake", *FILTERS_OFF]
         )
-        counts = run_gen(passages_file, tmp_path / "q.csv", config, n=3)
+        config.gen.n = 3
+        counts = run_gen(passages_file, tmp_path / "q.csv", config)
     assert counts["structured_output"]["used"] == "json_object"
     assert counts["structured_output"]["downgrades"][0].startswith("json_schema->json_object")
     assert counts["usage"]["probes"] == 5 + 2  # question, 5 options, answer
@@ -219,7 +221,8 @@ def test_reask_names_the_duplicate_option(passages_file, tmp_path):
         config = load_config(
             None, [f"llm.base_url={fake.base_url}", "llm.model=fake", *FILTERS_OFF]
         )
-        counts = run_gen(passages_file, tmp_path / "q.csv", config, n=3)
+        config.gen.n = 3
+        counts = run_gen(passages_file, tmp_path / "q.csv", config)
     assert counts["replies"]["valid"] == 3
     reask = next(r for r in fake.requests if len(r["messages"]) > 5)["messages"][-1]["content"]
     assert 'options B and C are the same ("T0 fact number 1")' in reask
@@ -249,7 +252,8 @@ def test_embedded_engine_starts_answers_and_stops(
     monkeypatch.delenv("OPENAI_API_KEY")  # the embedded engine needs no key
     port = claim_port(0)
     config = stub_config(stub_engine, model_folder, tmp_path, f"llm.server_port={port}")
-    counts = run_gen(passages_file, tmp_path / "gen" / "q.csv", config, n=3)
+    config.gen.n = 3
+    counts = run_gen(passages_file, tmp_path / "gen" / "q.csv", config)
     assert counts["replies"]["valid"] == 3
     assert counts["structured_output"]["backend"] == "vllm"
     assert counts["endpoint"]["model"] == "sciqa-llm"
@@ -375,7 +379,7 @@ def test_real_engine_structured_output_and_named_schema_error(tmp_path):
         endpoint = [f"llm.base_url={base_url}", f"llm.model={model}", "llm.concurrency=4"]
         os.environ.setdefault("OPENAI_API_KEY", "local")
         out = tmp_path / "gen" / "q.parquet"
-        counts = run_gen(source, out, load_config(None, [*base, *endpoint]), n=4)
+        counts = run_gen(source, out, load_config(None, [*base, *endpoint, "gen.n=4"]))
         bad = [*base, *endpoint, "gen.option_pattern=(?<=a)b"]
         with pytest.raises(SciqaError, match=r"field 'A'.*look-around"):
             run_gen(source, tmp_path / "bad" / "q.parquet", load_config(None, bad), n=2)

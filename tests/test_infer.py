@@ -193,7 +193,7 @@ def test_single_model_matches_unsorted_reference(qfile, runs, tmp_path):
 
 def test_run_dir_expands_and_ensemble_is_weighted_mean(qfile, runs, tmp_path):
     out = tmp_path / "out"
-    run_infer(qfile, [str(runs["a"])], out, _config("infer.ensemble=logits"), weights="1,3")
+    run_infer(qfile, [str(runs["a"])], out, _config("infer.ensemble=logits", "infer.weights=1,3"))
     a = np.load(out / "logits" / "run_a-fold_0.npy")
     b = np.load(out / "logits" / "run_a-fold_1.npy")
     ens = np.load(out / "logits" / "ensemble.npy")
@@ -210,7 +210,7 @@ def test_glob_and_kaggle_style_dirs_without_meta(qfile, tmp_path):
 def test_tta_runs_rotations_and_averages(qfile, runs, tmp_path):
     fold = runs["a"] / "fold_0"
     out = tmp_path / "out"
-    run_infer(qfile, [str(fold)], out, _config(), tta=3)
+    run_infer(qfile, [str(fold)], out, _config("infer.tta=3"))
     frame = read_table(qfile)
     from infer.plan.tta import permute_options, rotations, unpermute
 
@@ -226,7 +226,7 @@ def test_tta_runs_rotations_and_averages(qfile, runs, tmp_path):
 
 def test_weights_auto_fits_on_oof(qfile, runs, tmp_path):
     result = run_infer(
-        qfile, [str(runs["a"]), str(runs["b"])], tmp_path / "out", _config(), weights="auto"
+        qfile, [str(runs["a"]), str(runs["b"])], tmp_path / "out", _config("infer.weights=auto")
     )
     fit = result["weights_fit"]
     assert fit["oof_questions"] == 12
@@ -239,7 +239,9 @@ def test_weights_auto_fits_on_oof(qfile, runs, tmp_path):
 def test_weights_auto_refuses_different_oof_ids(qfile, runs, tmp_path):
     other = make_run(tmp_path / "run_c", 3, questions=_questions(12, seed=99).iloc[:8])
     with pytest.raises(InferError, match="must be trained on the same questions"):
-        run_infer(qfile, [str(runs["a"]), str(other)], tmp_path / "out", _config(), weights="auto")
+        run_infer(
+            qfile, [str(runs["a"]), str(other)], tmp_path / "out", _config("infer.weights=auto")
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -250,20 +252,20 @@ def test_offline_with_sockets_blocked(qfile, runs, tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "socket", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    run_infer(qfile, [str(runs["a"])], tmp_path / "out", _config(), tta=2)
+    run_infer(qfile, [str(runs["a"])], tmp_path / "out", _config("infer.tta=2"))
     assert len(read_submission(tmp_path / "out" / "submission.csv")) == 10
 
 
 def test_resume_skips_finished_models(qfile, runs, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    run_infer(qfile, [str(runs["a"])], out, _config(), tta=2)
+    run_infer(qfile, [str(runs["a"])], out, _config("infer.tta=2"))
     first = (out / "submission.csv").read_text()
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a cached model was loaded again")
 
     monkeypatch.setattr("infer.runner.load_model", no_loading)
-    result = run_infer(qfile, [str(runs["a"])], out, _config(), tta=2)
+    result = run_infer(qfile, [str(runs["a"])], out, _config("infer.tta=2"))
     assert {r["status"] for r in result["models"][:-1]} == {"cached"}
     assert (out / "submission.csv").read_text() == first
 
@@ -325,9 +327,12 @@ def test_time_budget_drops_tta_then_models(
 ):
     budget = budget_passes * _pass_seconds(qfile, runs, tmp_path, fake_clock)
     result = run_infer(
-        qfile, [str(runs["a"])], tmp_path / "out", _config("infer.budget_margin=0"),
-        tta=2, time_budget=f"{budget:.3f}s", clock=fake_clock,
-    )  # fmt: skip
+        qfile,
+        [str(runs["a"])],
+        tmp_path / "out",
+        _config("infer.budget_margin=0", "infer.tta=2", f"infer.time_budget={budget:.3f}s"),
+        clock=fake_clock,
+    )
     assert [r.get("passes", 0) for r in result["models"][:-1]] == passes
     sub = read_submission(tmp_path / "out" / "submission.csv")
     assert len(sub) == 10 and all(len(p.split()) == 3 for p in sub["prediction"])
@@ -340,7 +345,7 @@ def test_budget_too_small_writes_nothing(qfile, runs, tmp_path, fake_clock):
     budget = 0.1 * _pass_seconds(qfile, runs, tmp_path, fake_clock)
     out = tmp_path / "out"
     with pytest.raises(BudgetError, match="too small for even one model"):
-        run_infer(qfile, [str(runs["a"])], out, _config(), time_budget=f"{budget:.3f}s",
+        run_infer(qfile, [str(runs["a"])], out, _config(f"infer.time_budget={budget:.3f}s"),
                   clock=fake_clock)  # fmt: skip
     assert not out.exists()
 
@@ -350,9 +355,11 @@ def test_cascade_sends_unsure_questions_to_expensive_models(qfile, runs, tmp_pat
     # Make "big" more expensive by weight-file size only: cheap = the run's folds.
     shutil.copy(big / "model.safetensors", big / "extra.safetensors")
     result = run_infer(
-        qfile, [str(runs["a"] / "fold_0"), str(big)], tmp_path / "out",
+        qfile,
+        [str(runs["a"] / "fold_0"), str(big)],
+        tmp_path / "out",
         _config("infer.cascade_cheap=1", "infer.cascade_fraction=0.3"),
-    )  # fmt: skip
+    )
     cascade = result["cascade"]
     assert cascade["cheap"] == ["run_a-fold_0"] and cascade["expensive"] == ["big"]
     assert cascade["escalated"] == 3
@@ -437,22 +444,24 @@ def test_weights_auto_reads_labels_from_the_train_manifest(qfile, tmp_path):
     oof = pd.read_parquet(run / "oof.parquet").drop(columns=["answer"])
     oof.to_parquet(run / "oof.parquet")
     (run / "manifest.json").write_text(json.dumps({"inputs": [{"path": str(train_file)}]}))
-    result = run_infer(qfile, [str(run)], tmp_path / "out", _config(), weights="auto")
+    result = run_infer(qfile, [str(run)], tmp_path / "out", _config("infer.weights=auto"))
     assert result["weights_fit"]["oof_questions"] == 12
     (run / "manifest.json").unlink()
     with pytest.raises(InferError, match=r"infer\.oof_labels"):
-        run_infer(qfile, [str(run)], tmp_path / "out2", _config(), weights="auto")
+        run_infer(qfile, [str(run)], tmp_path / "out2", _config("infer.weights=auto"))
     result = run_infer(
-        qfile, [str(run)], tmp_path / "out3", _config(f"infer.oof_labels={train_file}"),
-        weights="auto",
-    )  # fmt: skip
+        qfile,
+        [str(run)],
+        tmp_path / "out3",
+        _config(f"infer.oof_labels={train_file}", "infer.weights=auto"),
+    )
     assert result["weights_fit"]["oof_questions"] == 12
 
 
 def test_weights_auto_refuses_models_outside_a_run(qfile, tmp_path):
     make_model(tmp_path / "run_0", 3, meta=False)
     with pytest.raises(InferError, match="not inside one"):
-        run_infer(qfile, [str(tmp_path / "run_0")], tmp_path / "out", _config(), weights="auto")
+        run_infer(qfile, [str(tmp_path / "run_0")], tmp_path / "out", _config("infer.weights=auto"))
 
 
 @pytest.mark.gpu

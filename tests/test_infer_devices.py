@@ -174,17 +174,25 @@ def test_a_real_error_wins_over_the_stop_it_causes():
 @pytest.mark.parametrize(
     ("sets", "tta", "weights"),
     [
-        ((), 1, None),
+        ((), 1, "equal"),
         (("infer.ensemble=logits",), 3, "1,3"),
-        (("infer.cascade_cheap=1", "infer.cascade_fraction=0.4"), 2, None),
+        (("infer.cascade_cheap=1", "infer.cascade_fraction=0.4"), 2, "equal"),
     ],
     ids=["plain", "tta+weights", "cascade+tta"],
 )
 def test_two_cpu_workers_equal_one_device(qfile, run_dir, tmp_path, sets, tta, weights):
-    one = run_infer(qfile, [str(run_dir)], tmp_path / "one", _config(*sets), tta=tta,
-                    weights=weights)  # fmt: skip
-    two = run_infer(qfile, [str(run_dir)], tmp_path / "two", _config(*sets, TWO_CPUS), tta=tta,
-                    weights=weights)  # fmt: skip
+    one = run_infer(
+        qfile,
+        [str(run_dir)],
+        tmp_path / "one",
+        _config(*sets, f"infer.tta={tta}", f"infer.weights={weights}"),
+    )
+    two = run_infer(
+        qfile,
+        [str(run_dir)],
+        tmp_path / "two",
+        _config(*sets, TWO_CPUS, f"infer.tta={tta}", f"infer.weights={weights}"),
+    )
     _assert_same_run(tmp_path / "one", tmp_path / "two")
     assert two["devices"] == ["cpu", "cpu"] and one["devices"] == ["cpu"]
     assert [m["weight"] for m in two["models"]] == [m["weight"] for m in one["models"]]
@@ -209,8 +217,8 @@ def few(tmp_path) -> Path:
 
 def test_causal_member_is_split_and_equal(few, tiny_llm, tmp_path):
     member = f"llm:{tiny_llm}?mode=letter"  # letter scoring: where TTA changes the scores
-    run_infer(few, [member], tmp_path / "one", _config(), tta=2)
-    result = run_infer(few, [member], tmp_path / "two", _config(TWO_CPUS), tta=2)
+    run_infer(few, [member], tmp_path / "one", _config("infer.tta=2"))
+    result = run_infer(few, [member], tmp_path / "two", _config(TWO_CPUS, "infer.tta=2"))
     _assert_same_run(tmp_path / "one", tmp_path / "two")
     assert [sum(d["questions"] for d in m["devices"]) for m in result["models"][:-1]] == [28]
     assert all(d["questions"] > 0 for d in result["models"][0]["devices"])
@@ -234,14 +242,14 @@ def test_device_map_member_is_not_split_again(few, tiny_llm, tmp_path, monkeypat
 
 def test_cache_is_shared_between_device_counts(qfile, run_dir, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    run_infer(qfile, [str(run_dir)], out, _config(), tta=2)
+    run_infer(qfile, [str(run_dir)], out, _config("infer.tta=2"))
     first = (out / "submission.csv").read_text()
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a cached model was loaded again")
 
     monkeypatch.setattr("infer.runner.load_model", no_loading)
-    result = run_infer(qfile, [str(run_dir)], out, _config(TWO_CPUS), tta=2)
+    result = run_infer(qfile, [str(run_dir)], out, _config(TWO_CPUS, "infer.tta=2"))
     assert {m["status"] for m in result["models"][:-1]} == {"cached"}
     assert (out / "submission.csv").read_text() == first
 
@@ -318,11 +326,21 @@ def test_budget_plans_for_devices_in_parallel(qfile, run_dir, tmp_path, clock):
     budget = f"{2.6 * pass_seconds:.3f}s"
     cfg = ("infer.budget_margin=0",)
     clock.now = 0.0
-    serial = run_infer(qfile, [str(run_dir)], tmp_path / "a", _config(*cfg), tta=2,
-                       time_budget=budget, clock=clock)  # fmt: skip
+    serial = run_infer(
+        qfile,
+        [str(run_dir)],
+        tmp_path / "a",
+        _config(*cfg, "infer.tta=2", f"infer.time_budget={budget}"),
+        clock=clock,
+    )
     clock.now = 0.0
-    parallel = run_infer(qfile, [str(run_dir)], tmp_path / "b", _config(*cfg, TWO_CPUS), tta=2,
-                         time_budget=budget, clock=clock)  # fmt: skip
+    parallel = run_infer(
+        qfile,
+        [str(run_dir)],
+        tmp_path / "b",
+        _config(*cfg, TWO_CPUS, "infer.tta=2", f"infer.time_budget={budget}"),
+        clock=clock,
+    )
     # One device: 2 folds x 1 pass fit. Two devices halve every pass: 2 folds x 2 passes.
     assert [m["passes"] for m in serial["models"][:-1]] == [1, 1]
     assert [m["passes"] for m in parallel["models"][:-1]] == [2, 2]
@@ -346,9 +364,16 @@ def test_budget_stop_on_one_device_stops_the_other(qfile, run_dir, tmp_path, clo
     clock.now = 0.0
     out = tmp_path / "out"
     result = run_infer(
-        qfile, [str(run_dir)], out, _config("infer.budget_margin=0", TWO_CPUS),
-        time_budget=f"{4 * one['models'][0]['seconds']:.3f}s", clock=clock,
-    )  # fmt: skip
+        qfile,
+        [str(run_dir)],
+        out,
+        _config(
+            "infer.budget_margin=0",
+            TWO_CPUS,
+            f"infer.time_budget={4 * one['models'][0]['seconds']:.3f}s",
+        ),
+        clock=clock,
+    )
     fold_0, fold_1 = result["models"][:2]
     assert fold_0["status"] == "done" and fold_1["passes"] == 0
     assert "does not fit the time budget" in fold_1["status"]
@@ -446,7 +471,13 @@ def test_budget_too_small_on_two_devices_writes_nothing(qfile, run_dir, tmp_path
     out = tmp_path / "out"
     budget = f"{0.05 * one['models'][0]['seconds']:.3f}s"
     with pytest.raises(InferError, match="too small for even one model"):
-        run_infer(qfile, [str(run_dir)], out, _config(TWO_CPUS), time_budget=budget, clock=clock)
+        run_infer(
+            qfile,
+            [str(run_dir)],
+            out,
+            _config(TWO_CPUS, f"infer.time_budget={budget}"),
+            clock=clock,
+        )
     assert not out.exists()
 
 

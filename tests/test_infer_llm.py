@@ -72,7 +72,9 @@ def test_zero_shot_llm_scores_every_option(qfile, tiny_llm, tmp_path, mode):
 def test_tta_matters_for_letter_scoring_only(qfile, tiny_llm, tmp_path):
     def run(mode: str, tta: int) -> np.ndarray:
         out = tmp_path / f"{mode}{tta}"
-        run_infer(qfile, [f"llm:{tiny_llm}"], out, _config(f"causal_lm.mode={mode}"), tta=tta)
+        run_infer(
+            qfile, [f"llm:{tiny_llm}"], out, _config(f"causal_lm.mode={mode}", f"infer.tta={tta}")
+        )
         return _logits(out, "llm-tiny")
 
     np.testing.assert_allclose(run("cloze", 1), run("cloze", 3), atol=1e-5)  # option order is moot

@@ -130,7 +130,8 @@ def test_member_override_tta_and_cascade(qfile, tiny_llm, tmp_path):
 
     def run(arg: str, name: str, out: str) -> dict:
         cfg = _config(tmp_path, *cascade, f"infer.cascade_expensive=[{name}]")
-        return run_infer(qfile, [arg, str(mc)], tmp_path / out, cfg, tta=3)
+        cfg.infer.tta = 3
+        return run_infer(qfile, [arg, str(mc)], tmp_path / out, cfg)
 
     run(f"llm:{tiny_llm}", "llm-tiny", "a")
     name = "llm-tiny-layers-false"
@@ -328,9 +329,10 @@ def test_time_budget_plans_a_streamed_member_from_its_first_group(qfile, tiny_ll
     one = run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "one", cfg, clock=lambda: clock["now"])
     per_pass = one["models"][0]["seconds"]
     clock["now"] = 0.0
+    cfg.infer.tta = 3
+    cfg.infer.time_budget = f"{2.5 * per_pass:.3f}s"
     result = run_infer(
-        qfile, [f"llm:{tiny_llm}"], tmp_path / "out", cfg, tta=3,
-        time_budget=f"{2.5 * per_pass:.3f}s", clock=lambda: clock["now"],
+        qfile, [f"llm:{tiny_llm}"], tmp_path / "out", cfg, clock=lambda: clock["now"],
     )  # fmt: skip
     assert result["models"][0]["passes"] == 2 and result["plans"]
 

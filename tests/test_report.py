@@ -377,8 +377,12 @@ def test_report_reads_a_real_infer_run_with_a_time_budget(tmp_path):
     questions = write_questions(frame, tmp_path / "q.csv")
     run = make_run(tmp_path / "run_a", 1, questions=frame)
     out = tmp_path / "out"
-    run_infer(questions, [str(run)], out, load_config(None, ["infer.batch_size=4"]),
-              time_budget="1h", tta=2)  # fmt: skip
+    run_infer(
+        questions,
+        [str(run)],
+        out,
+        load_config(None, ["infer.batch_size=4", "infer.time_budget=1h", "infer.tta=2"]),
+    )
     report = tmp_path / "report"
     result = runner.invoke(app, ["report", str(out), "--out", str(report), "--resamples", "200"])
     assert result.exit_code == 0, result.output

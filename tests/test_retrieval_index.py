@@ -131,7 +131,8 @@ def test_retrieve_fills_context_keeps_columns_and_writes_audit(built: Path, tmp_
     _questions(3).to_csv(questions, index=False)
     out = tmp_path / "out" / "q_ctx.parquet"
     config = _config(f"runs_dir={tmp_path / 'runs'}")
-    run_retrieve(questions, built, out, config, k=2)
+    config.retrieval.k = 2
+    run_retrieve(questions, built, out, config)
     frame = pd.read_parquet(out)
     assert list(frame.columns) == [*_questions(3).columns, "context"]
     assert frame["id"].tolist() == ["q0", "q1", "q2", "q3"]
@@ -155,7 +156,8 @@ def test_context_budget_in_backbone_tokens(built: Path, tmp_path: Path) -> None:
     _questions(2).to_csv(questions, index=False)
     out = tmp_path / "q_ctx.csv"
     config = _config("retrieval.context_unit=tokens", "retrieval.context_budget=12")
-    run_retrieve(questions, built, out, config, k=3)
+    config.retrieval.k = 3
+    run_retrieve(questions, built, out, config)
     from transformers import AutoTokenizer
 
     from sciqa.assets.registry import resolve_model
@@ -321,7 +323,7 @@ def test_retrieve_bad_inputs(built: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.csv"
     cases = [
         ((bad, "--index", built), "missing column(s) 'prompt'"),
-        ((good, "--index", built, "--k", "0"), "--k 0: must be at least 1"),
+        ((good, "--index", built, "--k", "0"), "--k 0: retrieval.k: Input should be greater than or equal to 1"),
         ((good, "--index", built, "--k", "999"), "holds only"),
         ((good, "--index", tmp_path), "not a complete sciqa index"),
         ((good, "--index", tmp_path / "nope"), "no such index folder"),

@@ -143,9 +143,11 @@ def test_infer_fits_weights_on_the_runs_oof(tmp_path, method):
     noise = _informative_oof(make_run(tmp_path / "noise", 2, questions=train), 0.0, 2)
     qfile = write_questions(_questions(6), tmp_path / "q.csv")
     result = run_infer(
-        qfile, [str(noise), str(good)], tmp_path / "out", _config("infer.ensemble=logits"),
-        weights=method,
-    )  # fmt: skip
+        qfile,
+        [str(noise), str(good)],
+        tmp_path / "out",
+        _config("infer.ensemble=logits", f"infer.weights={method}"),
+    )
     fit = result["weights_fit"]
     assert fit["oof_questions"] == 60
     weights = {r["model"]: r["weight"] for r in result["models"][:-1]}
@@ -157,6 +159,8 @@ def test_infer_fits_weights_on_the_runs_oof(tmp_path, method):
         assert set(fit["nested_cv_map_at_3"]) == {"best", "equal", "greedy", "stack"}
         with pytest.raises(InferError, match=r"too few for infer\.weight_folds=40"):
             run_infer(
-                qfile, [str(good)], tmp_path / "out2", _config("infer.weight_folds=40"),
-                weights="select",
-            )  # fmt: skip
+                qfile,
+                [str(good)],
+                tmp_path / "out2",
+                _config("infer.weight_folds=40", "infer.weights=select"),
+            )

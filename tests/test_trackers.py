@@ -70,7 +70,8 @@ def test_tensorboard_and_mlflow_log_each_fold_to_local_files(
     out = tmp_path / "run"
     before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", *OFFLINE)}
     cfg = config_for(tiny_bert, "train.report_to=tensorboard,mlflow")
-    run_train(questions, out, cfg, folds=2)
+    cfg.train.folds = 2
+    run_train(questions, out, cfg)
     assert no_network == []
     assert {k: os.environ.get(k) for k in before} == before  # the fold's settings are undone
 
@@ -109,9 +110,9 @@ def test_report_to_does_not_change_the_fingerprint(tmp_path, tiny_bert):
     pytest.importorskip("tensorboard")
     questions = write_table(make_questions(12), tmp_path / "q.csv")
     out = tmp_path / "run"
-    run_train(questions, out, config_for(tiny_bert), folds=2, fold=0)
+    run_train(questions, out, config_for(tiny_bert, "train.folds=2"), fold=0)
     # Turning a tracker on for the second fold resumes the same run, not a refusal.
-    run_train(questions, out, config_for(tiny_bert, "train.report_to=tensorboard"), folds=2)
+    run_train(questions, out, config_for(tiny_bert, "train.report_to=tensorboard", "train.folds=2"))
     assert not (out / "tracking" / "tensorboard" / "fold_0").exists()
     assert any((out / "tracking" / "tensorboard" / "fold_1").glob("events.out.tfevents.*"))
 

@@ -108,7 +108,7 @@ def finished_run(tmp_path_factory, tiny_bert):
     directory = tmp_path_factory.mktemp("run")
     questions = write_table(make_questions(), directory / "q.csv")
     out = directory / "run"
-    run_train(questions, out, config_for(tiny_bert), folds=2)
+    run_train(questions, out, config_for(tiny_bert, "train.folds=2"))
     return questions, out
 
 
@@ -214,7 +214,7 @@ def test_tiny_run_writes_the_contract_and_reloads_to_the_oof_logits(finished_run
 def test_rerun_skips_finished_folds(finished_run, tiny_bert):
     questions, out = finished_run
     stamp = (out / "fold_0" / "metrics.json").stat().st_mtime_ns
-    assert run_train(questions, out, config_for(tiny_bert), folds=2) == []
+    assert run_train(questions, out, config_for(tiny_bert, "train.folds=2")) == []
     assert (out / "fold_0" / "metrics.json").stat().st_mtime_ns == stamp
 
 
@@ -232,12 +232,14 @@ def test_different_config_is_refused_unless_overwrite(finished_run, tiny_bert, t
 def test_overwrite_replaces_the_run(tmp_path, tiny_bert):
     questions = write_table(make_questions(12), tmp_path / "q.csv")
     out = tmp_path / "run"
-    run_train(questions, out, config_for(tiny_bert), folds=2, fold=1)
+    run_train(questions, out, config_for(tiny_bert, "train.folds=2"), fold=1)
     (out / "fold_1" / "stale.txt").write_text("x")
     config = config_for(tiny_bert, "train.learning_rate=0.001")
     with pytest.raises(SciqaError, match=r"different train\.learning_rate;"):
-        run_train(questions, out, config, folds=2, fold=1)
-    trained = run_train(questions, out, config, folds=2, fold=1, overwrite=True)
+        config.train.folds = 2
+        run_train(questions, out, config, fold=1)
+    config.train.folds = 2
+    trained = run_train(questions, out, config, fold=1, overwrite=True)
     assert [m["fold"] for m in trained] == [1]
     assert not (out / "fold_1" / "stale.txt").exists()
 
@@ -246,12 +248,12 @@ def test_single_fold_and_full_fit_with_valid_file(tmp_path, tiny_bert):
     questions = write_table(make_questions(12), tmp_path / "q.csv")
     valid = write_table(make_questions(8).assign(id=lambda f: "v" + f["id"]), tmp_path / "v.csv")
     out = tmp_path / "full"
-    run_train(questions, out, config_for(tiny_bert), folds=1, valid=valid)
+    run_train(questions, out, config_for(tiny_bert, "train.folds=1"), valid=valid)
     oof = pd.read_parquet(out / "oof.parquet")
     assert list(oof["id"]) == [f"vq{i:03d}" for i in range(8)] and set(oof["fold"]) == {0}
 
     out = tmp_path / "one"
-    trained = run_train(questions, out, config_for(tiny_bert), folds=3, fold=2)
+    trained = run_train(questions, out, config_for(tiny_bert, "train.folds=3"), fold=2)
     assert [m["fold"] for m in trained] == [2]
     assert sorted(p.name for p in out.glob("fold_*")) == ["fold_2"]
 
@@ -263,12 +265,14 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(
     out = tmp_path / "run"
     config = config_for(tiny_bert, "train.epochs=2", "train.early_stopping_patience=5")
     with pytest.raises(KeyboardInterrupt):
-        run_train(questions, out, config, folds=2)
+        config.train.folds = 2
+        run_train(questions, out, config)
     checkpoints = list((out / "fold_0" / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1 and not (out / "fold_0" / "metrics.json").exists()
 
     kill_after_checkpoint()  # undo: the rerun may finish
-    trained = run_train(questions, out, config, folds=2)
+    config.train.folds = 2
+    trained = run_train(questions, out, config)
     assert [m["fold"] for m in trained] == [0, 1]
     assert trained[0]["resumed_from"] == str(checkpoints[0])
     assert trained[1]["resumed_from"] is None
@@ -284,7 +288,8 @@ def test_deberta_v2_random_init_path_trains_saves_and_reloads(tmp_path, tiny_deb
     questions = write_table(make_questions(12), tmp_path / "q.csv")
     out = tmp_path / "run"
     config = config_for(tiny_deberta, "train.freeze_embeddings=true", "train.freeze_layers=1")
-    trained = run_train(questions, out, config, folds=2)
+    config.train.folds = 2
+    trained = run_train(questions, out, config)
     assert len(trained) == 2
     model = AutoModelForMultipleChoice.from_pretrained(out / "fold_0")
     assert isinstance(model, DebertaV2ForMultipleChoice)
@@ -304,7 +309,8 @@ def test_lora_adapters_are_merged_into_a_plain_model(tmp_path, tiny_bert):
     questions = write_table(make_questions(12), tmp_path / "q.csv")
     out = tmp_path / "run"
     config = config_for(tiny_bert, "train.lora=true", "train.lora_target_modules=[query,value]")
-    run_train(questions, out, config, folds=2, fold=0)
+    config.train.folds = 2
+    run_train(questions, out, config, fold=0)
     model = AutoModelForMultipleChoice.from_pretrained(out / "fold_0")
     assert not any("lora" in name for name, _ in model.named_parameters())
 

@@ -40,7 +40,8 @@ def test_oof_logits_come_from_the_best_evaluation_without_predicting_again(
     questions = write_table(make_questions(16), tmp_path / "q.csv")
     out = tmp_path / "run"
     config = config_for(tiny_bert, f"train.epochs={epochs}", "train.learning_rate=0.01")
-    run_train(questions, out, config, folds=2, fold=0)
+    config.train.folds = 2
+    run_train(questions, out, config, fold=0)
     oof = pd.read_parquet(out / "oof.parquet")
     rows = read_table(questions).set_index("id").loc[oof["id"]].reset_index()
     # The saved (best) model gives exactly the logits written as out-of-fold.

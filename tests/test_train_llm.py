@@ -87,7 +87,7 @@ def cloze_run(tmp_path_factory, tiny_llama):
     directory = tmp_path_factory.mktemp("cloze")
     questions = write_table(make_questions(), directory / "q.csv")
     out = directory / "run"
-    run_train(questions, out, config_for(tiny_llama, "train.precision=fp32"), folds=2)
+    run_train(questions, out, config_for(tiny_llama, "train.precision=fp32", "train.folds=2"))
     return questions, out
 
 
@@ -130,9 +130,11 @@ def test_changed_causal_lm_section_is_refused_but_infer_only_keys_resume(cloze_r
     questions, out = cloze_run
     config = config_for(tiny_llama, "train.precision=fp32", "causal_lm.mode=letter")
     with pytest.raises(SciqaError, match=r"different causal_lm\.mode;"):
-        run_train(questions, out, config, folds=2)
+        config.train.folds = 2
+        run_train(questions, out, config)
     config = config_for(tiny_llama, "train.precision=fp32", "causal_lm.batch_size=2")
-    assert run_train(questions, out, config, folds=2) == []  # finished folds skipped
+    config.train.folds = 2
+    assert run_train(questions, out, config) == []  # finished folds skipped
 
 
 def test_resume_after_a_kill_continues_from_the_checkpoint(
@@ -142,12 +144,14 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(
     out = tmp_path / "run"
     config = config_for(tiny_llama, "train.epochs=2", "train.early_stopping_patience=5")
     with pytest.raises(KeyboardInterrupt):
-        run_train(questions, out, config, folds=2, fold=0)
+        config.train.folds = 2
+        run_train(questions, out, config, fold=0)
     checkpoints = list((out / "fold_0" / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1
 
     kill_after_checkpoint()  # undo: the rerun may finish
-    [trained] = run_train(questions, out, config, folds=2, fold=0)
+    config.train.folds = 2
+    [trained] = run_train(questions, out, config, fold=0)
     assert trained["resumed_from"] == str(checkpoints[0])
     assert [e["epoch"] for e in trained["epochs"]] == [1.0, 2.0]
 
@@ -158,7 +162,7 @@ def test_letter_and_yes_no_modes_train_with_one_oof_column_per_letter(tmp_path, 
 
     questions = write_table(make_questions(20, n_options=5), tmp_path / "q.csv")
     out = tmp_path / "run"
-    run_train(questions, out, config_for(tiny_llama, f"causal_lm.mode={mode}"), folds=2)
+    run_train(questions, out, config_for(tiny_llama, f"causal_lm.mode={mode}", "train.folds=2"))
     oof = pd.read_parquet(out / "oof.parquet")
     assert list(oof.columns) == ["id", "fold", *"ABCDE", "answer"] and len(oof) == 20
     assert np.isfinite(oof[list("ABCDE")].to_numpy()).all()
@@ -173,7 +177,8 @@ def test_lora_is_merged_into_a_plain_model_whose_weights_changed(tmp_path, tiny_
     questions = write_table(make_questions(12), tmp_path / "q.csv")
     out = tmp_path / "run"
     config = config_for(tiny_llama, "train.lora=true", "train.learning_rate=0.01")
-    run_train(questions, out, config, folds=2, fold=0)
+    config.train.folds = 2
+    run_train(questions, out, config, fold=0)
     directory = out / "fold_0"
     assert not list(directory.glob("adapter_*"))
     model = load_causal_lm(str(directory), dtype=torch.float32)
@@ -198,7 +203,8 @@ def test_loss_falls_on_a_learnable_task(tmp_path, tiny_llama):
         "train.early_stopping_patience=5",
         "train.precision=fp32",
     )
-    run_train(questions, out, config, folds=2, fold=0)
+    config.train.folds = 2
+    run_train(questions, out, config, fold=0)
     metrics = json.loads((out / "fold_0" / "metrics.json").read_text())
 
     # The untrained model's loss on the same validation questions.

@@ -119,7 +119,6 @@ def run_train(
     out: Path,
     config: SciqaConfig,
     *,
-    folds: int | None = None,
     fold: int | None = None,
     valid: Path | None = None,
     overwrite: bool = False,
@@ -131,9 +130,9 @@ def run_train(
     from train.trackers import check_trackers
 
     check_trackers(config.train.report_to)  # before anything is loaded or written
-    folds = config.train.folds if folds is None else folds
+    folds = config.train.folds
     if folds < 1:
-        raise SciqaError(f"--folds {folds}: must be at least 1")
+        raise SciqaError(f"train.folds (--folds) = {folds}: must be at least 1")
     plan = fold_plan(folds, fold)
     frame = load_labelled(questions)
     letters = option_letters(frame.columns)

@@ -31,7 +31,7 @@ from infer.errors import InferError
 from infer.models import ModelSpec, expand_model_dirs
 from infer.pack.members import MODELS, Member, copy_member, plan_members
 from infer.pack.script import PREDICT, render
-from sciqa.config import SciqaConfig, load_config
+from sciqa.config import InferConfig, SciqaConfig, load_config
 from sciqa.runs import MANIFEST, OOF, file_digest, git_sha
 
 BUNDLE_FORMAT = "sciqa-bundle/1"
@@ -67,24 +67,15 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise InferError(f"--out {out}: already a bundle; pass --overwrite to replace it")
 
 
-def _apply_options(
-    config: SciqaConfig, weights: str | None, tta: int | None, time_budget: str | None
-) -> SciqaConfig:
+def _check_infer(infer: InferConfig) -> None:
+    """What the target would refuse, refused here: a typo fails before anything is copied."""
     from infer.plan.budget import parse_duration
 
-    cfg = config.model_copy(deep=True)
-    if weights is not None:
-        cfg.infer.weights = weights
-    if tta is not None:
-        cfg.infer.tta = tta
-    if time_budget is not None:
-        cfg.infer.time_budget = time_budget
-    if cfg.infer.time_budget:
-        parse_duration(cfg.infer.time_budget)  # a typo fails here, not on the target
-    labels = cfg.infer.oof_labels
+    if infer.time_budget:
+        parse_duration(infer.time_budget)
+    labels = infer.oof_labels
     if labels is not None and not Path(labels).expanduser().is_file():
         raise InferError(f"infer.oof_labels = {labels!r}: no such file")
-    return cfg
 
 
 def _weights(specs: list[ModelSpec], cfg: SciqaConfig) -> dict[str, Any]:
@@ -231,9 +222,6 @@ def run_pack(
     out: Path,
     config: SciqaConfig,
     *,
-    weights: str | None = None,
-    tta: int | None = None,
-    time_budget: str | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -244,7 +232,8 @@ def run_pack(
 
     out = Path(os.path.abspath(out))
     _check_out(out, overwrite)
-    cfg = _apply_options(config, weights, tta, time_budget)
+    cfg = config
+    _check_infer(cfg.infer)
     specs = expand_model_dirs(
         model_args, max_length=cfg.infer.max_length, use_context=cfg.infer.use_context
     )
