@@ -29,19 +29,3 @@ def pytest_configure(config):
     # Tests never download: a model that is not packaged must fail, not fetch.
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
-
-@pytest.fixture
-def kill_after_checkpoint(monkeypatch):
-    """Make ``sciqa train`` die (KeyboardInterrupt) right after its first checkpoint is
-    saved, as a killed job would; calling the returned function lets training finish."""
-    from train.trainer import LengthGroupedTrainer
-
-    original = LengthGroupedTrainer._save_checkpoint
-
-    def save_then_die(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(LengthGroupedTrainer, "_save_checkpoint", save_then_die)
-    return lambda: monkeypatch.setattr(LengthGroupedTrainer, "_save_checkpoint", original)

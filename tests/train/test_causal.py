@@ -13,59 +13,30 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from tiny_llm import build_tiny_llama  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from sciqa.assets.llm import load_causal_lm, load_causal_tokenizer  # noqa: E402
 from sciqa.cli import app  # noqa: E402
-from sciqa.config import load_config  # noqa: E402
 from sciqa.errors import ConfigError, SciqaError  # noqa: E402
 from sciqa.io import read_table, write_table  # noqa: E402
 from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm  # noqa: E402
 from sciqa.scoring.llm_scoring import ScoreHead, score_rows  # noqa: E402
+from tests.builders import (  # noqa: E402
+    CAUSAL_TRAIN_SMALL,
+    build_tiny_llama,
+    make_config,
+    train_questions,
+)
+from tests.builders import TRAIN_WORDS as WORDS  # noqa: E402
 from train.commands import run_train  # noqa: E402
 
 runner = CliRunner()
-WORDS = (  # noqa: SIM905 (one string reads better than 36 list items)
-    "the a is what which of in on gas water sun plant light energy red blue cell atom heat "
-    "cold moon earth rock iron salt sugar leaf root seed wind rain ice fire"
-).split()
 RIGHT = "frozen salt crystal"  # the learnable task's answer, always the same tokens
-SMALL = (
-    "train.epochs=1",
-    "train.batch_size=4",
-    "train.eval_batch_size=4",
-    "train.logging_steps=1000",
-    "causal_lm.max_length=48",  # the contexts are longer: truncation is exercised too
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread than fighting other jobs for two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_questions(n: int = 24, n_options: int = 4, *, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    letters = "ABCDEFGH"[:n_options]
-    rows = []
-    for i in range(n):
-        row = {"id": f"q{i:03d}", "prompt": " ".join(rng.choice(WORDS, 6))}
-        for letter in letters:
-            row[letter] = " ".join(rng.choice(WORDS, 2))
-        row["answer"] = letters[i % n_options]
-        row["context"] = " ".join(rng.choice(WORDS, 40))
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def learnable_questions(n: int = 40) -> pd.DataFrame:
     """The right option is always RIGHT, at a varying letter: a model can learn it."""
-    frame = make_questions(n, seed=1).drop(columns="context")
+    frame = train_questions(n, seed=1).drop(columns="context")
     for i in range(n):
         frame.loc[i, frame.loc[i, "answer"]] = RIGHT
     return frame
@@ -73,21 +44,26 @@ def learnable_questions(n: int = 40) -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> str:
-    texts = [" ".join(WORDS), RIGHT, *make_questions(8)["context"]]
+    texts = [" ".join(WORDS), RIGHT, *train_questions(8)["context"]]
     return str(build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), texts))
-
-
-def config_for(backbone: str, *extra: str):
-    return load_config(None, [f"models.backbone={backbone}", *SMALL, *extra])
 
 
 @pytest.fixture(scope="module")
 def cloze_run(tmp_path_factory, tiny_llama):
     """A 2-fold full fine-tune in fp32, shared by the contract tests."""
     directory = tmp_path_factory.mktemp("cloze")
-    questions = write_table(make_questions(), directory / "q.csv")
+    questions = write_table(train_questions(24), directory / "q.csv")
     out = directory / "run"
-    run_train(questions, out, config_for(tiny_llama, "train.precision=fp32", "train.folds=2"))
+    run_train(
+        questions,
+        out,
+        make_config(
+            f"models.backbone={tiny_llama}",
+            *CAUSAL_TRAIN_SMALL,
+            "train.precision=fp32",
+            "train.folds=2",
+        ),
+    )
     return questions, out
 
 
@@ -128,11 +104,21 @@ def test_cloze_run_writes_the_contract_and_reloads_to_the_oof_logits(cloze_run):
 
 def test_changed_causal_lm_section_is_refused_but_infer_only_keys_resume(cloze_run, tiny_llama):
     questions, out = cloze_run
-    config = config_for(tiny_llama, "train.precision=fp32", "causal_lm.mode=letter")
+    config = make_config(
+        f"models.backbone={tiny_llama}",
+        *CAUSAL_TRAIN_SMALL,
+        "train.precision=fp32",
+        "causal_lm.mode=letter",
+    )
     with pytest.raises(SciqaError, match=r"different causal_lm\.mode;"):
         config.train.folds = 2
         run_train(questions, out, config)
-    config = config_for(tiny_llama, "train.precision=fp32", "causal_lm.batch_size=2")
+    config = make_config(
+        f"models.backbone={tiny_llama}",
+        *CAUSAL_TRAIN_SMALL,
+        "train.precision=fp32",
+        "causal_lm.batch_size=2",
+    )
     config.train.folds = 2
     assert run_train(questions, out, config) == []  # finished folds skipped
 
@@ -140,9 +126,14 @@ def test_changed_causal_lm_section_is_refused_but_infer_only_keys_resume(cloze_r
 def test_resume_after_a_kill_continues_from_the_checkpoint(
     tmp_path, tiny_llama, kill_after_checkpoint
 ):
-    questions = write_table(make_questions(12), tmp_path / "q.csv")
+    questions = write_table(train_questions(12), tmp_path / "q.csv")
     out = tmp_path / "run"
-    config = config_for(tiny_llama, "train.epochs=2", "train.early_stopping_patience=5")
+    config = make_config(
+        f"models.backbone={tiny_llama}",
+        *CAUSAL_TRAIN_SMALL,
+        "train.epochs=2",
+        "train.early_stopping_patience=5",
+    )
     with pytest.raises(KeyboardInterrupt):
         config.train.folds = 2
         run_train(questions, out, config, fold=0)
@@ -160,9 +151,18 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(
 def test_letter_and_yes_no_modes_train_with_one_oof_column_per_letter(tmp_path, tiny_llama, mode):
     from train.model import cpu_supports_bf16
 
-    questions = write_table(make_questions(20, n_options=5), tmp_path / "q.csv")
+    questions = write_table(train_questions(20, n_options=5), tmp_path / "q.csv")
     out = tmp_path / "run"
-    run_train(questions, out, config_for(tiny_llama, f"causal_lm.mode={mode}", "train.folds=2"))
+    run_train(
+        questions,
+        out,
+        make_config(
+            f"models.backbone={tiny_llama}",
+            *CAUSAL_TRAIN_SMALL,
+            f"causal_lm.mode={mode}",
+            "train.folds=2",
+        ),
+    )
     oof = pd.read_parquet(out / "oof.parquet")
     assert list(oof.columns) == ["id", "fold", *"ABCDE", "answer"] and len(oof) == 20
     assert np.isfinite(oof[list("ABCDE")].to_numpy()).all()
@@ -174,9 +174,14 @@ def test_letter_and_yes_no_modes_train_with_one_oof_column_per_letter(tmp_path, 
 
 
 def test_lora_is_merged_into_a_plain_model_whose_weights_changed(tmp_path, tiny_llama):
-    questions = write_table(make_questions(12), tmp_path / "q.csv")
+    questions = write_table(train_questions(12), tmp_path / "q.csv")
     out = tmp_path / "run"
-    config = config_for(tiny_llama, "train.lora=true", "train.learning_rate=0.01")
+    config = make_config(
+        f"models.backbone={tiny_llama}",
+        *CAUSAL_TRAIN_SMALL,
+        "train.lora=true",
+        "train.learning_rate=0.01",
+    )
     config.train.folds = 2
     run_train(questions, out, config, fold=0)
     directory = out / "fold_0"
@@ -195,8 +200,9 @@ def test_loss_falls_on_a_learnable_task(tmp_path, tiny_llama):
     frame = learnable_questions()
     questions = write_table(frame, tmp_path / "q.csv")
     out = tmp_path / "run"
-    config = config_for(
-        tiny_llama,
+    config = make_config(
+        f"models.backbone={tiny_llama}",
+        *CAUSAL_TRAIN_SMALL,
         "train.epochs=3",
         "train.learning_rate=0.01",
         "train.warmup_ratio=0",
@@ -249,7 +255,7 @@ def test_cpu_bf16_only_for_causal_lms_and_only_on_cpus_that_have_it(monkeypatch)
 
 
 def run_cli(tmp_path: Path, backbone: str, *sets: str) -> str:
-    path = write_table(make_questions(12), tmp_path / "q.csv")
+    path = write_table(train_questions(12), tmp_path / "q.csv")
     command = ["train", str(path), "--out", str(tmp_path / "run"), "--folds", "2"]
     for item in (f"models.backbone={backbone}", *sets):
         command += ["--set", item]

@@ -12,17 +12,21 @@ from typer.testing import CliRunner
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from test_infer import WORDS, _questions, make_model  # noqa: E402
-from tiny_llm import build_tiny_llama  # noqa: E402
-
 from infer.commands import run_infer  # noqa: E402
 from sciqa.assets.llm import load_causal_lm, load_causal_tokenizer  # noqa: E402
 from sciqa.cli import app  # noqa: E402
-from sciqa.config import load_config  # noqa: E402
 from sciqa.io import write_questions  # noqa: E402
 from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm  # noqa: E402
 from sciqa.scoring.llm_scoring import ScoreHead, score_rows  # noqa: E402
 from sciqa.submission import read_submission  # noqa: E402
+from tests.builders import (  # noqa: E402
+    INFER_SMALL,
+    WORDS,
+    build_tiny_llama,
+    make_config,
+    make_model,
+    make_questions,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +36,7 @@ def tiny_llm(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def qfile(tmp_path) -> Path:
-    return write_questions(_questions(), tmp_path / "questions.csv")
-
-
-def _config(*overrides: str):
-    return load_config(None, ["infer.batch_size=3", "causal_lm.batch_size=3", *overrides])
+    return write_questions(make_questions(), tmp_path / "questions.csv")
 
 
 def _logits(out: Path, name: str) -> np.ndarray:
@@ -46,7 +46,7 @@ def _logits(out: Path, name: str) -> np.ndarray:
 @pytest.mark.parametrize("mode", ["cloze", "letter", "yes_no"])
 def test_zero_shot_llm_scores_every_option(qfile, tiny_llm, tmp_path, mode):
     out = tmp_path / "out"
-    cfg = _config(f"causal_lm.mode={mode}")
+    cfg = make_config(*INFER_SMALL, f"causal_lm.mode={mode}")
     result = run_infer(qfile, [f"llm:{tiny_llm}"], out, cfg)
     assert [m["model"] for m in result["models"]] == ["llm-tiny", "ensemble"]
     got = _logits(out, "llm-tiny")
@@ -73,7 +73,10 @@ def test_tta_matters_for_letter_scoring_only(qfile, tiny_llm, tmp_path):
     def run(mode: str, tta: int) -> np.ndarray:
         out = tmp_path / f"{mode}{tta}"
         run_infer(
-            qfile, [f"llm:{tiny_llm}"], out, _config(f"causal_lm.mode={mode}", f"infer.tta={tta}")
+            qfile,
+            [f"llm:{tiny_llm}"],
+            out,
+            make_config(*INFER_SMALL, f"causal_lm.mode={mode}", f"infer.tta={tta}"),
         )
         return _logits(out, "llm-tiny")
 
@@ -84,24 +87,28 @@ def test_tta_matters_for_letter_scoring_only(qfile, tiny_llm, tmp_path):
 def test_llm_joins_the_ensemble_and_reruns_from_cache(qfile, tiny_llm, tmp_path):
     mc = make_model(tmp_path / "bert", 3, meta=False)
     out = tmp_path / "out"
-    cfg = _config("infer.use_context=false")
+    cfg = make_config(*INFER_SMALL, "infer.use_context=false")
     first = run_infer(qfile, [str(mc), f"llm:{tiny_llm}"], out, cfg)
     assert {m["model"] for m in first["models"]} == {"bert", "llm-tiny", "ensemble"}
     again = run_infer(qfile, [str(mc), f"llm:{tiny_llm}"], out, cfg)
     assert {m["status"] for m in again["models"] if m["model"] != "ensemble"} == {"cached"}
-    changed = run_infer(qfile, [f"llm:{tiny_llm}"], out, _config("causal_lm.mode=letter"))
+    changed = run_infer(
+        qfile, [f"llm:{tiny_llm}"], out, make_config(*INFER_SMALL, "causal_lm.mode=letter")
+    )
     assert changed["models"][0]["status"] == "done"  # another mode is not served from cache
 
 
 def test_causal_lm_folder_is_detected_without_the_prefix(qfile, tiny_llm, tmp_path):
-    result = run_infer(qfile, [str(tiny_llm)], tmp_path / "out", _config())
+    result = run_infer(qfile, [str(tiny_llm)], tmp_path / "out", make_config(*INFER_SMALL))
     assert result["models"][0]["model"] == "tiny"
     assert np.isfinite(_logits(tmp_path / "out", "tiny")).all()
 
 
 def test_cascade_can_name_the_llm_as_the_expensive_stage(qfile, tiny_llm, tmp_path):
     mc = make_model(tmp_path / "bert", 3, meta=False)
-    cfg = _config("infer.cascade_fraction=0.3", f"infer.cascade_expensive=[llm:{tiny_llm}]")
+    cfg = make_config(
+        *INFER_SMALL, "infer.cascade_fraction=0.3", f"infer.cascade_expensive=[llm:{tiny_llm}]"
+    )
     result = run_infer(qfile, [f"llm:{tiny_llm}", str(mc)], tmp_path / "out", cfg)
     assert result["cascade"]["cheap"] == ["bert"]
     assert result["cascade"]["expensive"] == ["llm-tiny"]
@@ -117,7 +124,9 @@ def test_fold_meta_prompt_wins_over_config(qfile, tiny_llm, tmp_path):
 
     shutil.copytree(tiny_llm, fold)
     tok = load_causal_tokenizer(str(fold))
-    spec = PromptSpec.from_config(_config("causal_lm.mode=letter").causal_lm, tok, "t")
+    spec = PromptSpec.from_config(
+        make_config(*INFER_SMALL, "causal_lm.mode=letter").causal_lm, tok, "t"
+    )
     meta = {
         "format": "sciqa-mc/1",
         "family": "causal_lm",
@@ -128,8 +137,15 @@ def test_fold_meta_prompt_wins_over_config(qfile, tiny_llm, tmp_path):
     }
     (fold / "sciqa_model.json").write_text(json.dumps(meta))
     (fold / "metrics.json").write_text("{}")
-    run_infer(qfile, [str(fold.parent)], tmp_path / "a", _config("causal_lm.mode=cloze"))
-    run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "b", _config("causal_lm.mode=letter"))
+    run_infer(
+        qfile, [str(fold.parent)], tmp_path / "a", make_config(*INFER_SMALL, "causal_lm.mode=cloze")
+    )
+    run_infer(
+        qfile,
+        [f"llm:{tiny_llm}"],
+        tmp_path / "b",
+        make_config(*INFER_SMALL, "causal_lm.mode=letter"),
+    )
     np.testing.assert_allclose(
         _logits(tmp_path / "a", "run-fold_0"), _logits(tmp_path / "b", "llm-tiny"), atol=1e-5
     )
@@ -167,12 +183,16 @@ def test_bad_llm_input_one_line_error(qfile, tiny_llm, tmp_path, arg, sets, mess
 @pytest.mark.gpu
 def test_llm_4bit_on_gpu_matches_fp32_ranking(qfile, tiny_llm, tmp_path):
     """bitsandbytes 4-bit + device_map: same top choice as fp32 on most questions."""
-    a = run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "a", _config("infer.device=cuda"))
+    a = run_infer(
+        qfile, [f"llm:{tiny_llm}"], tmp_path / "a", make_config(*INFER_SMALL, "infer.device=cuda")
+    )
     b = run_infer(
         qfile,
         [f"llm:{tiny_llm}"],
         tmp_path / "b",
-        _config("infer.device=cuda", "causal_lm.load_in=4bit", "causal_lm.device_map=auto"),
+        make_config(
+            *INFER_SMALL, "infer.device=cuda", "causal_lm.load_in=4bit", "causal_lm.device_map=auto"
+        ),
     )
     assert a["models"][0]["status"] == b["models"][0]["status"] == "done"
 
@@ -190,7 +210,7 @@ def test_adapter_fold_loads_its_base_then_the_adapter(qfile, tiny_llm, tmp_path)
     load_causal_tokenizer(str(tiny_llm)).save_pretrained(fold)
     assert not (fold / "config.json").exists()
     tok = load_causal_tokenizer(str(fold))
-    spec = PromptSpec.from_config(_config().causal_lm, tok, "t")
+    spec = PromptSpec.from_config(make_config(*INFER_SMALL).causal_lm, tok, "t")
     meta = {
         "format": "sciqa-mc/1",
         "family": "causal_lm",
@@ -200,8 +220,8 @@ def test_adapter_fold_loads_its_base_then_the_adapter(qfile, tiny_llm, tmp_path)
     }
     (fold / "sciqa_model.json").write_text(json.dumps(meta))
     (fold / "metrics.json").write_text("{}")
-    run_infer(qfile, [str(fold.parent)], tmp_path / "a", _config())
-    run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "b", _config())
+    run_infer(qfile, [str(fold.parent)], tmp_path / "a", make_config(*INFER_SMALL))
+    run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "b", make_config(*INFER_SMALL))
     merged = lora.merge_and_unload()
     from sciqa.io import read_questions
 
@@ -217,7 +237,10 @@ def test_adapter_fold_loads_its_base_then_the_adapter(qfile, tiny_llm, tmp_path)
 
 def test_contexts_cut_to_the_window_are_counted_in_the_manifest(qfile, tiny_llm, tmp_path):
     result = run_infer(
-        qfile, [f"llm:{tiny_llm}"], tmp_path / "out", _config("causal_lm.max_length=40")
+        qfile,
+        [f"llm:{tiny_llm}"],
+        tmp_path / "out",
+        make_config(*INFER_SMALL, "causal_lm.max_length=40"),
     )
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     cut = result["models"][0]["context_cut"]
@@ -226,12 +249,17 @@ def test_contexts_cut_to_the_window_are_counted_in_the_manifest(qfile, tiny_llm,
 
 def test_one_llm_joins_twice_with_per_member_settings(qfile, tiny_llm, tmp_path):
     args = [f"llm:{tiny_llm}", f"llm:{tiny_llm}?normalise=pmi", f"llm:{tiny_llm}?mode=letter"]
-    result = run_infer(qfile, args, tmp_path / "out", _config("infer.ensemble=zscore"))
+    result = run_infer(
+        qfile, args, tmp_path / "out", make_config(*INFER_SMALL, "infer.ensemble=zscore")
+    )
     names = [m["model"] for m in result["models"]]
     assert names == ["llm-tiny", "llm-tiny-pmi", "llm-tiny-letter", "ensemble"]
     out = tmp_path / "out"
     single = run_infer(
-        qfile, [f"llm:{tiny_llm}"], tmp_path / "pmi", _config("causal_lm.normalise=pmi")
+        qfile,
+        [f"llm:{tiny_llm}"],
+        tmp_path / "pmi",
+        make_config(*INFER_SMALL, "causal_lm.normalise=pmi"),
     )
     assert single["models"][0]["status"] == "done"
     np.testing.assert_allclose(

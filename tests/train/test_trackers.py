@@ -14,14 +14,13 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_train import config_for, make_questions  # noqa: E402
-from tiny_models import tiny_sizes, write_vocab  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from sciqa.cli import app  # noqa: E402
 from sciqa.config import load_config  # noqa: E402
 from sciqa.errors import ConfigError  # noqa: E402
 from sciqa.io import write_table  # noqa: E402
+from tests.builders import TRAIN_SMALL, make_config, tiny_sizes, train_questions, write_vocab  # noqa: E402
 from train.commands import run_train  # noqa: E402
 from train.trackers import OFFLINE, check_trackers, tracking_env  # noqa: E402
 
@@ -66,10 +65,12 @@ def test_tensorboard_and_mlflow_log_each_fold_to_local_files(
     fresh = "mlflow" not in sys.modules
     monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
     monkeypatch.delenv("CI", raising=False)
-    questions = write_table(make_questions(16), tmp_path / "q.csv")
+    questions = write_table(train_questions(16), tmp_path / "q.csv")
     out = tmp_path / "run"
     before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", *OFFLINE)}
-    cfg = config_for(tiny_bert, "train.report_to=tensorboard,mlflow")
+    cfg = make_config(
+        f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.report_to=tensorboard,mlflow"
+    )
     cfg.train.folds = 2
     run_train(questions, out, cfg)
     assert no_network == []
@@ -108,11 +109,25 @@ def test_tensorboard_and_mlflow_log_each_fold_to_local_files(
 
 def test_report_to_does_not_change_the_fingerprint(tmp_path, tiny_bert):
     pytest.importorskip("tensorboard")
-    questions = write_table(make_questions(12), tmp_path / "q.csv")
+    questions = write_table(train_questions(12), tmp_path / "q.csv")
     out = tmp_path / "run"
-    run_train(questions, out, config_for(tiny_bert, "train.folds=2"), fold=0)
+    run_train(
+        questions,
+        out,
+        make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.folds=2"),
+        fold=0,
+    )
     # Turning a tracker on for the second fold resumes the same run, not a refusal.
-    run_train(questions, out, config_for(tiny_bert, "train.report_to=tensorboard", "train.folds=2"))
+    run_train(
+        questions,
+        out,
+        make_config(
+            f"models.backbone={tiny_bert}",
+            *TRAIN_SMALL,
+            "train.report_to=tensorboard",
+            "train.folds=2",
+        ),
+    )
     assert not (out / "tracking" / "tensorboard" / "fold_0").exists()
     assert any((out / "tracking" / "tensorboard" / "fold_1").glob("events.out.tfevents.*"))
 
@@ -151,7 +166,7 @@ def test_cli_refuses_a_missing_tracker_before_writing(tmp_path, monkeypatch, tin
         "find_spec",
         lambda name, *a: None if name in {"tensorboard", "tensorboardX"} else real(name, *a),
     )
-    questions = write_table(make_questions(8), tmp_path / "q.csv")
+    questions = write_table(train_questions(8), tmp_path / "q.csv")
     args = ["train", str(questions), "--out", str(tmp_path / "run"), "--folds", "2"]
     args += ["--set", f"models.backbone={tiny_bert}", "--set", "train.report_to=tensorboard"]
     result = CliRunner().invoke(app, args)

@@ -369,11 +369,10 @@ def test_eval_against_needs_a_submission_not_a_dir(tmp_path):
 def test_report_reads_a_real_infer_run_with_a_time_budget(tmp_path):
     """End to end on what `sciqa infer` really writes (tiny random models)."""
     pytest.importorskip("torch")
-    from test_infer import _questions, make_run
-
     from infer.commands import run_infer
+    from tests.builders import make_questions, make_run
 
-    frame = _questions(12, seed=5).assign(source=["arc"] * 6 + ["obqa"] * 6)
+    frame = make_questions(12, seed=5).assign(source=["arc"] * 6 + ["obqa"] * 6)
     questions = write_questions(frame, tmp_path / "q.csv")
     run = make_run(tmp_path / "run_a", 1, questions=frame)
     out = tmp_path / "out"

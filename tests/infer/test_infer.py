@@ -13,7 +13,6 @@ import pytest
 from typer.testing import CliRunner
 
 from sciqa.cli import app
-from sciqa.config import load_config
 from sciqa.io import read_table, write_questions
 from sciqa.metrics import top3_letters
 from sciqa.submission import read_submission
@@ -21,123 +20,17 @@ from sciqa.submission import read_submission
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from tiny_models import tiny_sizes, write_vocab  # noqa: E402
-
 from infer.commands import run_infer  # noqa: E402
 from infer.errors import BudgetError, InferError  # noqa: E402
 from infer.predictors import encoder as predict  # noqa: E402
-
-WORDS = [
-    "which",
-    "what",
-    "is",
-    "the",
-    "of",
-    "a",
-    "an",
-    "in",
-    "to",
-    "gas",
-    "force",
-    "unit",
-    "particle",
-    "energy",
-    "cell",
-    "light",
-    "water",
-    "earth",
-    "atmosphere",
-    "magnetic",
-    "flux",
-    "photon",
-    "gluon",
-    "boson",
-    "nitrogen",
-    "oxygen",
-    "argon",
-    "carbon",
-    "tesla",
-    "weber",
-    "henry",
-    "gauss",
-    "most",
-    "makes",
-    "up",
-    "mediates",
-    "electromagnetic",
-    "si",
-    "none",
-    "na",
-    "dioxide",
-    "w",
-    "higgs",
-    "graviton",
-    "context",
-    "passage",
-    "about",
-    "science",
-]
-LETTERS = list("ABCDE")
-
-
-def _questions(n: int = 10, seed: int = 0, context: bool = True) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        row = {
-            "id": f"q{i:02d}",
-            "prompt": " ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)))),
-            **{c: " ".join(rng.choice(WORDS, size=int(rng.integers(1, 4)))) for c in LETTERS},
-            "answer": LETTERS[int(rng.integers(0, 5))],
-        }
-        if context:
-            row["context"] = " ".join(rng.choice(WORDS, size=int(rng.integers(0, 40))))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _tokenizer(folder: Path):
-    return transformers.BertTokenizerFast(vocab_file=str(write_vocab(folder, WORDS)))
-
-
-def make_model(path: Path, seed: int, *, meta: bool = True, letters=LETTERS, fold: int = 0):
-    """A tiny random BertForMultipleChoice, saved like a sciqa train fold."""
-    tokenizer = _tokenizer(path)
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(**tiny_sizes(WORDS, hidden=16, layers=1))
-    transformers.BertForMultipleChoice(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    if meta:
-        (path / "sciqa_model.json").write_text(
-            json.dumps(
-                {
-                    "format": "sciqa-mc/1",
-                    "max_length": 64,
-                    "use_context": True,
-                    "n_options": len(letters),
-                    "letters": list(letters),
-                    "fold": fold,
-                    "backbone": "tiny-bert",
-                }
-            )
-        )
-        (path / "metrics.json").write_text(json.dumps({"map_at_3": 0.5}))
-    return path
-
-
-def make_run(root: Path, seed: int, folds: int = 2, questions: pd.DataFrame | None = None) -> Path:
-    """A sciqa train RUN_DIR: fold_<i>/ plus oof.parquet (with answers) from the folds."""
-    questions = _questions(12, seed=99) if questions is None else questions
-    rng = np.random.default_rng(seed)
-    for i in range(folds):
-        make_model(root / f"fold_{i}", seed * 10 + i, fold=i)
-    oof = pd.DataFrame({"id": questions["id"], "fold": np.arange(len(questions)) % folds})
-    logits = rng.normal(size=(len(questions), 5))
-    for j, letter in enumerate(LETTERS):
-        oof[letter] = logits[:, j]
-    oof["answer"] = questions["answer"]
-    oof.to_parquet(root / "oof.parquet")
-    return root
+from tests.builders import (  # noqa: E402
+    INFER_SMALL,
+    LETTERS,
+    make_config,
+    make_model,
+    make_questions,
+    make_run,
+)
 
 
 @pytest.fixture(scope="session")
@@ -148,11 +41,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def qfile(tmp_path) -> Path:
-    return write_questions(_questions(), tmp_path / "questions.csv")
-
-
-def _config(*overrides: str):
-    return load_config(None, ["infer.batch_size=3", *overrides])
+    return write_questions(make_questions(), tmp_path / "questions.csv")
 
 
 def _reference_logits(model_dir: Path, frame: pd.DataFrame) -> np.ndarray:
@@ -173,7 +62,7 @@ def _reference_logits(model_dir: Path, frame: pd.DataFrame) -> np.ndarray:
 
 def test_single_model_matches_unsorted_reference(qfile, runs, tmp_path):
     fold = runs["a"] / "fold_0"
-    result = run_infer(qfile, [str(fold)], tmp_path / "out", _config())
+    result = run_infer(qfile, [str(fold)], tmp_path / "out", make_config(*INFER_SMALL))
     logits = np.load(tmp_path / "out" / "logits" / "run_a-fold_0.npy")
     ids = json.loads((tmp_path / "out" / "logits" / "ids.json").read_text())
     frame = read_table(qfile)
@@ -193,7 +82,12 @@ def test_single_model_matches_unsorted_reference(qfile, runs, tmp_path):
 
 def test_run_dir_expands_and_ensemble_is_weighted_mean(qfile, runs, tmp_path):
     out = tmp_path / "out"
-    run_infer(qfile, [str(runs["a"])], out, _config("infer.ensemble=logits", "infer.weights=1,3"))
+    run_infer(
+        qfile,
+        [str(runs["a"])],
+        out,
+        make_config(*INFER_SMALL, "infer.ensemble=logits", "infer.weights=1,3"),
+    )
     a = np.load(out / "logits" / "run_a-fold_0.npy")
     b = np.load(out / "logits" / "run_a-fold_1.npy")
     ens = np.load(out / "logits" / "ensemble.npy")
@@ -203,14 +97,16 @@ def test_run_dir_expands_and_ensemble_is_weighted_mean(qfile, runs, tmp_path):
 def test_glob_and_kaggle_style_dirs_without_meta(qfile, tmp_path):
     for i in range(2):
         make_model(tmp_path / "kaggle" / f"run_{i}", 50 + i, meta=False)
-    result = run_infer(qfile, [str(tmp_path / "kaggle" / "run_*")], tmp_path / "out", _config())
+    result = run_infer(
+        qfile, [str(tmp_path / "kaggle" / "run_*")], tmp_path / "out", make_config(*INFER_SMALL)
+    )
     assert [r["model"] for r in result["models"]] == ["run_0", "run_1", "ensemble"]
 
 
 def test_tta_runs_rotations_and_averages(qfile, runs, tmp_path):
     fold = runs["a"] / "fold_0"
     out = tmp_path / "out"
-    run_infer(qfile, [str(fold)], out, _config("infer.tta=3"))
+    run_infer(qfile, [str(fold)], out, make_config(*INFER_SMALL, "infer.tta=3"))
     frame = read_table(qfile)
     from infer.plan.tta import permute_options, rotations, unpermute
 
@@ -226,7 +122,10 @@ def test_tta_runs_rotations_and_averages(qfile, runs, tmp_path):
 
 def test_weights_auto_fits_on_oof(qfile, runs, tmp_path):
     result = run_infer(
-        qfile, [str(runs["a"]), str(runs["b"])], tmp_path / "out", _config("infer.weights=auto")
+        qfile,
+        [str(runs["a"]), str(runs["b"])],
+        tmp_path / "out",
+        make_config(*INFER_SMALL, "infer.weights=auto"),
     )
     fit = result["weights_fit"]
     assert fit["oof_questions"] == 12
@@ -237,10 +136,13 @@ def test_weights_auto_fits_on_oof(qfile, runs, tmp_path):
 
 
 def test_weights_auto_refuses_different_oof_ids(qfile, runs, tmp_path):
-    other = make_run(tmp_path / "run_c", 3, questions=_questions(12, seed=99).iloc[:8])
+    other = make_run(tmp_path / "run_c", 3, questions=make_questions(12, seed=99).iloc[:8])
     with pytest.raises(InferError, match="must be trained on the same questions"):
         run_infer(
-            qfile, [str(runs["a"]), str(other)], tmp_path / "out", _config("infer.weights=auto")
+            qfile,
+            [str(runs["a"]), str(other)],
+            tmp_path / "out",
+            make_config(*INFER_SMALL, "infer.weights=auto"),
         )
     assert not (tmp_path / "out").exists()
 
@@ -252,20 +154,20 @@ def test_offline_with_sockets_blocked(qfile, runs, tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "socket", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    run_infer(qfile, [str(runs["a"])], tmp_path / "out", _config("infer.tta=2"))
+    run_infer(qfile, [str(runs["a"])], tmp_path / "out", make_config(*INFER_SMALL, "infer.tta=2"))
     assert len(read_submission(tmp_path / "out" / "submission.csv")) == 10
 
 
 def test_resume_skips_finished_models(qfile, runs, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    run_infer(qfile, [str(runs["a"])], out, _config("infer.tta=2"))
+    run_infer(qfile, [str(runs["a"])], out, make_config(*INFER_SMALL, "infer.tta=2"))
     first = (out / "submission.csv").read_text()
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a cached model was loaded again")
 
     monkeypatch.setattr("infer.runner.load_model", no_loading)
-    result = run_infer(qfile, [str(runs["a"])], out, _config("infer.tta=2"))
+    result = run_infer(qfile, [str(runs["a"])], out, make_config(*INFER_SMALL, "infer.tta=2"))
     assert {r["status"] for r in result["models"][:-1]} == {"cached"}
     assert (out / "submission.csv").read_text() == first
 
@@ -283,7 +185,7 @@ def test_kill_mid_run_leaves_valid_submission(qfile, runs, tmp_path, monkeypatch
 
     monkeypatch.setattr(predict.Predictor, "_forward", dying_forward)
     with pytest.raises(KeyboardInterrupt):
-        run_infer(qfile, [str(runs["a"])], out, _config())
+        run_infer(qfile, [str(runs["a"])], out, make_config(*INFER_SMALL))
     sub = read_submission(out / "submission.csv")
     assert sub["id"].tolist() == read_table(qfile)["id"].tolist()
     assert all(len(p.split()) == 3 for p in sub["prediction"])
@@ -314,7 +216,9 @@ def fake_clock(monkeypatch) -> FakeClock:
 
 
 def _pass_seconds(qfile, runs, tmp_path, clock) -> float:
-    result = run_infer(qfile, [str(runs["a"] / "fold_0")], tmp_path / "t", _config(), clock=clock)
+    result = run_infer(
+        qfile, [str(runs["a"] / "fold_0")], tmp_path / "t", make_config(*INFER_SMALL), clock=clock
+    )
     return result["models"][0]["seconds"]
 
 
@@ -330,7 +234,9 @@ def test_time_budget_drops_tta_then_models(
         qfile,
         [str(runs["a"])],
         tmp_path / "out",
-        _config("infer.budget_margin=0", "infer.tta=2", f"infer.time_budget={budget:.3f}s"),
+        make_config(
+            *INFER_SMALL, "infer.budget_margin=0", "infer.tta=2", f"infer.time_budget={budget:.3f}s"
+        ),
         clock=fake_clock,
     )
     assert [r.get("passes", 0) for r in result["models"][:-1]] == passes
@@ -345,8 +251,8 @@ def test_budget_too_small_writes_nothing(qfile, runs, tmp_path, fake_clock):
     budget = 0.1 * _pass_seconds(qfile, runs, tmp_path, fake_clock)
     out = tmp_path / "out"
     with pytest.raises(BudgetError, match="too small for even one model"):
-        run_infer(qfile, [str(runs["a"])], out, _config(f"infer.time_budget={budget:.3f}s"),
-                  clock=fake_clock)  # fmt: skip
+        config = make_config(*INFER_SMALL, f"infer.time_budget={budget:.3f}s")
+        run_infer(qfile, [str(runs["a"])], out, config, clock=fake_clock)
     assert not out.exists()
 
 
@@ -358,7 +264,7 @@ def test_cascade_sends_unsure_questions_to_expensive_models(qfile, runs, tmp_pat
         qfile,
         [str(runs["a"] / "fold_0"), str(big)],
         tmp_path / "out",
-        _config("infer.cascade_cheap=1", "infer.cascade_fraction=0.3"),
+        make_config(*INFER_SMALL, "infer.cascade_cheap=1", "infer.cascade_fraction=0.3"),
     )
     cascade = result["cascade"]
     assert cascade["cheap"] == ["run_a-fold_0"] and cascade["expensive"] == ["big"]
@@ -399,7 +305,7 @@ def test_bad_input_one_line_error(tmp_path, qfile, runs, make_args, message):
 
 
 def test_bad_questions_and_duplicate_ids(tmp_path, runs):
-    frame = _questions()
+    frame = make_questions()
     frame.loc[3, "id"] = frame.loc[2, "id"]
     path = tmp_path / "dup.csv"
     frame.to_csv(path, index=False)
@@ -408,7 +314,7 @@ def test_bad_questions_and_duplicate_ids(tmp_path, runs):
 
 
 def test_option_count_mismatch(tmp_path, runs):
-    frame = _questions().drop(columns=["E"])
+    frame = make_questions().drop(columns=["E"])
     frame["answer"] = "A"
     path = write_questions(frame, tmp_path / "four.csv")
     result = _cli(str(path), str(runs["a"]), "--out", str(tmp_path / "out"))
@@ -417,7 +323,7 @@ def test_option_count_mismatch(tmp_path, runs):
 
 def test_failed_rerun_keeps_previous_submission(qfile, runs, tmp_path):
     out = tmp_path / "out"
-    run_infer(qfile, [str(runs["a"])], out, _config())
+    run_infer(qfile, [str(runs["a"])], out, make_config(*INFER_SMALL))
     before = (out / "submission.csv").read_text()
     result = _cli(str(qfile), str(runs["a"]), "--weights", "1,2,3", "--out", str(out))
     assert result.exit_code == 1
@@ -433,27 +339,31 @@ def test_cli_prints_table(qfile, runs, tmp_path):
 def test_unfinished_folds_are_skipped(qfile, tmp_path):
     run = make_run(tmp_path / "run", 4)
     (run / "fold_1" / "metrics.json").unlink()  # still training
-    result = run_infer(qfile, [str(run)], tmp_path / "out", _config())
+    result = run_infer(qfile, [str(run)], tmp_path / "out", make_config(*INFER_SMALL))
     assert [r["model"] for r in result["models"]] == ["run-fold_0", "ensemble"]
 
 
 def test_weights_auto_reads_labels_from_the_train_manifest(qfile, tmp_path):
-    train = _questions(12, seed=99)
+    train = make_questions(12, seed=99)
     train_file = write_questions(train, tmp_path / "train.csv")
     run = make_run(tmp_path / "run", 5, questions=train)
     oof = pd.read_parquet(run / "oof.parquet").drop(columns=["answer"])
     oof.to_parquet(run / "oof.parquet")
     (run / "manifest.json").write_text(json.dumps({"inputs": [{"path": str(train_file)}]}))
-    result = run_infer(qfile, [str(run)], tmp_path / "out", _config("infer.weights=auto"))
+    result = run_infer(
+        qfile, [str(run)], tmp_path / "out", make_config(*INFER_SMALL, "infer.weights=auto")
+    )
     assert result["weights_fit"]["oof_questions"] == 12
     (run / "manifest.json").unlink()
     with pytest.raises(InferError, match=r"infer\.oof_labels"):
-        run_infer(qfile, [str(run)], tmp_path / "out2", _config("infer.weights=auto"))
+        run_infer(
+            qfile, [str(run)], tmp_path / "out2", make_config(*INFER_SMALL, "infer.weights=auto")
+        )
     result = run_infer(
         qfile,
         [str(run)],
         tmp_path / "out3",
-        _config(f"infer.oof_labels={train_file}", "infer.weights=auto"),
+        make_config(*INFER_SMALL, f"infer.oof_labels={train_file}", "infer.weights=auto"),
     )
     assert result["weights_fit"]["oof_questions"] == 12
 
@@ -461,7 +371,12 @@ def test_weights_auto_reads_labels_from_the_train_manifest(qfile, tmp_path):
 def test_weights_auto_refuses_models_outside_a_run(qfile, tmp_path):
     make_model(tmp_path / "run_0", 3, meta=False)
     with pytest.raises(InferError, match="not inside one"):
-        run_infer(qfile, [str(tmp_path / "run_0")], tmp_path / "out", _config("infer.weights=auto"))
+        run_infer(
+            qfile,
+            [str(tmp_path / "run_0")],
+            tmp_path / "out",
+            make_config(*INFER_SMALL, "infer.weights=auto"),
+        )
 
 
 @pytest.mark.gpu
@@ -469,8 +384,10 @@ def test_gpu_half_precision_agrees_with_cpu(qfile, runs, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     fold = str(runs["a"] / "fold_0")
-    run_infer(qfile, [fold], tmp_path / "cpu", _config("infer.device=cpu"))
-    result = run_infer(qfile, [fold], tmp_path / "gpu", _config("infer.device=cuda"))
+    run_infer(qfile, [fold], tmp_path / "cpu", make_config(*INFER_SMALL, "infer.device=cpu"))
+    result = run_infer(
+        qfile, [fold], tmp_path / "gpu", make_config(*INFER_SMALL, "infer.device=cuda")
+    )
     assert result["dtype"] in {"bfloat16", "float16"}
     cpu = np.load(tmp_path / "cpu" / "logits" / "run_a-fold_0.npy")
     gpu = np.load(tmp_path / "gpu" / "logits" / "run_a-fold_0.npy")

@@ -25,11 +25,14 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from test_infer import WORDS, _questions, make_run  # noqa: E402
-from tiny_llm import build_tiny_llama  # noqa: E402
-
 from sciqa.cli import app  # noqa: E402
 from sciqa.io import write_questions  # noqa: E402
+from tests.builders import (  # noqa: E402
+    WORDS,
+    build_tiny_llama,
+    make_questions,
+    make_run,
+)
 
 HIDDEN = ("sciqa", "__editable__", "_distutils_hack", "pip-", "__pycache__")
 BLOCK_SOCKETS = """import socket
@@ -88,7 +91,7 @@ def test_bundle_installs_offline_and_predicts_the_same(tmp_path):
     (run / "fold_0" / "optimizer.pt").write_bytes(b"0" * 64)
     llm = build_tiny_llama(tmp_path / "runs" / "tiny", [" ".join(WORDS)] * 3)
     members = [str(run), f"llm:{llm}?normalise=chars"]
-    questions = write_questions(_questions(), tmp_path / "questions.csv")
+    questions = write_questions(make_questions(), tmp_path / "questions.csv")
     config = tmp_path / "infer.yaml"
     config.write_text("infer:\n  batch_size: 3\n  tta: 2\ncausal_lm:\n  batch_size: 3\n")
 

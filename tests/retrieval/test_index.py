@@ -323,7 +323,10 @@ def test_retrieve_bad_inputs(built: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.csv"
     cases = [
         ((bad, "--index", built), "missing column(s) 'prompt'"),
-        ((good, "--index", built, "--k", "0"), "--k 0: retrieval.k: Input should be greater than or equal to 1"),
+        (
+            (good, "--index", built, "--k", "0"),
+            "--k 0: retrieval.k: Input should be greater than or equal to 1",
+        ),
         ((good, "--index", built, "--k", "999"), "holds only"),
         ((good, "--index", tmp_path), "not a complete sciqa index"),
         ((good, "--index", tmp_path / "nope"), "no such index folder"),

@@ -20,9 +20,6 @@ from typer.testing import CliRunner
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from test_infer import WORDS, _questions, make_model, make_run  # noqa: E402
-from tiny_llm import build_tiny_llama  # noqa: E402
-
 from infer.commands import run_infer  # noqa: E402
 from infer.ensemble.combine import combine  # noqa: E402
 from infer.errors import InferError  # noqa: E402
@@ -30,9 +27,17 @@ from infer.predictors import encoder as predict  # noqa: E402
 from infer.predictors import sharded as devices_mod  # noqa: E402
 from infer.predictors.sharded import ShardedPredictor, resolve_devices, shard_rows  # noqa: E402
 from sciqa.cli import app  # noqa: E402
-from sciqa.config import load_config  # noqa: E402
 from sciqa.io import write_questions  # noqa: E402
 from sciqa.submission import read_submission  # noqa: E402
+from tests.builders import (  # noqa: E402
+    INFER_SMALL,
+    WORDS,
+    build_tiny_llama,
+    make_config,
+    make_model,
+    make_questions,
+    make_run,
+)
 
 TWO_CPUS = "infer.devices=[cpu, cpu]"
 
@@ -49,11 +54,7 @@ def tiny_llm(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def qfile(tmp_path) -> Path:
-    return write_questions(_questions(23), tmp_path / "questions.csv")
-
-
-def _config(*overrides: str):
-    return load_config(None, ["infer.batch_size=3", "causal_lm.batch_size=3", *overrides])
+    return write_questions(make_questions(23), tmp_path / "questions.csv")
 
 
 def _logits(out: Path) -> dict[str, np.ndarray]:
@@ -185,13 +186,13 @@ def test_two_cpu_workers_equal_one_device(qfile, run_dir, tmp_path, sets, tta, w
         qfile,
         [str(run_dir)],
         tmp_path / "one",
-        _config(*sets, f"infer.tta={tta}", f"infer.weights={weights}"),
+        make_config(*INFER_SMALL, *sets, f"infer.tta={tta}", f"infer.weights={weights}"),
     )
     two = run_infer(
         qfile,
         [str(run_dir)],
         tmp_path / "two",
-        _config(*sets, TWO_CPUS, f"infer.tta={tta}", f"infer.weights={weights}"),
+        make_config(*INFER_SMALL, *sets, TWO_CPUS, f"infer.tta={tta}", f"infer.weights={weights}"),
     )
     _assert_same_run(tmp_path / "one", tmp_path / "two")
     assert two["devices"] == ["cpu", "cpu"] and one["devices"] == ["cpu"]
@@ -212,13 +213,15 @@ def test_two_cpu_workers_equal_one_device(qfile, run_dir, tmp_path, sets, tta, w
 @pytest.fixture
 def few(tmp_path) -> Path:
     """Fewer questions for the (slower) causal LM: still 5 batches of 3 to shard."""
-    return write_questions(_questions(14), tmp_path / "few.csv")
+    return write_questions(make_questions(14), tmp_path / "few.csv")
 
 
 def test_causal_member_is_split_and_equal(few, tiny_llm, tmp_path):
     member = f"llm:{tiny_llm}?mode=letter"  # letter scoring: where TTA changes the scores
-    run_infer(few, [member], tmp_path / "one", _config("infer.tta=2"))
-    result = run_infer(few, [member], tmp_path / "two", _config(TWO_CPUS, "infer.tta=2"))
+    run_infer(few, [member], tmp_path / "one", make_config(*INFER_SMALL, "infer.tta=2"))
+    result = run_infer(
+        few, [member], tmp_path / "two", make_config(*INFER_SMALL, TWO_CPUS, "infer.tta=2")
+    )
     _assert_same_run(tmp_path / "one", tmp_path / "two")
     assert [sum(d["questions"] for d in m["devices"]) for m in result["models"][:-1]] == [28]
     assert all(d["questions"] > 0 for d in result["models"][0]["devices"])
@@ -229,9 +232,9 @@ def test_device_map_member_is_not_split_again(few, tiny_llm, tmp_path, monkeypat
     # member must run once, on one worker, and say why.
     monkeypatch.setattr("sciqa.assets.llm.quantization_kwargs", lambda load_in, device_map: {})
     members = [f"llm:{tiny_llm}?device_map=auto", str(make_model(tmp_path / "encoder", 5))]
-    run_infer(few, members, tmp_path / "one", _config())
+    run_infer(few, members, tmp_path / "one", make_config(*INFER_SMALL))
     with caplog.at_level(logging.INFO, logger="infer"):
-        result = run_infer(few, members, tmp_path / "two", _config(TWO_CPUS))
+        result = run_infer(few, members, tmp_path / "two", make_config(*INFER_SMALL, TWO_CPUS))
     _assert_same_run(tmp_path / "one", tmp_path / "two")
     spread, encoder = result["models"][:2]
     assert len(spread["devices"]) == 1 and spread["devices"][0]["questions"] == 14
@@ -242,14 +245,16 @@ def test_device_map_member_is_not_split_again(few, tiny_llm, tmp_path, monkeypat
 
 def test_cache_is_shared_between_device_counts(qfile, run_dir, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    run_infer(qfile, [str(run_dir)], out, _config("infer.tta=2"))
+    run_infer(qfile, [str(run_dir)], out, make_config(*INFER_SMALL, "infer.tta=2"))
     first = (out / "submission.csv").read_text()
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a cached model was loaded again")
 
     monkeypatch.setattr("infer.runner.load_model", no_loading)
-    result = run_infer(qfile, [str(run_dir)], out, _config(TWO_CPUS, "infer.tta=2"))
+    result = run_infer(
+        qfile, [str(run_dir)], out, make_config(*INFER_SMALL, TWO_CPUS, "infer.tta=2")
+    )
     assert {m["status"] for m in result["models"][:-1]} == {"cached"}
     assert (out / "submission.csv").read_text() == first
 
@@ -264,7 +269,9 @@ def test_cpu_workers_split_the_intra_op_threads(qfile, run_dir, tmp_path, monkey
 
     monkeypatch.setattr(predict.Predictor, "_forward", recording_forward)
     before = torch.get_num_threads()
-    run_infer(qfile, [str(run_dir / "fold_0")], tmp_path / "out", _config(TWO_CPUS))
+    run_infer(
+        qfile, [str(run_dir / "fold_0")], tmp_path / "out", make_config(*INFER_SMALL, TWO_CPUS)
+    )
     assert sorted(seen) == ["sciqa-infer-0", "sciqa-infer-1"]  # two worker threads
     assert set(seen.values()) == {max(1, before // 2)}
     assert torch.get_num_threads() == before  # the main thread keeps its setting
@@ -321,7 +328,9 @@ def clock(monkeypatch) -> ParallelClock:
 
 
 def test_budget_plans_for_devices_in_parallel(qfile, run_dir, tmp_path, clock):
-    one = run_infer(qfile, [str(run_dir / "fold_0")], tmp_path / "t", _config(), clock=clock)
+    one = run_infer(
+        qfile, [str(run_dir / "fold_0")], tmp_path / "t", make_config(*INFER_SMALL), clock=clock
+    )
     pass_seconds = one["models"][0]["seconds"]
     budget = f"{2.6 * pass_seconds:.3f}s"
     cfg = ("infer.budget_margin=0",)
@@ -330,7 +339,7 @@ def test_budget_plans_for_devices_in_parallel(qfile, run_dir, tmp_path, clock):
         qfile,
         [str(run_dir)],
         tmp_path / "a",
-        _config(*cfg, "infer.tta=2", f"infer.time_budget={budget}"),
+        make_config(*INFER_SMALL, *cfg, "infer.tta=2", f"infer.time_budget={budget}"),
         clock=clock,
     )
     clock.now = 0.0
@@ -338,7 +347,7 @@ def test_budget_plans_for_devices_in_parallel(qfile, run_dir, tmp_path, clock):
         qfile,
         [str(run_dir)],
         tmp_path / "b",
-        _config(*cfg, TWO_CPUS, "infer.tta=2", f"infer.time_budget={budget}"),
+        make_config(*INFER_SMALL, *cfg, TWO_CPUS, "infer.tta=2", f"infer.time_budget={budget}"),
         clock=clock,
     )
     # One device: 2 folds x 1 pass fit. Two devices halve every pass: 2 folds x 2 passes.
@@ -360,14 +369,17 @@ def test_budget_stop_on_one_device_stops_the_other(qfile, run_dir, tmp_path, clo
         return real_forward(self, batch)
 
     monkeypatch.setattr(predict.Predictor, "_forward", slower_fold_1)
-    one = run_infer(qfile, [str(run_dir / "fold_0")], tmp_path / "t", _config(), clock=clock)
+    one = run_infer(
+        qfile, [str(run_dir / "fold_0")], tmp_path / "t", make_config(*INFER_SMALL), clock=clock
+    )
     clock.now = 0.0
     out = tmp_path / "out"
     result = run_infer(
         qfile,
         [str(run_dir)],
         out,
-        _config(
+        make_config(
+            *INFER_SMALL,
             "infer.budget_margin=0",
             TWO_CPUS,
             f"infer.time_budget={4 * one['models'][0]['seconds']:.3f}s",
@@ -385,7 +397,7 @@ def test_budget_stop_on_one_device_stops_the_other(qfile, run_dir, tmp_path, clo
 
 def test_kill_in_a_worker_leaves_the_previous_submission(qfile, run_dir, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    run_infer(qfile, [str(run_dir / "fold_0")], out, _config())
+    run_infer(qfile, [str(run_dir / "fold_0")], out, make_config(*INFER_SMALL))
     before = (out / "submission.csv").read_text()
     real_forward = predict.Predictor._forward
 
@@ -396,7 +408,7 @@ def test_kill_in_a_worker_leaves_the_previous_submission(qfile, run_dir, tmp_pat
 
     monkeypatch.setattr(predict.Predictor, "_forward", dying_forward)
     with pytest.raises(KeyboardInterrupt):
-        run_infer(qfile, [str(run_dir)], out, _config(TWO_CPUS))
+        run_infer(qfile, [str(run_dir)], out, make_config(*INFER_SMALL, TWO_CPUS))
     assert (out / "submission.csv").read_text() == before
     assert not list(out.glob(".*.tmp"))
     assert not [t for t in threading.enumerate() if t.name.startswith("sciqa-infer")]
@@ -466,7 +478,9 @@ def test_device_errors_name_the_key_without_a_gpu():
 
 
 def test_budget_too_small_on_two_devices_writes_nothing(qfile, run_dir, tmp_path, clock):
-    one = run_infer(qfile, [str(run_dir / "fold_0")], tmp_path / "t", _config(), clock=clock)
+    one = run_infer(
+        qfile, [str(run_dir / "fold_0")], tmp_path / "t", make_config(*INFER_SMALL), clock=clock
+    )
     clock.now = 0.0
     out = tmp_path / "out"
     budget = f"{0.05 * one['models'][0]['seconds']:.3f}s"
@@ -475,7 +489,7 @@ def test_budget_too_small_on_two_devices_writes_nothing(qfile, run_dir, tmp_path
             qfile,
             [str(run_dir)],
             out,
-            _config(TWO_CPUS, f"infer.time_budget={budget}"),
+            make_config(*INFER_SMALL, TWO_CPUS, f"infer.time_budget={budget}"),
             clock=clock,
         )
     assert not out.exists()
@@ -486,9 +500,17 @@ def test_two_gpus_equal_one_gpu(qfile, run_dir, tmp_path):
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA devices")
     fp32 = "infer.dtype=fp32"
-    run_infer(qfile, [str(run_dir)], tmp_path / "one", _config(fp32, "infer.device=cuda:0"))
+    run_infer(
+        qfile,
+        [str(run_dir)],
+        tmp_path / "one",
+        make_config(*INFER_SMALL, fp32, "infer.device=cuda:0"),
+    )
     result = run_infer(
-        qfile, [str(run_dir)], tmp_path / "two", _config(fp32, "infer.devices=[cuda:0, cuda:1]")
+        qfile,
+        [str(run_dir)],
+        tmp_path / "two",
+        make_config(*INFER_SMALL, fp32, "infer.devices=[cuda:0, cuda:1]"),
     )
     _assert_same_run(tmp_path / "one", tmp_path / "two")
     assert [d["device"] for d in result["models"][0]["devices"]] == ["cuda:0", "cuda:1"]

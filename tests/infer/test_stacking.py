@@ -132,21 +132,20 @@ def _informative_oof(run, signal, seed):
 @pytest.mark.parametrize("method", ["stack", "select"])
 def test_infer_fits_weights_on_the_runs_oof(tmp_path, method):
     pytest.importorskip("torch")
-    from test_infer import _config, _questions, make_run
-
     from infer.commands import run_infer
     from infer.errors import InferError
     from sciqa.io import write_questions
+    from tests.builders import INFER_SMALL, make_config, make_questions, make_run
 
-    train = _questions(60, seed=7, context=False)
+    train = make_questions(60, seed=7, context_words=None)
     good = _informative_oof(make_run(tmp_path / "good", 1, questions=train), 3.0, 1)
     noise = _informative_oof(make_run(tmp_path / "noise", 2, questions=train), 0.0, 2)
-    qfile = write_questions(_questions(6), tmp_path / "q.csv")
+    qfile = write_questions(make_questions(6), tmp_path / "q.csv")
     result = run_infer(
         qfile,
         [str(noise), str(good)],
         tmp_path / "out",
-        _config("infer.ensemble=logits", f"infer.weights={method}"),
+        make_config(*INFER_SMALL, "infer.ensemble=logits", f"infer.weights={method}"),
     )
     fit = result["weights_fit"]
     assert fit["oof_questions"] == 60
@@ -162,5 +161,5 @@ def test_infer_fits_weights_on_the_runs_oof(tmp_path, method):
                 qfile,
                 [str(good)],
                 tmp_path / "out2",
-                _config("infer.weight_folds=40", "infer.weights=select"),
+                make_config(*INFER_SMALL, "infer.weight_folds=40", "infer.weights=select"),
             )

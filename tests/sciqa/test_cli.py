@@ -95,6 +95,10 @@ def test_stage_help_runs_without_heavy_imports(stage):
     assert "--config" in _help_without_heavy_imports(stage)
 
 
+def test_pack_help_needs_no_torch():
+    assert "--platform" in _help_without_heavy_imports("pack")
+
+
 def test_console_entry_point_runs_without_heavy_imports():
     stdout = _help_without_heavy_imports()
     assert "eval" in stdout

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,101 +13,30 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from tiny_models import tiny_sizes, write_vocab  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from sciqa.cli import app  # noqa: E402
-from sciqa.config import load_config  # noqa: E402
 from sciqa.errors import SciqaError  # noqa: E402
 from sciqa.io import read_table, write_table  # noqa: E402
 from sciqa.metrics import map_at_3, top3_letters  # noqa: E402
 from sciqa.scoring.mc_encoding import encode_questions  # noqa: E402
+from tests.builders import TRAIN_SMALL, make_config, train_questions  # noqa: E402
 from train.commands import run_train  # noqa: E402
 from train.dataset import encode_split  # noqa: E402
 from train.folds import fold_indices, groups_of  # noqa: E402
 
 runner = CliRunner()
-WORDS = (  # noqa: SIM905 (one string reads better than 36 list items)
-    "the a is what which of in on gas water sun plant light energy red blue cell atom heat "
-    "cold moon earth rock iron salt sugar leaf root seed wind rain ice fire"
-).split()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread than fighting other jobs for two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _save_tiny(directory: Path, model, vocab: Path) -> str:
-    from transformers import BertTokenizer
-
-    model.save_pretrained(directory)
-    BertTokenizer(str(vocab)).save_pretrained(directory)
-    return str(directory)
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> str:
-    from transformers import BertConfig, BertForMultipleChoice
-
-    directory = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    config = BertConfig(**tiny_sizes(WORDS, hidden=32, layers=2))
-    return _save_tiny(directory, BertForMultipleChoice(config), write_vocab(directory, WORDS))
-
-
-@pytest.fixture(scope="session")
-def tiny_deberta(tmp_path_factory) -> str:
-    from transformers import DebertaV2Config, DebertaV2ForMultipleChoice
-
-    directory = tmp_path_factory.mktemp("tiny_deberta")
-    torch.manual_seed(0)
-    # The DeBERTa-v3 layout in miniature: relative attention with position buckets.
-    config = DebertaV2Config(
-        **tiny_sizes(WORDS, hidden=32, layers=2),
-        type_vocab_size=0,
-        relative_attention=True,
-        position_buckets=16,
-        pos_att_type=["p2c", "c2p"],
-        pad_token_id=0,
-    )
-    return _save_tiny(directory, DebertaV2ForMultipleChoice(config), write_vocab(directory, WORDS))
-
-
-def make_questions(n: int = 24, n_options: int = 4, *, groups: int | None = None) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    letters = "ABCDEFGH"[:n_options]
-    rows = []
-    for i in range(n):
-        row = {"id": f"q{i:03d}", "prompt": " ".join(rng.choice(WORDS, 6))}
-        for letter in letters:
-            row[letter] = " ".join(rng.choice(WORDS, 2))
-        row["answer"] = letters[i % n_options]
-        row["context"] = " ".join(rng.choice(WORDS, 40))
-        if groups:
-            row["source_id"] = f"chunk{i % groups}"
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-SMALL = ("train.epochs=1", "train.batch_size=4", "train.max_length=48", "train.logging_steps=1000")
-
-
-def config_for(backbone: str, *extra: str):
-    return load_config(None, [f"models.backbone={backbone}", *SMALL, *extra])
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_bert):
     """One 2-fold tiny run shared by the contract tests."""
     directory = tmp_path_factory.mktemp("run")
-    questions = write_table(make_questions(), directory / "q.csv")
+    questions = write_table(train_questions(24), directory / "q.csv")
     out = directory / "run"
-    run_train(questions, out, config_for(tiny_bert, "train.folds=2"))
+    run_train(
+        questions, out, make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.folds=2")
+    )
     return questions, out
 
 
@@ -116,7 +44,7 @@ def finished_run(tmp_path_factory, tiny_bert):
 
 
 def test_folds_are_disjoint_stratified_and_grouped():
-    frame = make_questions(60, groups=20)
+    frame = train_questions(60, groups=20)
     seen, answers = [], frame["answer"].value_counts(normalize=True)
     groups = groups_of(frame)
     for train, valid in fold_indices(frame, 3, seed=1):
@@ -129,7 +57,7 @@ def test_folds_are_disjoint_stratified_and_grouped():
 
 
 def test_rows_without_source_id_are_their_own_group():
-    frame = make_questions(6).assign(source_id=["s", "s", "", None, "t", "t"])
+    frame = train_questions(6).assign(source_id=["s", "s", "", None, "t", "t"])
     assert list(groups_of(frame)) == [
         "src:s",
         "src:s",
@@ -144,7 +72,7 @@ def test_truncation_cuts_context_never_question_or_option(tiny_bert):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    frame = make_questions(4)
+    frame = train_questions(4)
     frame["context"] = " ".join(["energy"] * 500)
     split = encode_split(
         tokenizer, frame, max_length=32, use_context=True, letters=list("ABCD"), name="t"
@@ -214,14 +142,21 @@ def test_tiny_run_writes_the_contract_and_reloads_to_the_oof_logits(finished_run
 def test_rerun_skips_finished_folds(finished_run, tiny_bert):
     questions, out = finished_run
     stamp = (out / "fold_0" / "metrics.json").stat().st_mtime_ns
-    assert run_train(questions, out, config_for(tiny_bert, "train.folds=2")) == []
+    assert (
+        run_train(
+            questions,
+            out,
+            make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.folds=2"),
+        )
+        == []
+    )
     assert (out / "fold_0" / "metrics.json").stat().st_mtime_ns == stamp
 
 
 def test_different_config_is_refused_unless_overwrite(finished_run, tiny_bert, tmp_path):
     questions, out = finished_run
     args = ["train", str(questions), "--out", str(out), "--folds", "2"]
-    for override in (*SMALL, f"models.backbone={tiny_bert}", "train.learning_rate=0.1"):
+    for override in (*TRAIN_SMALL, f"models.backbone={tiny_bert}", "train.learning_rate=0.1"):
         args += ["--set", override]
     result = runner.invoke(app, args)
     assert result.exit_code == 1
@@ -230,11 +165,16 @@ def test_different_config_is_refused_unless_overwrite(finished_run, tiny_bert, t
 
 
 def test_overwrite_replaces_the_run(tmp_path, tiny_bert):
-    questions = write_table(make_questions(12), tmp_path / "q.csv")
+    questions = write_table(train_questions(12), tmp_path / "q.csv")
     out = tmp_path / "run"
-    run_train(questions, out, config_for(tiny_bert, "train.folds=2"), fold=1)
+    run_train(
+        questions,
+        out,
+        make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.folds=2"),
+        fold=1,
+    )
     (out / "fold_1" / "stale.txt").write_text("x")
-    config = config_for(tiny_bert, "train.learning_rate=0.001")
+    config = make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.learning_rate=0.001")
     with pytest.raises(SciqaError, match=r"different train\.learning_rate;"):
         config.train.folds = 2
         run_train(questions, out, config, fold=1)
@@ -245,15 +185,25 @@ def test_overwrite_replaces_the_run(tmp_path, tiny_bert):
 
 
 def test_single_fold_and_full_fit_with_valid_file(tmp_path, tiny_bert):
-    questions = write_table(make_questions(12), tmp_path / "q.csv")
-    valid = write_table(make_questions(8).assign(id=lambda f: "v" + f["id"]), tmp_path / "v.csv")
+    questions = write_table(train_questions(12), tmp_path / "q.csv")
+    valid = write_table(train_questions(8).assign(id=lambda f: "v" + f["id"]), tmp_path / "v.csv")
     out = tmp_path / "full"
-    run_train(questions, out, config_for(tiny_bert, "train.folds=1"), valid=valid)
+    run_train(
+        questions,
+        out,
+        make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.folds=1"),
+        valid=valid,
+    )
     oof = pd.read_parquet(out / "oof.parquet")
     assert list(oof["id"]) == [f"vq{i:03d}" for i in range(8)] and set(oof["fold"]) == {0}
 
     out = tmp_path / "one"
-    trained = run_train(questions, out, config_for(tiny_bert, "train.folds=3"), fold=2)
+    trained = run_train(
+        questions,
+        out,
+        make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.folds=3"),
+        fold=2,
+    )
     assert [m["fold"] for m in trained] == [2]
     assert sorted(p.name for p in out.glob("fold_*")) == ["fold_2"]
 
@@ -261,9 +211,14 @@ def test_single_fold_and_full_fit_with_valid_file(tmp_path, tiny_bert):
 def test_resume_after_a_kill_continues_from_the_checkpoint(
     tmp_path, tiny_bert, kill_after_checkpoint
 ):
-    questions = write_table(make_questions(16), tmp_path / "q.csv")
+    questions = write_table(train_questions(16), tmp_path / "q.csv")
     out = tmp_path / "run"
-    config = config_for(tiny_bert, "train.epochs=2", "train.early_stopping_patience=5")
+    config = make_config(
+        f"models.backbone={tiny_bert}",
+        *TRAIN_SMALL,
+        "train.epochs=2",
+        "train.early_stopping_patience=5",
+    )
     with pytest.raises(KeyboardInterrupt):
         config.train.folds = 2
         run_train(questions, out, config)
@@ -285,9 +240,14 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(
 def test_deberta_v2_random_init_path_trains_saves_and_reloads(tmp_path, tiny_deberta):
     from transformers import AutoModelForMultipleChoice, DebertaV2ForMultipleChoice
 
-    questions = write_table(make_questions(12), tmp_path / "q.csv")
+    questions = write_table(train_questions(12), tmp_path / "q.csv")
     out = tmp_path / "run"
-    config = config_for(tiny_deberta, "train.freeze_embeddings=true", "train.freeze_layers=1")
+    config = make_config(
+        f"models.backbone={tiny_deberta}",
+        *TRAIN_SMALL,
+        "train.freeze_embeddings=true",
+        "train.freeze_layers=1",
+    )
     config.train.folds = 2
     trained = run_train(questions, out, config)
     assert len(trained) == 2
@@ -306,9 +266,14 @@ def test_deberta_v2_random_init_path_trains_saves_and_reloads(tmp_path, tiny_deb
 def test_lora_adapters_are_merged_into_a_plain_model(tmp_path, tiny_bert):
     from transformers import AutoModelForMultipleChoice
 
-    questions = write_table(make_questions(12), tmp_path / "q.csv")
+    questions = write_table(train_questions(12), tmp_path / "q.csv")
     out = tmp_path / "run"
-    config = config_for(tiny_bert, "train.lora=true", "train.lora_target_modules=[query,value]")
+    config = make_config(
+        f"models.backbone={tiny_bert}",
+        *TRAIN_SMALL,
+        "train.lora=true",
+        "train.lora_target_modules=[query,value]",
+    )
     config.train.folds = 2
     run_train(questions, out, config, fold=0)
     model = AutoModelForMultipleChoice.from_pretrained(out / "fold_0")
@@ -316,7 +281,7 @@ def test_lora_adapters_are_merged_into_a_plain_model(tmp_path, tiny_bert):
 
 
 def test_torchrun_two_processes_train_one_model_saved_once(tmp_path, tiny_bert):
-    questions = write_table(make_questions(16), tmp_path / "q.csv")
+    questions = write_table(train_questions(16), tmp_path / "q.csv")
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
     command += ["2", "-m", "sciqa", "train", str(questions), "--out", str(out)]
@@ -371,16 +336,16 @@ def cli(tmp_path, tiny_bert):
 def test_bad_input_is_one_line_and_writes_nothing(cli, change, args, message):
     if torch.cuda.is_available() and "bf16" in args:
         pytest.skip("a GPU is present")
-    output = cli(change(make_questions(12)), *args)
+    output = cli(change(train_questions(12)), *args)
     assert output.startswith("error:") and message in output
 
 
 def test_unreachable_hub_backbone_says_offline_needs_local_paths(cli):
-    output = cli(make_questions(12), "--set", "models.backbone=nobody/no-such-model")
+    output = cli(train_questions(12), "--set", "models.backbone=nobody/no-such-model")
     assert "offline only local paths" in output
 
 
 def test_valid_file_with_other_option_count_is_refused(cli, tmp_path):
-    write_table(make_questions(6, n_options=3), tmp_path / "v.csv")
-    output = cli(make_questions(12), "--folds", "1", "--valid", str(tmp_path / "v.csv"))
+    write_table(train_questions(6, n_options=3), tmp_path / "v.csv")
+    output = cli(train_questions(12), "--folds", "1", "--valid", str(tmp_path / "v.csv"))
     assert "same option count" in output

@@ -11,12 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tiny_llm import build_tiny_llama  # noqa: E402
-
 from sciqa.assets.llm import load_causal_lm, load_causal_tokenizer  # noqa: E402
 from sciqa.config import load_config  # noqa: E402
 from sciqa.scoring.llm_prompts import LLMPromptError, PromptSpec, encode_for_llm  # noqa: E402
 from sciqa.scoring.llm_scoring import ScoreHead, full_features, score_rows  # noqa: E402
+from tests.builders import build_tiny_llama  # noqa: E402
 
 FRAME = pd.DataFrame(
     {

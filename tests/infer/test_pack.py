@@ -1,7 +1,7 @@
 """sciqa pack: bundle layout, config, manifest, wheels resolution and every bad input.
 
 These tests use a metadata-only sciqa wheel (they never install it) and a local folder of
-tiny wheels as the package index; tests/test_pack_offline.py installs a real bundle.
+tiny wheels as the package index; tests/infer/test_pack_offline.py installs a real bundle.
 """
 
 from __future__ import annotations
@@ -21,15 +21,13 @@ from typer.testing import CliRunner
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from test_infer import WORDS, _questions, make_run
-from tiny_llm import build_tiny_llama
-
 from infer.commands import run_infer
 from infer.pack.bundle import toml_text
 from sciqa.cli import app
 from sciqa.config import load_config
 from sciqa.io import write_questions
 from sciqa.runs import file_digest
+from tests.builders import WORDS, build_tiny_llama, make_questions, make_run
 
 CORE = ["numpy>=1.26", "pandas>=2.1", "pyarrow>=14", "pydantic>=2.6", "pyyaml>=6", "typer>=0.12"]
 
@@ -88,7 +86,7 @@ def run_a(tmp_path) -> Path:
 
 @pytest.fixture
 def qfile(tmp_path) -> Path:
-    return write_questions(_questions(), tmp_path / "questions.csv")
+    return write_questions(make_questions(), tmp_path / "questions.csv")
 
 
 def pack(*args: str, wheel: Path, expect: int = 0):
@@ -228,7 +226,7 @@ def test_adapter_fold_brings_its_base(tmp_path, sciqa_wheel, qfile, monkeypatch)
 def test_fitted_weights_are_fitted_at_pack_time(run_a, tmp_path, sciqa_wheel, method):
     run_b = make_run(tmp_path / "run_b", 2)
     out = tmp_path / "bundle"
-    labels = write_questions(_questions(12, seed=99), tmp_path / "train.csv")
+    labels = write_questions(make_questions(12, seed=99), tmp_path / "train.csv")
     args = [str(run_a), str(run_b), "--out", str(out), "--weights", method]
     pack(*args, "--set", f"infer.oof_labels={labels}", wheel=sciqa_wheel)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -385,12 +383,6 @@ def test_predict_names_a_damaged_file(bundle, qfile, tmp_path):
     done = _predict(bundle, qfile, tmp_path / "out")
     assert done.returncode == 1
     assert f"error: {damaged}: 2 bytes but manifest.json says" in done.stderr
-
-
-def test_pack_help_needs_no_torch():
-    from test_cli import _help_without_heavy_imports
-
-    assert "--platform" in _help_without_heavy_imports("pack")
 
 
 def test_predict_usage(bundle):

@@ -8,10 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_train import config_for, make_questions, one_thread, tiny_bert  # noqa: E402, F401
-
 from sciqa.io import read_table, write_table  # noqa: E402
 from sciqa.scoring.mc_encoding import encode_questions  # noqa: E402
+from tests.builders import TRAIN_SMALL, make_config, train_questions  # noqa: E402
 from train.commands import run_train  # noqa: E402
 from train.trainer import _best_evaluation  # noqa: E402
 
@@ -29,7 +28,7 @@ def _reloaded_logits(fold_dir, rows):
 @pytest.mark.parametrize("epochs", [1, 3])
 def test_oof_logits_come_from_the_best_evaluation_without_predicting_again(
     tmp_path,
-    tiny_bert,  # noqa: F811 (the fixture imported above)
+    tiny_bert,
     monkeypatch,
     epochs,
 ):
@@ -37,9 +36,14 @@ def test_oof_logits_come_from_the_best_evaluation_without_predicting_again(
         raise AssertionError("the validation set was scored again after training")
 
     monkeypatch.setattr(transformers.Trainer, "predict", refuse)
-    questions = write_table(make_questions(16), tmp_path / "q.csv")
+    questions = write_table(train_questions(16), tmp_path / "q.csv")
     out = tmp_path / "run"
-    config = config_for(tiny_bert, f"train.epochs={epochs}", "train.learning_rate=0.01")
+    config = make_config(
+        f"models.backbone={tiny_bert}",
+        *TRAIN_SMALL,
+        f"train.epochs={epochs}",
+        "train.learning_rate=0.01",
+    )
     config.train.folds = 2
     run_train(questions, out, config, fold=0)
     oof = pd.read_parquet(out / "oof.parquet")

@@ -31,7 +31,7 @@ from sciqa.cli import app
 from sciqa.config import load_config
 from sciqa.errors import SciqaError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LETTERS = ["A", "B", "C"]
 FILTERS_OFF = [
     "gen.dedup=false",

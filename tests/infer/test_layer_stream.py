@@ -1,6 +1,6 @@
 """causal_lm.offload = layers: the layer-streamed model scores as the resident one does.
 
-Tiny random Llamas built in the test (tests/tiny_llm.py); the packaged SmolLM2 in
+Tiny random Llamas built in the test (tests/builders.py); the packaged SmolLM2 in
 test_layer_stream_assets.py.
 """
 
@@ -19,9 +19,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from test_infer import WORDS, _questions, make_model  # noqa: E402
-from tiny_llm import build_tiny_llama  # noqa: E402
-
 from infer.commands import run_infer  # noqa: E402
 from infer.predictors.causal import streamed_scores  # noqa: E402
 from infer.predictors.offload import split as layer_split  # noqa: E402
@@ -34,6 +31,12 @@ from sciqa.io import write_questions  # noqa: E402
 from sciqa.metrics import top3_letters  # noqa: E402
 from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm  # noqa: E402
 from sciqa.scoring.llm_scoring import ScoreHead, score_rows  # noqa: E402
+from tests.builders import (  # noqa: E402
+    WORDS,
+    build_tiny_llama,
+    make_model,
+    make_questions,
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,7 @@ def deep_llm(tiny_llm, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def qfile(tmp_path) -> Path:
-    return write_questions(_questions(), tmp_path / "questions.csv")
+    return write_questions(make_questions(), tmp_path / "questions.csv")
 
 
 def _config(tmp_path: Path, *overrides: str):
@@ -112,7 +115,7 @@ def test_one_streamed_copy_per_device(qfile, tiny_llm, tmp_path):
 def test_pmi_and_the_full_sequence_path_stream_too(tiny_llm, tmp_path, sets, cache):
     cfg = _config(tmp_path, *sets).causal_lm
     tok = load_causal_tokenizer(str(tiny_llm))
-    enc = encode_for_llm(tok, _questions(), PromptSpec.from_config(cfg, tok, "t"))
+    enc = encode_for_llm(tok, make_questions(), PromptSpec.from_config(cfg, tok, "t"))
     rows, head = list(range(len(enc))), ScoreHead.of(enc)
     model = load_causal_lm(str(tiny_llm)).eval()
     expected = score_rows(model, enc, rows, head, tok.pad_token_id, prefix_cache=cache)
@@ -155,7 +158,7 @@ def test_sharded_and_bin_checkpoints_split_alike(tiny_llm, tmp_path):
                bin_dir / "pytorch_model.bin")  # fmt: skip
     cfg = _config(tmp_path).causal_lm
     tok = load_causal_tokenizer(str(tiny_llm))
-    enc = encode_for_llm(tok, _questions(), PromptSpec.from_config(cfg, tok, "t"))
+    enc = encode_for_llm(tok, make_questions(), PromptSpec.from_config(cfg, tok, "t"))
     rows, head = list(range(len(enc))), ScoreHead.of(enc)
     expected = score_rows(model.eval(), enc, rows, head, tok.pad_token_id)
     for folder in (tiny_llm, tmp_path / "sharded", bin_dir):
@@ -183,7 +186,7 @@ def test_weights_held_at_once_stay_under_a_cap_the_model_exceeds(deep_llm, tmp_p
     sets = [f"causal_lm.offload_prefetch={prefetch}", "causal_lm.offload_group=100"]
     cfg = _config(tmp_path, *sets).causal_lm
     tok = load_causal_tokenizer(str(deep_llm))
-    enc = encode_for_llm(tok, _questions(), PromptSpec.from_config(cfg, tok, "t"))
+    enc = encode_for_llm(tok, make_questions(), PromptSpec.from_config(cfg, tok, "t"))
     rows, head = list(range(len(enc))), ScoreHead.of(enc)
     model = load_causal_lm(str(deep_llm)).eval()
     expected = score_rows(model, enc, rows, head, tok.pad_token_id).numpy()
@@ -389,7 +392,7 @@ def test_an_error_mid_sweep_leaves_no_weights_behind(tiny_llm, tmp_path):
 
     cfg = _config(tmp_path).causal_lm
     tok = load_causal_tokenizer(str(tiny_llm))
-    enc = encode_for_llm(tok, _questions(), PromptSpec.from_config(cfg, tok, "t"))
+    enc = encode_for_llm(tok, make_questions(), PromptSpec.from_config(cfg, tok, "t"))
     streamer = open_streamer(tiny_llm, torch.device("cpu"), torch.float32, cfg, "sdpa")
 
     def fails(*_):

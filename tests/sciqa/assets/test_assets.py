@@ -27,7 +27,7 @@ from sciqa.metrics import map_at_3
 from sciqa.submission import read_submission
 
 pytestmark = pytest.mark.assets
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize("role", ["embedding", "backbone"])
