@@ -159,6 +159,7 @@ def test_random_set_is_at_chance_for_every_baseline(k):
     frame = make_questions(1500, n_options=k, seed=2)
     report = audit_questions(frame, passages=frame["context"])
     assert report["options"] == k
+    assert list(report["baselines"]) == ["longest", "question_overlap", "passage_overlap"]
     for name, result in report["baselines"].items():
         low, high = result["chance_band95"]
         assert low < result["map_at_3"] < high, name

@@ -94,6 +94,7 @@ def test_paired_needs_aligned_questions():
 def test_bootstrap_many_equals_one_at_a_time():
     values = np.stack([aps_of(150, seed=s) for s in range(3)], axis=1)
     many = bootstrap_many(values, n_resamples=300, seed=7)
+    assert len(many) == 3
     for j, ci in enumerate(many):
         one = bootstrap_interval(values[:, j], n_resamples=300, seed=7)
         assert (ci.estimate, ci.low, ci.high) == pytest.approx((one.estimate, one.low, one.high))

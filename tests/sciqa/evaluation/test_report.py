@@ -383,6 +383,8 @@ def test_report_reads_a_real_infer_run_with_a_time_budget(tmp_path):
     data = json.loads((report / "report.json").read_text())
     scores = json.loads((out / "scores.json").read_text())
     by_name = {s["model"]: s for s in data["systems"]}
+    members = [row["model"] for row in scores["models"]]
+    assert members == ["run_a-fold_0", "run_a-fold_1", "ensemble"]
     for row in scores["models"]:  # the report agrees with infer's own scores.json
         assert by_name[row["model"]]["map_at_3"] == pytest.approx(row["map_at_3"])
         assert by_name[row["model"]]["accuracy"] == pytest.approx(row["accuracy"])
