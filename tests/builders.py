@@ -98,12 +98,14 @@ def make_questions(
     answers: str = "random",
     groups: int | None = None,
     id_format: str = "q{:02d}",
+    sources: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """``n`` labelled questions of random ``words``, in the sciqa schema.
 
     ``answers``: ``random`` (drawn per row) or ``cycle`` (A, B, C, ... in turn);
     ``context_words=None``: no context column; ``groups``: a ``source_id`` of ``groups``
-    distinct values, for grouped folds.
+    distinct values, for grouped folds; ``sources``: a ``source`` column, row ``i`` from
+    ``sources[i % len(sources)]`` (the words drawn are the same with or without it).
     """
     rng = np.random.default_rng(seed)
     letters = string.ascii_uppercase[:n_options]
@@ -118,6 +120,8 @@ def make_questions(
             row["context"] = _words(rng, words, context_words)
         if groups:
             row["source_id"] = f"chunk{i % groups}"
+        if sources:
+            row["source"] = sources[i % len(sources)]
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -6,7 +6,12 @@ import pytest
 
 @pytest.fixture
 def questions() -> pd.DataFrame:
-    """Three valid labelled questions in the Kaggle layout."""
+    """Three valid labelled questions in the Kaggle layout.
+
+    Hand-written, not ``tests.builders.make_questions``: tests depend on the exact data
+    (ids "0", "1", "2" and answers A, B, B in expected messages and scores, the NA-like
+    options "None" and "NA" a round trip must keep, the first prompt's text in a query).
+    """
     return pd.DataFrame(
         {
             "id": ["0", "1", "2"],

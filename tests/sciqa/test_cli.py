@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -76,29 +74,33 @@ def test_config_shows_overrides(tmp_path):
     assert "unknown key 'models.lm'" in bad.output
 
 
-def _help_without_heavy_imports(*argv: str) -> str:
-    """Run `sciqa ARGV --help` in a fresh interpreter; fail if torch & co. were imported."""
-    code = (
-        f"import sys, runpy; sys.argv = ['sciqa', *{list(argv)!r}, '--help']\n"
-        "try:\n    runpy.run_module('sciqa', run_name='__main__')\n"
-        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
-        "heavy = {'torch', 'faiss', 'openai', 'transformers'} & set(sys.modules)\n"
-        "assert not heavy, heavy\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+@pytest.fixture
+def help_without_heavy_imports(fresh_interpreter):
+    """``run(*argv)``: `sciqa ARGV --help` in a fresh interpreter; fails if torch & co.
+    were imported. Returns the help text."""
+
+    def run(*argv: str) -> str:
+        done = fresh_interpreter(
+            f"import runpy, sys\nsys.argv = ['sciqa', *{list(argv)!r}, '--help']\n"
+            "runpy.run_module('sciqa', run_name='__main__')\n"
+        )
+        assert done.returncode == 0, done.stderr
+        assert "sciqa.cli" in done.modules  # the help did come from the CLI
+        assert not done.heavy, done.heavy
+        return done.stdout
+
+    return run
 
 
 @pytest.mark.parametrize("stage", ["gen", "serve-llm", "index", "retrieve", "train", "infer"])
-def test_stage_help_runs_without_heavy_imports(stage):
-    assert "--config" in _help_without_heavy_imports(stage)
+def test_stage_help_runs_without_heavy_imports(stage, help_without_heavy_imports):
+    assert "--config" in help_without_heavy_imports(stage)
 
 
-def test_pack_help_needs_no_torch():
-    assert "--platform" in _help_without_heavy_imports("pack")
+def test_pack_help_needs_no_torch(help_without_heavy_imports):
+    assert "--platform" in help_without_heavy_imports("pack")
 
 
-def test_console_entry_point_runs_without_heavy_imports():
-    stdout = _help_without_heavy_imports()
+def test_console_entry_point_runs_without_heavy_imports(help_without_heavy_imports):
+    stdout = help_without_heavy_imports()
     assert "eval" in stdout

@@ -1,6 +1,7 @@
+import hashlib
 import json
+import re
 
-import pandas as pd
 import pytest
 import yaml
 
@@ -27,10 +28,22 @@ def test_run_files_hold_resolved_config_and_input_hashes(tmp_path):
     written = json.loads(manifest.read_text())
     assert written["stage"] == "test"
     assert written["rows"] == 1
-    assert written["inputs"] == [{"path": str(data), "bytes": 4, "sha256": file_digest(data)}]
+    digest = "sha256:" + hashlib.sha256(b"a\n1\n").hexdigest()
+    assert written["inputs"] == [{"path": str(data), "bytes": 4, "sha256": digest}]
     assert "pandas" in written["libraries"]
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["seed"] == 7
-    assert file_digest(data) != file_digest(manifest)
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"x", bytes(range(256)) * 5000], ids=["empty", "one-byte", "1.28MB"]
+)
+def test_digest_is_the_sha256_of_the_bytes(tmp_path, content):
+    path = tmp_path / "f"
+    path.write_bytes(content)  # 1.28MB: more than one 1 MiB chunk
+    digest = file_digest(path)
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest)
+    assert digest == "sha256:" + hashlib.sha256(content).hexdigest()
+    assert file_digest(path, chunk=7) == digest  # the chunk size changes nothing
 
 
 def test_digest_changes_with_content(tmp_path):
@@ -38,4 +51,5 @@ def test_digest_changes_with_content(tmp_path):
     a.write_text("x")
     b.write_text("y")
     assert file_digest(a) != file_digest(b)
-    assert pd.notna(file_digest(a))
+    b.write_text("x")
+    assert file_digest(a) == file_digest(b)  # same bytes, same digest, whatever the name

