@@ -23,10 +23,10 @@ from typer.testing import CliRunner
 
 from data_gen.backends import response_format, sampling
 from data_gen.commands import run_gen
-from data_gen.engine import DEFAULT_ENV, engine_python
+from data_gen.engine.process import claim_port, last_log_line, run_server
+from data_gen.engine.vllm_cpu import DEFAULT_ENV, engine_python
 from data_gen.fake_server import FakeLLM, write_fake_passages
 from data_gen.parse import Rejected, ReplySpec, json_schema, parse_reply
-from data_gen.server import claim_port, last_log_line, run_server
 from sciqa.cli import app
 from sciqa.config import load_config
 from sciqa.errors import SciqaError
@@ -360,7 +360,7 @@ _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 def test_real_engine_structured_output_and_named_schema_error(tmp_path):
     """vLLM CPU on the packaged SmolLM2: schema-valid compact JSON, detected as vllm,
     an uncompilable pattern named by field, and no engine process left afterwards."""
-    from data_gen.server import embedded_server
+    from data_gen.engine import serve_llm
 
     if not (DEFAULT_ENV / "bin" / "python").is_file():
         pytest.skip("no .venv-engine: run `make engine` (make test does)")
@@ -374,9 +374,10 @@ def test_real_engine_structured_output_and_named_schema_error(tmp_path):
     base += ["gen.dedup=false", "gen.answerability_filter=false", "gen.too_easy_filter=false"]
     config = load_config(None, base)
     engine_python(config.llm)
-    with embedded_server(config) as (base_url, model):
-        port = int(base_url.rsplit(":", 1)[1].split("/")[0])
-        endpoint = [f"llm.base_url={base_url}", f"llm.model={model}", "llm.concurrency=4"]
+    with serve_llm(config.llm, config.models.llm) as served:
+        port = int(served.base_url.rsplit(":", 1)[1].split("/")[0])
+        endpoint = [f"llm.base_url={served.base_url}", f"llm.model={served.model}"]
+        endpoint.append("llm.concurrency=4")
         os.environ.setdefault("OPENAI_API_KEY", "local")
         out = tmp_path / "gen" / "q.parquet"
         counts = run_gen(source, out, load_config(None, [*base, *endpoint, "gen.n=4"]))

@@ -394,15 +394,12 @@ def test_answerability_and_too_easy_filters():
     assert list(kept["id"]) == ["q2"] and drops[0]["reason"] == "too_easy"
 
 
-def test_filters_in_the_pipeline_are_counted(passages_file, tmp_path, monkeypatch):
-    import data_gen.commands as commands
-
+def test_filters_in_the_pipeline_are_counted(passages_file, tmp_path):
     # With the passage, every other question's pick (B) misses the label (A); without
     # it, the first remaining one is answered with p = 0.9 (too easy).
     with_ctx = np.tile([[0.2, 0.8, 0, 0, 0], [0.9, 0.1, 0, 0, 0]], (3, 1))
     without = np.array([[0.9, 0.1, 0, 0, 0]] + [[0.3, 0.7, 0, 0, 0]] * 2)
     scorer = FixedScorer(with_ctx, without)
-    monkeypatch.setattr(commands, "make_scorer", lambda *_: scorer)
     with FakeLLM() as fake:
         counts = run(
             passages_file,
@@ -411,6 +408,7 @@ def test_filters_in_the_pipeline_are_counted(passages_file, tmp_path, monkeypatc
             "gen.answerability_filter=true",
             "gen.too_easy_filter=true",
             encoder=HashEncoder(),  # not MiniLM: keeps the test fast
+            scorer=scorer,
         )
     post = counts["postprocess"]
     assert post["dropped_by_reason"] == {"unanswerable": 3, "too_easy": 1}
@@ -439,13 +437,13 @@ def test_embedded_server_converts_the_gguf_once_and_answers():
     """
     import openai
 
-    from data_gen.server import serve
+    from data_gen.engine.transformers_serve import serve_transformers
     from sciqa.assets.llm import prepare_model
 
     folder = prepare_model("default", None)
     assert (Path(folder) / "config.json").is_file()
     assert prepare_model("default", None) == folder  # cached: no second conversion
-    with serve(folder, startup_timeout=300) as base_url:
+    with serve_transformers(folder, startup_timeout=300) as base_url:
         client = openai.OpenAI(base_url=base_url, api_key="local", timeout=300)
         reply = client.chat.completions.create(
             model=folder, messages=[{"role": "user", "content": "Say hi."}], max_tokens=3
