@@ -37,7 +37,8 @@ def batch_requests(
     bodies = {}
     for job in jobs:
         messages = render_messages(templates, job.title, job.text, letters)
-        body = client.body(messages, request_params(gen, seed, job))
+        params = request_params(gen, seed, job)
+        body = client.body(messages, params)
         bodies[request_key(body)] = body
     done = client.cache.has(bodies)
     pending = {key: body for key, body in bodies.items() if key not in done}

@@ -83,17 +83,15 @@ def run_gen(
     generated_at = time.monotonic()
     # -> questions -> filter -> audit -> write
     frame = questions_frame(asked.outcomes, letters, f"gen:{endpoint.label}")
+    # The writer's own shortcuts, before the filters pick: a small kept set (or none)
+    # says little, the replies say what the LLM does.
+    generated = audit_frame(frame, gen, seed, "no valid replies")
     if scorer is None and needs_scorer(gen) and len(frame):
         scorer = make_scorer(gen, encoder)
     kept, drops, post = postprocess(
         frame, gen, seed, encoder=encoder, scorer=scorer, excluded=excluded
     )
-    audits = {
-        "audit": audit_frame(kept, gen, seed),
-        # The writer's own shortcuts, before the filters pick: a small kept set (or none)
-        # says little, the replies say what the LLM does.
-        "audit_generated": audit_frame(frame, gen, seed, "no valid replies"),
-    }
+    audits = {"audit": audit_frame(kept, gen, seed), "audit_generated": generated}
     _write_outputs(out, kept, asked.rejections() + drops)
     seconds = {
         "generate": round(generated_at - started, 2),

@@ -63,6 +63,7 @@ async def ask_questions(
     batch: bool = False,
 ) -> Asked:
     """Ask ``endpoint`` for every job through ``cache`` (``batch``: the Batch API first)."""
+    schema = json_schema(letters, ReplySpec.from_config(gen))
     budget = Budget(gen.max_requests, gen.max_cost)
     client = ChatClient(
         llm,
@@ -72,7 +73,7 @@ async def ask_questions(
         cache=cache,
         budget=budget,
         response_format=gen.response_format,
-        schema=json_schema(letters, ReplySpec.from_config(gen)),
+        schema=schema,
         backend=endpoint.backend,
         concurrency=endpoint.concurrency,
     )

@@ -119,6 +119,7 @@ def serve_vllm(llm: LLMConfig, model: str, python: str | os.PathLike[str]) -> It
     """Run the engine of ``python`` (:func:`engine_python`) on ``model`` (a folder) with
     ``llm``'s engine and server settings; yield its ``/v1`` base_url."""
     port = claim_port(llm.server_port)
+    log = log_path("vllm", port, llm.server_cache_dir)
     command = engine_command(
         python,
         model,
@@ -126,7 +127,7 @@ def serve_vllm(llm: LLMConfig, model: str, python: str | os.PathLike[str]) -> It
         compile_model=llm.engine_compile,
         max_model_len=llm.engine_max_model_len,
     )
-    log = log_path("vllm", port, llm.server_cache_dir)
+    env = engine_environ(llm)
     print(f"starting the vLLM CPU engine on {model} (log: {log})", file=sys.stderr)
     with run_server(
         command,
@@ -134,6 +135,6 @@ def serve_vllm(llm: LLMConfig, model: str, python: str | os.PathLike[str]) -> It
         port=port,
         log=log,
         startup_timeout=llm.server_startup_timeout,
-        env=engine_environ(llm),
+        env=env,
     ) as base_url:
         yield base_url
