@@ -22,7 +22,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ class Endpoint:
 
     base_url: str
     model: str  # the model name to send
-    api_key: str
+    api_key: str = field(repr=False)
     backend: str  # llm.backend, or what the embedded server is
     concurrency: int  # requests in flight: llm.concurrency, 1 for transformers serve
     label: str  # the writing model's short name: questions' source is gen:<label>
