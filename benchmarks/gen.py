@@ -145,14 +145,15 @@ def _gen(
 
 def engine(work: Path, n: int, speed_n: int, validity: bool = True) -> list[str]:
     """The embedded vLLM CPU engine: start-up, validity before/after, 8 vs 1 in flight."""
-    from data_gen.server import embedded_server
+    from data_gen.engine import serve_llm
 
     passages = wiki_passages(work / "wiki.parquet")
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    with embedded_server(load_config(None, [])) as (base_url, model):
+    config = load_config(None, [])
+    with serve_llm(config.llm, config.models.llm) as served:
         startup = time.perf_counter() - start
-        endpoint = [f"llm.base_url={base_url}", f"llm.model={model}"]
+        endpoint = [f"llm.base_url={served.base_url}", f"llm.model={served.model}"]
         os.environ.setdefault("OPENAI_API_KEY", "local")
         runs = {}
         if validity:

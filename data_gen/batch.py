@@ -15,10 +15,10 @@ import json
 import sys
 from typing import Any
 
+from data_gen.cache import request_key
 from data_gen.client import ChatClient
-from data_gen.generate import Job, request_params
-from data_gen.prompts import Templates, render_messages
-from sciqa.config import SciqaConfig
+from data_gen.prompts import Job, Templates, render_messages, request_params
+from sciqa.config import GenConfig
 
 ENDPOINT = "/v1/chat/completions"
 DONE = {"completed", "failed", "expired", "cancelled"}
@@ -30,20 +30,20 @@ def batch_requests(
     jobs: list[Job],
     templates: Templates,
     letters: list[str],
-    config: SciqaConfig,
+    gen: GenConfig,
+    seed: int,
 ) -> dict[str, dict[str, Any]]:
     """Request bodies by cache key for every job's first request not answered yet."""
-    from data_gen.cache import request_key
-
     bodies = {}
     for job in jobs:
         messages = render_messages(templates, job.title, job.text, letters)
-        body = client.body(messages, request_params(config.gen, config.seed, job))
+        params = request_params(gen, seed, job)
+        body = client.body(messages, params)
         bodies[request_key(body)] = body
     done = client.cache.has(bodies)
     pending = {key: body for key, body in bodies.items() if key not in done}
-    if config.gen.max_requests is not None:
-        pending = dict(list(pending.items())[: config.gen.max_requests])
+    if gen.max_requests is not None:
+        pending = dict(list(pending.items())[: gen.max_requests])
     return pending
 
 
@@ -52,10 +52,11 @@ async def run_batch(
     jobs: list[Job],
     templates: Templates,
     letters: list[str],
-    config: SciqaConfig,
+    gen: GenConfig,
+    seed: int,
 ) -> dict[str, Any]:
     """Submit (or resume) the batch for what is missing and fold its results into the cache."""
-    pending = batch_requests(client, jobs, templates, letters, config)
+    pending = batch_requests(client, jobs, templates, letters, gen, seed)
     if not pending:
         return {"submitted": 0}
     lines = [
@@ -76,7 +77,7 @@ async def run_batch(
         print(f"batch {batch_id}: {len(pending)} requests submitted", file=sys.stderr)
     batch = await api.batches.retrieve(batch_id)
     while batch.status not in DONE:
-        await asyncio.sleep(config.gen.batch_poll_seconds)
+        await asyncio.sleep(gen.batch_poll_seconds)
         batch = await api.batches.retrieve(batch_id)
     folded = 0
     if batch.output_file_id:

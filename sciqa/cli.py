@@ -323,9 +323,9 @@ def serve_llm(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     from sciqa.config import load_config
 
     cfg = load_config(config, set_)
-    from data_gen.server import serve_forever
+    from data_gen.engine import serve_forever
 
-    serve_forever(cfg, typer.echo)
+    serve_forever(cfg.llm, cfg.models.llm, typer.echo)
 
 
 @app.command()

