@@ -12,7 +12,7 @@ from sciqa.io import read_table, write_table  # noqa: E402
 from sciqa.scoring.mc_encoding import encode_questions  # noqa: E402
 from tests.builders import TRAIN_SMALL, make_config, train_questions  # noqa: E402
 from train.commands import run_train  # noqa: E402
-from train.trainer import _best_evaluation  # noqa: E402
+from train.trainer import best_evaluation  # noqa: E402
 
 
 def _reloaded_logits(fold_dir, rows):
@@ -58,9 +58,9 @@ def test_best_evaluation_is_the_first_best_and_refuses_what_it_cannot_match():
     logits = [np.full((2, 4), float(k)) for k in range(3)]
     history = [{"map_at_3": s} for s in (0.5, 0.7, 0.7)]
     runs = [(a, {"map_at_3": h["map_at_3"]}) for a, h in zip(logits, history, strict=True)]
-    assert _best_evaluation(history, runs, resumed=False)[0, 0] == 1.0
-    assert _best_evaluation(history, runs, resumed=True) is None  # earlier evals not seen
-    assert _best_evaluation(history, runs[:2], resumed=False) is None
-    assert _best_evaluation([], [], resumed=False) is None
+    assert best_evaluation(history, runs, resumed=False)[0, 0] == 1.0
+    assert best_evaluation(history, runs, resumed=True) is None  # earlier evals not seen
+    assert best_evaluation(history, runs[:2], resumed=False) is None
+    assert best_evaluation([], [], resumed=False) is None
     wrong = [*runs[:1], (logits[1], {"map_at_3": 0.1}), runs[2]]
-    assert _best_evaluation(history, wrong, resumed=False) is None
+    assert best_evaluation(history, wrong, resumed=False) is None
