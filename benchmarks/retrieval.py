@@ -114,7 +114,8 @@ def bench_queries(index: Path, sets: dict[str, pd.DataFrame], n_queries: int, k:
     repeated = (real * (n_queries // len(real) + 1))[: max(n_queries, len(real))]
     rows, hits_by_mode, retrievers = [], {}, {}
     for mode, overrides in MODES.items():
-        retriever = Retriever.open(index, load_config(None, overrides))
+        config = load_config(None, overrides)
+        retriever = Retriever.open(index, config.retrieval, embedding=config.models.embedding)
         retriever.search(repeated[:32], top=k)  # warm-up (model, mmap pages)
         retriever.timings.clear()
         started = time.perf_counter()
@@ -276,7 +277,7 @@ def main() -> None:
         flush=True,
     )
 
-    retriever = Retriever.open(args.index, config)
+    retriever = Retriever.open(args.index, config.retrieval, embedding=config.models.embedding)
     model = retriever.encoder
     k = config.retrieval.k
     if "build" in parts:

@@ -157,6 +157,8 @@ CAUSAL_TRAIN_SMALL = (
     "train.logging_steps=1000",
     "causal_lm.max_length=48",  # the contexts are longer: truncation is exercised too
 )
+# Passages of about 20 words, so the articles of WIKI_ARTICLES split into several.
+RETRIEVAL_SMALL = ("retrieval.chunk_words=20", "retrieval.chunk_overlap=5")
 
 
 def make_config(*overrides: str) -> SciqaConfig:
@@ -286,5 +288,63 @@ def build_tiny_llama(
     model = LlamaForCausalLM(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# --- a tiny Wikipedia and questions it answers --------------------------------------
+
+WIKI_ARTICLES = {
+    "Photosynthesis": "Photosynthesis is the process by which green plants use sunlight, water "
+    "and carbon dioxide to make glucose. Chlorophyll in the chloroplasts absorbs light. "
+    "Oxygen is released as a by-product.",
+    "Mitochondrion": "The mitochondrion is the organelle that produces most of the cell's ATP "
+    "through cellular respiration. It is often called the powerhouse of the cell.",
+    "Plate tectonics": "Plate tectonics describes the slow motion of the lithosphere's plates. "
+    "Earthquakes and volcanoes occur mainly along plate boundaries.",
+    "Newton's laws of motion": "Newton's second law states that force equals mass times "
+    "acceleration. The third law says every action has an equal and opposite reaction.",
+    "DNA": "DNA is a double helix molecule that carries genetic information. Its bases are "
+    "adenine, thymine, guanine and cytosine.",
+    "Water cycle": "In the water cycle, water evaporates from oceans, condenses into clouds and "
+    "falls as precipitation such as rain or snow.",
+    "Electric current": "Electric current is the flow of electric charge, measured in amperes. "
+    "Ohm's law relates voltage, current and resistance.",
+    "Moon": "The Moon is Earth's only natural satellite. Its gravity causes the ocean tides.",
+}
+# question -> title of the WIKI_ARTICLES passage that answers it
+WIKI_QUESTIONS = {
+    "Which organelle makes most of the ATP in a cell?": "Mitochondrion",
+    "What gas do plants release when they make glucose from sunlight?": "Photosynthesis",
+    "What causes the ocean tides on Earth?": "Moon",
+    "In which unit is electric current measured?": "Electric current",
+}
+
+
+def write_wiki(path: Path) -> Path:
+    """WIKI_ARTICLES as a ``title``/``text`` JSONL corpus."""
+    rows = [{"title": t, "text": x} for t, x in WIKI_ARTICLES.items()]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def wiki_questions(n_options: int = 3) -> pd.DataFrame:
+    """WIKI_QUESTIONS' prompts with placeholder options and no answer, ids ``q0``..."""
+    letters = "ABCDE"[:n_options]
+    frame = pd.DataFrame({"id": [f"q{i}" for i in range(len(WIKI_QUESTIONS))]})
+    frame["prompt"] = list(WIKI_QUESTIONS)
+    for j, letter in enumerate(letters):
+        frame[letter] = [f"option {j} of {i}" for i in range(len(WIKI_QUESTIONS))]
+    frame["source"] = "handmade"
+    return frame
+
+
+def make_cross_encoder(folder: Path, words: Sequence[str]) -> Path:
+    """A tiny random BERT cross-encoder (one relevance logit) over ``words``, saved."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    tokenizer = BertTokenizerFast(vocab_file=str(write_vocab(folder, words)))
+    config = BertConfig(**tiny_sizes(words, hidden=16, layers=1), num_labels=1)
+    BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

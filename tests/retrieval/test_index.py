@@ -11,40 +11,23 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from retrieval import build, dense, index_dir
+from retrieval import dense, index_dir, lexical
 from retrieval.commands import run_index, run_retrieve
 from retrieval.errors import IndexDirError
 from retrieval.search import Retriever
 from sciqa.cli import app
-from sciqa.config import load_config
+from sciqa.config import SciqaConfig
+from tests.builders import (
+    RETRIEVAL_SMALL,
+    WIKI_ARTICLES,
+    WIKI_QUESTIONS,
+    make_config,
+    make_cross_encoder,
+    wiki_questions,
+    write_wiki,
+)
 
 pytestmark = pytest.mark.assets
-
-ARTICLES = {
-    "Photosynthesis": "Photosynthesis is the process by which green plants use sunlight, water "
-    "and carbon dioxide to make glucose. Chlorophyll in the chloroplasts absorbs light. "
-    "Oxygen is released as a by-product.",
-    "Mitochondrion": "The mitochondrion is the organelle that produces most of the cell's ATP "
-    "through cellular respiration. It is often called the powerhouse of the cell.",
-    "Plate tectonics": "Plate tectonics describes the slow motion of the lithosphere's plates. "
-    "Earthquakes and volcanoes occur mainly along plate boundaries.",
-    "Newton's laws of motion": "Newton's second law states that force equals mass times "
-    "acceleration. The third law says every action has an equal and opposite reaction.",
-    "DNA": "DNA is a double helix molecule that carries genetic information. Its bases are "
-    "adenine, thymine, guanine and cytosine.",
-    "Water cycle": "In the water cycle, water evaporates from oceans, condenses into clouds and "
-    "falls as precipitation such as rain or snow.",
-    "Electric current": "Electric current is the flow of electric charge, measured in amperes. "
-    "Ohm's law relates voltage, current and resistance.",
-    "Moon": "The Moon is Earth's only natural satellite. Its gravity causes the ocean tides.",
-}
-# question -> title of the passage that answers it
-QUESTIONS = {
-    "Which organelle makes most of the ATP in a cell?": "Mitochondrion",
-    "What gas do plants release when they make glucose from sunlight?": "Photosynthesis",
-    "What causes the ocean tides on Earth?": "Moon",
-    "In which unit is electric current measured?": "Electric current",
-}
 
 
 @pytest.fixture(autouse=True)
@@ -54,30 +37,21 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    path = tmp_path / "wiki.jsonl"
-    rows = [{"title": t, "text": x} for t, x in ARTICLES.items()]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
+    return write_wiki(tmp_path / "wiki.jsonl")
 
 
-def _questions(n_options: int = 3) -> pd.DataFrame:
-    letters = "ABCDE"[:n_options]
-    frame = pd.DataFrame({"id": [f"q{i}" for i in range(len(QUESTIONS))]})
-    frame["prompt"] = list(QUESTIONS)
-    for j, letter in enumerate(letters):
-        frame[letter] = [f"option {j} of {i}" for i in range(len(QUESTIONS))]
-    frame["source"] = "handmade"
-    return frame
-
-
-def _config(*overrides: str):
-    return load_config(None, ["retrieval.chunk_words=20", "retrieval.chunk_overlap=5", *overrides])
+def _open(folder: Path, config: SciqaConfig) -> Retriever:
+    """The retriever ``sciqa retrieve`` opens with ``config``."""
+    models = config.models
+    return Retriever.open(
+        folder, config.retrieval, embedding=models.embedding, reranker=models.reranker
+    )
 
 
 @pytest.fixture
 def built(tmp_path: Path, corpus: Path) -> Path:
     out = tmp_path / "index"
-    build.build_index(corpus, out, _config())
+    run_index(corpus, out, make_config(*RETRIEVAL_SMALL))
     return out
 
 
@@ -91,10 +65,10 @@ def built(tmp_path: Path, corpus: Path) -> Path:
     ids=["dense", "bm25", "hybrid"],
 )
 def test_each_retriever_finds_the_known_passage(built: Path, overrides: list[str]) -> None:
-    retriever = Retriever.open(built, _config(*overrides))
-    hits = retriever.search(list(QUESTIONS), top=2)
+    retriever = _open(built, make_config(*RETRIEVAL_SMALL, *overrides))
+    hits = retriever.search(list(WIKI_QUESTIONS), top=2)
     titles = retriever.passages["title"].to_numpy()
-    for (question, expected), question_hits in zip(QUESTIONS.items(), hits, strict=True):
+    for (question, expected), question_hits in zip(WIKI_QUESTIONS.items(), hits, strict=True):
         assert titles[question_hits[0].row] == expected, question
 
 
@@ -102,7 +76,7 @@ def test_index_folder_has_the_contract_files_and_manifest(built: Path) -> None:
     passages = pd.read_parquet(built / "passages.parquet")
     assert list(passages.columns) == ["passage_id", "title", "text", "article_id", "chunk"]
     assert passages["passage_id"].is_unique
-    assert len(passages) > len(ARTICLES)  # chunk_words=20 splits the longer articles
+    assert len(passages) > len(WIKI_ARTICLES)  # chunk_words=20 splits the longer articles
     manifest = json.loads((built / "manifest.json").read_text())
     assert manifest["format_version"] == index_dir.FORMAT_VERSION
     assert manifest["embedding"] == {
@@ -113,28 +87,29 @@ def test_index_folder_has_the_contract_files_and_manifest(built: Path) -> None:
     }
     assert manifest["settings"]["chunk_words"] == 20
     assert manifest["faiss"] == {"factory": "Flat", "ntotal": len(passages)}
-    assert manifest["counts"] == {"articles": len(ARTICLES), "passages": len(passages)}
+    assert manifest["counts"] == {"articles": len(WIKI_ARTICLES), "passages": len(passages)}
     assert manifest["inputs"][0]["sha256"].startswith("sha256:")
     assert (built / "config.yaml").is_file()
 
 
 def test_rebuild_is_skipped_when_nothing_changed(built: Path, corpus: Path) -> None:
     before = (built / "dense.faiss").stat().st_mtime_ns
-    assert build.build_index(corpus, built, _config())["skipped"] is True
+    assert "up to date" in run_index(corpus, built, make_config(*RETRIEVAL_SMALL))
     assert (built / "dense.faiss").stat().st_mtime_ns == before
-    rebuilt = build.build_index(corpus, built, _config("retrieval.chunk_words=30"))
-    assert "skipped" not in rebuilt
+    rebuilt = run_index(corpus, built, make_config(*RETRIEVAL_SMALL, "retrieval.chunk_words=30"))
+    assert "up to date" not in rebuilt
+    assert (built / "dense.faiss").stat().st_mtime_ns != before
 
 
 def test_retrieve_fills_context_keeps_columns_and_writes_audit(built: Path, tmp_path: Path) -> None:
     questions = tmp_path / "q.csv"
-    _questions(3).to_csv(questions, index=False)
+    wiki_questions(3).to_csv(questions, index=False)
     out = tmp_path / "out" / "q_ctx.parquet"
-    config = _config(f"runs_dir={tmp_path / 'runs'}")
+    config = make_config(*RETRIEVAL_SMALL, f"runs_dir={tmp_path / 'runs'}")
     config.retrieval.k = 2
     run_retrieve(questions, built, out, config)
     frame = pd.read_parquet(out)
-    assert list(frame.columns) == [*_questions(3).columns, "context"]
+    assert list(frame.columns) == [*wiki_questions(3).columns, "context"]
     assert frame["id"].tolist() == ["q0", "q1", "q2", "q3"]
     assert frame.loc[0, "context"].startswith("Mitochondrion\n")
     assert all(0 < len(c) <= config.retrieval.context_budget for c in frame["context"])
@@ -153,9 +128,11 @@ def test_retrieve_fills_context_keeps_columns_and_writes_audit(built: Path, tmp_
 
 def test_context_budget_in_backbone_tokens(built: Path, tmp_path: Path) -> None:
     questions = tmp_path / "q.csv"
-    _questions(2).to_csv(questions, index=False)
+    wiki_questions(2).to_csv(questions, index=False)
     out = tmp_path / "q_ctx.csv"
-    config = _config("retrieval.context_unit=tokens", "retrieval.context_budget=12")
+    config = make_config(
+        *RETRIEVAL_SMALL, "retrieval.context_unit=tokens", "retrieval.context_budget=12"
+    )
     config.retrieval.k = 3
     run_retrieve(questions, built, out, config)
     from transformers import AutoTokenizer
@@ -170,13 +147,15 @@ def test_context_budget_in_backbone_tokens(built: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("factory", ["Flat", "IVF2,Flat"])
 def test_shard_and_merge_equal_a_single_build(tmp_path: Path, corpus: Path, factory: str) -> None:
-    config = _config(f"retrieval.faiss_factory={factory}", "retrieval.nprobe=2")
+    config = make_config(
+        *RETRIEVAL_SMALL, f"retrieval.faiss_factory={factory}", "retrieval.nprobe=2"
+    )
     single = tmp_path / "single"
-    build.build_index(corpus, single, config)
+    run_index(corpus, single, config)
     sharded = tmp_path / "sharded"
     if factory != "Flat":
         with pytest.raises(IndexDirError, match="--train"):
-            build.build_shard(corpus, sharded, config, 0, 3)
+            run_index(corpus, sharded, config, shard="0/3")
         run_index(corpus, sharded, config, train=True)
     for shard in (2, 0, 1):  # any order, as a job array would
         run_index(corpus, sharded, config, shard=f"{shard}/3")
@@ -184,31 +163,31 @@ def test_shard_and_merge_equal_a_single_build(tmp_path: Path, corpus: Path, fact
     pd.testing.assert_frame_equal(
         pd.read_parquet(single / "passages.parquet"), pd.read_parquet(sharded / "passages.parquet")
     )
-    a = Retriever.open(single, config).search(list(QUESTIONS), top=5)
-    b = Retriever.open(sharded, config).search(list(QUESTIONS), top=5)
+    a = _open(single, config).search(list(WIKI_QUESTIONS), top=5)
+    b = _open(sharded, config).search(list(WIKI_QUESTIONS), top=5)
     assert [[h.row for h in q] for q in a] == [[h.row for h in q] for q in b]
     if factory != "Flat":
         assert (sharded / "dense.ivfdata").is_file()
         moved = tmp_path / "moved"  # the merged index is found beside its .ivfdata
         shutil.move(sharded, moved)
-        c = Retriever.open(moved, config).search(list(QUESTIONS), top=5)
+        c = _open(moved, config).search(list(WIKI_QUESTIONS), top=5)
         assert [[h.row for h in q] for q in c] == [[h.row for h in q] for q in a]
 
 
 def test_merge_refuses_missing_shard(tmp_path: Path, corpus: Path) -> None:
     out = tmp_path / "idx"
-    run_index(corpus, out, _config(), shard="0/2")
+    run_index(corpus, out, make_config(*RETRIEVAL_SMALL), shard="0/2")
     with pytest.raises(IndexDirError, match="shard 1/2 is missing"):
-        run_index(None, out, _config(), merge=True)
+        run_index(None, out, make_config(*RETRIEVAL_SMALL), merge=True)
 
 
 def test_mmap_load_gives_the_same_results(built: Path) -> None:
-    mapped = Retriever.open(built, _config("retrieval.mmap=true"))
-    loaded = Retriever.open(built, _config("retrieval.mmap=false"))
+    mapped = _open(built, make_config(*RETRIEVAL_SMALL, "retrieval.mmap=true"))
+    loaded = _open(built, make_config(*RETRIEVAL_SMALL, "retrieval.mmap=false"))
     assert isinstance(mapped.bm25.scores["data"], np.memmap)
     assert not isinstance(loaded.bm25.scores["data"], np.memmap)
-    a = mapped.search(list(QUESTIONS), top=4)
-    b = loaded.search(list(QUESTIONS), top=4)
+    a = mapped.search(list(WIKI_QUESTIONS), top=4)
+    b = loaded.search(list(WIKI_QUESTIONS), top=4)
     assert [[(h.row, round(h.fused, 9)) for h in q] for q in a] == [
         [(h.row, round(h.fused, 9)) for h in q] for q in b
     ]
@@ -230,17 +209,20 @@ def test_index_checks(built: Path, tmp_path: Path) -> None:
     with pytest.raises(
         IndexDirError, match=r"models.embedding = 'default'.*--set models.embedding"
     ):
-        Retriever.open(built, _config(f"models.embedding={tmp_path}"))
+        _open(
+            built,
+            make_config(*RETRIEVAL_SMALL, f"models.embedding={tmp_path}"),
+        )
     _edit_manifest(built, dim=768)
     with pytest.raises(IndexDirError, match=r"768-d embeddings.*384-d; rebuild"):
-        Retriever.open(built, _config())
+        _open(built, make_config(*RETRIEVAL_SMALL))
     _edit_manifest(built, dim=384, format_version=99)
     with pytest.raises(IndexDirError, match=r"format version 99.*rebuild it"):
-        Retriever.open(built, _config())
+        _open(built, make_config(*RETRIEVAL_SMALL))
     _edit_manifest(built, format_version=index_dir.FORMAT_VERSION)
     (built / "dense.faiss").unlink()
     with pytest.raises(IndexDirError, match=r"dense.faiss: missing from the index"):
-        Retriever.open(built, _config())
+        _open(built, make_config(*RETRIEVAL_SMALL))
 
 
 def test_interrupted_build_never_loads_as_complete(
@@ -249,38 +231,33 @@ def test_interrupted_build_never_loads_as_complete(
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build.lexical, "build", crash)
+    monkeypatch.setattr(lexical, "build", crash)
     with pytest.raises(KeyboardInterrupt):
-        build.build_index(corpus, built, _config("retrieval.chunk_words=25"))
+        run_index(
+            corpus,
+            built,
+            make_config(*RETRIEVAL_SMALL, "retrieval.chunk_words=25"),
+        )
     with pytest.raises(IndexDirError, match="not a complete sciqa index"):
-        Retriever.open(built, _config())
+        _open(built, make_config(*RETRIEVAL_SMALL))
 
 
 def test_reranker_reorders_the_fused_candidates(built: Path, tmp_path: Path) -> None:
     from sentence_transformers import CrossEncoder
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-    words = sorted({w.lower().strip(".,'") for t in ARTICLES.values() for w in t.split()})
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
-    tiny = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=1,
+    words = sorted({w.lower().strip(".,'") for t in WIKI_ARTICLES.values() for w in t.split()})
+    folder = make_cross_encoder(tmp_path / "tiny-cross-encoder", words)
+
+    config = make_config(
+        *RETRIEVAL_SMALL, f"models.reranker={folder}", "retrieval.rerank_candidates=4"
     )
-    folder = tmp_path / "tiny-cross-encoder"
-    BertForSequenceClassification(tiny).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-    config = _config(f"models.reranker={folder}", "retrieval.rerank_candidates=4")
-    retriever = Retriever.open(built, config)
-    hits = retriever.search(list(QUESTIONS), top=6)
+    retriever = _open(built, config)
+    hits = retriever.search(list(WIKI_QUESTIONS), top=6)
     expected = CrossEncoder(str(folder)).predict(
-        [(next(iter(QUESTIONS)), t) for t in retriever.texts([[h.row for h in hits[0][:4]]])[0]]
+        [
+            (next(iter(WIKI_QUESTIONS)), t)
+            for t in retriever.texts([[h.row for h in hits[0][:4]]])[0]
+        ]
     )
     head = hits[0][:4]
     scores = [h.scores["rerank"] for h in head]
@@ -317,9 +294,9 @@ def test_index_bad_corpus(tmp_path: Path, content: str, name: str, message: str)
 
 def test_retrieve_bad_inputs(built: Path, tmp_path: Path) -> None:
     good = tmp_path / "q.csv"
-    _questions(4).to_csv(good, index=False)
+    wiki_questions(4).to_csv(good, index=False)
     bad = tmp_path / "bad.csv"
-    _questions(4).drop(columns=["prompt"]).to_csv(bad, index=False)
+    wiki_questions(4).drop(columns=["prompt"]).to_csv(bad, index=False)
     out = tmp_path / "out.csv"
     cases = [
         ((bad, "--index", built), "missing column(s) 'prompt'"),

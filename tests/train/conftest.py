@@ -1,10 +1,15 @@
-"""Fixtures the train tests share: tiny random encoders built once per session, and one
-intra-op thread per test module."""
+"""Fixtures the train tests share: tiny random encoders built once per session, one
+intra-op thread per test module, the logits a saved fold gives, a refused ``sciqa train``
+and a kill after the first checkpoint."""
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from sciqa.cli import app
+from sciqa.io import write_table
 from tests.builders import TRAIN_WORDS as WORDS
 from tests.builders import tiny_sizes, write_vocab
 
@@ -56,17 +61,60 @@ def tiny_deberta(tmp_path_factory) -> str:
     return _save_tiny(directory, DebertaV2ForMultipleChoice(config), write_vocab(directory, WORDS))
 
 
+@pytest.fixture(scope="session")
+def fold_logits():
+    """``fold_logits(fold_dir, rows, max_length)``: the logits the encoder saved in
+    ``fold_dir`` gives ``rows``, encoded as infer encodes them (with context): what the
+    run's ``oof.parquet`` must hold for them."""
+    import transformers
+
+    from sciqa.scoring.mc_encoding import encode_questions
+
+    def logits(fold_dir: Path, rows: pd.DataFrame, max_length: int):
+        model = transformers.AutoModelForMultipleChoice.from_pretrained(fold_dir).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(fold_dir)
+        encoded = encode_questions(tokenizer, rows, max_length, use_context=True)
+        batch = transformers.DataCollatorForMultipleChoice(tokenizer)(encoded.features)
+        batch.pop("labels")
+        with torch.no_grad():
+            return model(**batch).logits.numpy()
+
+    return logits
+
+
+@pytest.fixture
+def refused(tmp_path):
+    """``refused(frame, backbone, *args, sets=())``: ``sciqa train`` on ``frame`` into
+    ``tmp_path/run`` with 2 folds, ``--set`` each of ``sets``, then ``args``, which must
+    fail with one line, exit 1 and no fold written; returns that line."""
+
+    def invoke(frame: pd.DataFrame, backbone: str, *args: str, sets=()) -> str:
+        path = write_table(frame, tmp_path / "q.csv")
+        command = ["train", str(path), "--out", str(tmp_path / "run")]
+        for item in (f"models.backbone={backbone}", "train.folds=2", *sets):
+            command += ["--set", item]
+        result = CliRunner().invoke(app, [*command, *args])
+        assert result.exit_code == 1, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+        assert not (tmp_path / "run" / "fold_0").exists()
+        return result.output
+
+    return invoke
+
+
 @pytest.fixture
 def kill_after_checkpoint(monkeypatch):
     """Make ``sciqa train`` die (KeyboardInterrupt) right after its first checkpoint is
-    saved, as a killed job would; calling the returned function lets training finish."""
-    from train.trainer import LengthGroupedTrainer
+    saved, as a killed job would; calling the returned function lets training finish.
 
-    original = LengthGroupedTrainer._save_checkpoint
+    The kill sits in the ``on_save`` hook (the Trainer's public callback event, sent just
+    after a checkpoint is written) of the log-line callback every fold's Trainer has."""
+    from train.trainer import EvalLine
 
-    def save_then_die(self, *args, **kwargs):
-        original(self, *args, **kwargs)
+    original = EvalLine.on_save  # TrainerCallback's: does nothing
+
+    def die(self, args, state, control, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(LengthGroupedTrainer, "_save_checkpoint", save_then_die)
-    return lambda: monkeypatch.setattr(LengthGroupedTrainer, "_save_checkpoint", original)
+    monkeypatch.setattr(EvalLine, "on_save", die)
+    return lambda: monkeypatch.setattr(EvalLine, "on_save", original)

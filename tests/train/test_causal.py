@@ -3,7 +3,6 @@ the run-dir contract infer reads, cloze/letter/yes_no training, LoRA merging, a 
 must fall on a learnable task, precision on CPUs, and every bad input."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,10 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from typer.testing import CliRunner  # noqa: E402
-
 from sciqa.assets.llm import load_causal_lm, load_causal_tokenizer  # noqa: E402
-from sciqa.cli import app  # noqa: E402
 from sciqa.errors import ConfigError, SciqaError  # noqa: E402
 from sciqa.io import read_table, write_table  # noqa: E402
 from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm  # noqa: E402
@@ -30,7 +26,6 @@ from tests.builders import (  # noqa: E402
 from tests.builders import TRAIN_WORDS as WORDS  # noqa: E402
 from train.commands import run_train  # noqa: E402
 
-runner = CliRunner()
 RIGHT = "frozen salt crystal"  # the learnable task's answer, always the same tokens
 
 
@@ -109,17 +104,17 @@ def test_changed_causal_lm_section_is_refused_but_infer_only_keys_resume(cloze_r
         *CAUSAL_TRAIN_SMALL,
         "train.precision=fp32",
         "causal_lm.mode=letter",
+        "train.folds=2",
     )
     with pytest.raises(SciqaError, match=r"different causal_lm\.mode;"):
-        config.train.folds = 2
         run_train(questions, out, config)
     config = make_config(
         f"models.backbone={tiny_llama}",
         *CAUSAL_TRAIN_SMALL,
         "train.precision=fp32",
         "causal_lm.batch_size=2",
+        "train.folds=2",
     )
-    config.train.folds = 2
     assert run_train(questions, out, config) == []  # finished folds skipped
 
 
@@ -133,15 +128,14 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(
         *CAUSAL_TRAIN_SMALL,
         "train.epochs=2",
         "train.early_stopping_patience=5",
+        "train.folds=2",
     )
     with pytest.raises(KeyboardInterrupt):
-        config.train.folds = 2
         run_train(questions, out, config, fold=0)
     checkpoints = list((out / "fold_0" / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1
 
     kill_after_checkpoint()  # undo: the rerun may finish
-    config.train.folds = 2
     [trained] = run_train(questions, out, config, fold=0)
     assert trained["resumed_from"] == str(checkpoints[0])
     assert [e["epoch"] for e in trained["epochs"]] == [1.0, 2.0]
@@ -181,8 +175,8 @@ def test_lora_is_merged_into_a_plain_model_whose_weights_changed(tmp_path, tiny_
         *CAUSAL_TRAIN_SMALL,
         "train.lora=true",
         "train.learning_rate=0.01",
+        "train.folds=2",
     )
-    config.train.folds = 2
     run_train(questions, out, config, fold=0)
     directory = out / "fold_0"
     assert not list(directory.glob("adapter_*"))
@@ -208,8 +202,8 @@ def test_loss_falls_on_a_learnable_task(tmp_path, tiny_llama):
         "train.warmup_ratio=0",
         "train.early_stopping_patience=5",
         "train.precision=fp32",
+        "train.folds=2",
     )
-    config.train.folds = 2
     run_train(questions, out, config, fold=0)
     metrics = json.loads((out / "fold_0" / "metrics.json").read_text())
 
@@ -254,18 +248,6 @@ def test_cpu_bf16_only_for_causal_lms_and_only_on_cpus_that_have_it(monkeypatch)
 # --- bad input ------------------------------------------------------------------------------
 
 
-def run_cli(tmp_path: Path, backbone: str, *sets: str) -> str:
-    path = write_table(train_questions(12), tmp_path / "q.csv")
-    command = ["train", str(path), "--out", str(tmp_path / "run"), "--folds", "2"]
-    for item in (f"models.backbone={backbone}", *sets):
-        command += ["--set", item]
-    result = runner.invoke(app, command)
-    assert result.exit_code == 1, result.output
-    assert len(result.output.strip().splitlines()) == 1, result.output
-    assert not (tmp_path / "run" / "fold_0").exists()
-    return result.output
-
-
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
@@ -276,24 +258,24 @@ def run_cli(tmp_path: Path, backbone: str, *sets: str) -> str:
         (["causal_lm.mode=letter", "causal_lm.chat_template=on"], "has no chat template"),
     ],
 )
-def test_bad_settings_are_one_line_and_write_nothing(tmp_path, tiny_llama, sets, message):
+def test_bad_settings_are_one_line_and_write_nothing(tmp_path, tiny_llama, refused, sets, message):
     if torch.cuda.is_available() and "freeze" not in sets[0]:
         pytest.skip("a GPU is present")
     if "chat_template" in sets[-1]:  # a model without a chat template
         texts = [" ".join(WORDS)]
         tiny_llama = str(build_tiny_llama(tmp_path / "nochat", texts, chat=False))
-    output = run_cli(tmp_path, tiny_llama, *sets)
+    output = refused(train_questions(12), tiny_llama, sets=sets)
     assert output.startswith("error:") and message in output
 
 
-def test_unknown_llm_path_names_the_backbone_key(tmp_path):
-    output = run_cli(tmp_path, "llm:./no-such-model")
+def test_unknown_llm_path_names_the_backbone_key(refused):
+    output = refused(train_questions(12), "llm:./no-such-model")
     assert "models.backbone = 'llm:./no-such-model': no such file or directory" in output
 
 
-def test_letter_mode_with_a_tokenizer_that_splits_letters_is_refused(tmp_path):
+def test_letter_mode_with_a_tokenizer_that_splits_letters_is_refused(tmp_path, refused):
     # 256 bytes + 3 special tokens: no merges, so " A" is two tokens ("Ġ", "A").
     tiny = build_tiny_llama(tmp_path / "bytes", [" ".join(WORDS)], chat=False, vocab=259)
-    output = run_cli(tmp_path, str(tiny), "causal_lm.mode=letter")
+    output = refused(train_questions(12), str(tiny), sets=["causal_lm.mode=letter"])
     assert "the tokenizer splits ' A' into 2 tokens" in output
     assert "use causal_lm.mode=cloze" in output

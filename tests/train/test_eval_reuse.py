@@ -9,26 +9,16 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from sciqa.io import read_table, write_table  # noqa: E402
-from sciqa.scoring.mc_encoding import encode_questions  # noqa: E402
 from tests.builders import TRAIN_SMALL, make_config, train_questions  # noqa: E402
 from train.commands import run_train  # noqa: E402
-from train.trainer import _best_evaluation  # noqa: E402
-
-
-def _reloaded_logits(fold_dir, rows):
-    model = transformers.AutoModelForMultipleChoice.from_pretrained(fold_dir).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(fold_dir)
-    encoded = encode_questions(tokenizer, rows, 48, use_context=True)
-    batch = transformers.DataCollatorForMultipleChoice(tokenizer)(encoded.features)
-    batch.pop("labels")
-    with torch.no_grad():
-        return model(**batch).logits.numpy()
+from train.trainer import best_evaluation  # noqa: E402
 
 
 @pytest.mark.parametrize("epochs", [1, 3])
 def test_oof_logits_come_from_the_best_evaluation_without_predicting_again(
     tmp_path,
     tiny_bert,
+    fold_logits,
     monkeypatch,
     epochs,
 ):
@@ -43,14 +33,14 @@ def test_oof_logits_come_from_the_best_evaluation_without_predicting_again(
         *TRAIN_SMALL,
         f"train.epochs={epochs}",
         "train.learning_rate=0.01",
+        "train.folds=2",
     )
-    config.train.folds = 2
     run_train(questions, out, config, fold=0)
     oof = pd.read_parquet(out / "oof.parquet")
     rows = read_table(questions).set_index("id").loc[oof["id"]].reset_index()
     # The saved (best) model gives exactly the logits written as out-of-fold.
     np.testing.assert_allclose(
-        _reloaded_logits(out / "fold_0", rows), oof[list("ABCD")].to_numpy(), atol=1e-4
+        fold_logits(out / "fold_0", rows, 48), oof[list("ABCD")].to_numpy(), atol=1e-4
     )
 
 
@@ -58,9 +48,9 @@ def test_best_evaluation_is_the_first_best_and_refuses_what_it_cannot_match():
     logits = [np.full((2, 4), float(k)) for k in range(3)]
     history = [{"map_at_3": s} for s in (0.5, 0.7, 0.7)]
     runs = [(a, {"map_at_3": h["map_at_3"]}) for a, h in zip(logits, history, strict=True)]
-    assert _best_evaluation(history, runs, resumed=False)[0, 0] == 1.0
-    assert _best_evaluation(history, runs, resumed=True) is None  # earlier evals not seen
-    assert _best_evaluation(history, runs[:2], resumed=False) is None
-    assert _best_evaluation([], [], resumed=False) is None
+    assert best_evaluation(history, runs, resumed=False)[0, 0] == 1.0
+    assert best_evaluation(history, runs, resumed=True) is None  # earlier evals not seen
+    assert best_evaluation(history, runs[:2], resumed=False) is None
+    assert best_evaluation([], [], resumed=False) is None
     wrong = [*runs[:1], (logits[1], {"map_at_3": 0.1}), runs[2]]
-    assert _best_evaluation(history, wrong, resumed=False) is None
+    assert best_evaluation(history, wrong, resumed=False) is None

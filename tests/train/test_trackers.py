@@ -20,24 +20,9 @@ from sciqa.cli import app  # noqa: E402
 from sciqa.config import load_config  # noqa: E402
 from sciqa.errors import ConfigError  # noqa: E402
 from sciqa.io import write_table  # noqa: E402
-from tests.builders import TRAIN_SMALL, make_config, tiny_sizes, train_questions, write_vocab  # noqa: E402
+from tests.builders import TRAIN_SMALL, make_config, train_questions  # noqa: E402
 from train.commands import run_train  # noqa: E402
 from train.trackers import OFFLINE, check_trackers, tracking_env  # noqa: E402
-
-WORDS = ["the", "a", "is", "what", "which", "of", "in", "on", "gas", "water", "sun", "plant"]
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    from transformers import BertConfig, BertForMultipleChoice, BertTokenizer
-
-    directory = tmp_path_factory.mktemp("tiny_bert_trackers")
-    torch.manual_seed(0)
-    BertForMultipleChoice(BertConfig(**tiny_sizes(WORDS, hidden=16, layers=1))).save_pretrained(
-        directory
-    )
-    BertTokenizer(str(write_vocab(directory, WORDS))).save_pretrained(directory)
-    return str(directory)
 
 
 @pytest.fixture
@@ -69,9 +54,11 @@ def test_tensorboard_and_mlflow_log_each_fold_to_local_files(
     out = tmp_path / "run"
     before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", *OFFLINE)}
     cfg = make_config(
-        f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.report_to=tensorboard,mlflow"
+        f"models.backbone={tiny_bert}",
+        *TRAIN_SMALL,
+        "train.report_to=tensorboard,mlflow",
+        "train.folds=2",
     )
-    cfg.train.folds = 2
     run_train(questions, out, cfg)
     assert no_network == []
     assert {k: os.environ.get(k) for k in before} == before  # the fold's settings are undone

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
 from typer.testing import CliRunner  # noqa: E402
 
@@ -19,7 +19,6 @@ from sciqa.cli import app  # noqa: E402
 from sciqa.errors import SciqaError  # noqa: E402
 from sciqa.io import read_table, write_table  # noqa: E402
 from sciqa.metrics import map_at_3, top3_letters  # noqa: E402
-from sciqa.scoring.mc_encoding import encode_questions  # noqa: E402
 from tests.builders import TRAIN_SMALL, make_config, train_questions  # noqa: E402
 from train.commands import run_train  # noqa: E402
 from train.dataset import encode_split  # noqa: E402
@@ -90,9 +89,7 @@ def test_truncation_cuts_context_never_question_or_option(tiny_bert):
 # --- the run dir contract -----------------------------------------------------------------
 
 
-def test_tiny_run_writes_the_contract_and_reloads_to_the_oof_logits(finished_run):
-    from transformers import AutoModelForMultipleChoice, AutoTokenizer
-
+def test_tiny_run_writes_the_contract_and_reloads_to_the_oof_logits(finished_run, fold_logits):
     questions, out = finished_run
     frame = read_table(questions)
     oof = pd.read_parquet(out / "oof.parquet")
@@ -126,16 +123,9 @@ def test_tiny_run_writes_the_contract_and_reloads_to_the_oof_logits(finished_run
         assert 0 <= metrics["map_at_3"] <= 1 and metrics["best_epoch"] == 1
         assert len(metrics["epochs"]) == 1 and metrics["samples_per_second"] > 0
 
-        model = AutoModelForMultipleChoice.from_pretrained(directory).eval()
-        tokenizer = AutoTokenizer.from_pretrained(directory)
         part = oof[oof["fold"] == fold]
         rows = frame.set_index("id").loc[part["id"]].reset_index()
-        encoded = encode_questions(tokenizer, rows, info["max_length"], use_context=True)
-        collator = transformers.DataCollatorForMultipleChoice(tokenizer)
-        batch = collator(encoded.features)
-        batch.pop("labels")
-        with torch.no_grad():
-            logits = model(**batch).logits.numpy()
+        logits = fold_logits(directory, rows, info["max_length"])
         np.testing.assert_allclose(logits, part[list("ABCD")].to_numpy(), atol=1e-4)
 
 
@@ -174,11 +164,11 @@ def test_overwrite_replaces_the_run(tmp_path, tiny_bert):
         fold=1,
     )
     (out / "fold_1" / "stale.txt").write_text("x")
-    config = make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.learning_rate=0.001")
+    config = make_config(
+        f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.learning_rate=0.001", "train.folds=2"
+    )
     with pytest.raises(SciqaError, match=r"different train\.learning_rate;"):
-        config.train.folds = 2
         run_train(questions, out, config, fold=1)
-    config.train.folds = 2
     trained = run_train(questions, out, config, fold=1, overwrite=True)
     assert [m["fold"] for m in trained] == [1]
     assert not (out / "fold_1" / "stale.txt").exists()
@@ -218,15 +208,14 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(
         *TRAIN_SMALL,
         "train.epochs=2",
         "train.early_stopping_patience=5",
+        "train.folds=2",
     )
     with pytest.raises(KeyboardInterrupt):
-        config.train.folds = 2
         run_train(questions, out, config)
     checkpoints = list((out / "fold_0" / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1 and not (out / "fold_0" / "metrics.json").exists()
 
     kill_after_checkpoint()  # undo: the rerun may finish
-    config.train.folds = 2
     trained = run_train(questions, out, config)
     assert [m["fold"] for m in trained] == [0, 1]
     assert trained[0]["resumed_from"] == str(checkpoints[0])
@@ -247,8 +236,8 @@ def test_deberta_v2_random_init_path_trains_saves_and_reloads(tmp_path, tiny_deb
         *TRAIN_SMALL,
         "train.freeze_embeddings=true",
         "train.freeze_layers=1",
+        "train.folds=2",
     )
-    config.train.folds = 2
     trained = run_train(questions, out, config)
     assert len(trained) == 2
     model = AutoModelForMultipleChoice.from_pretrained(out / "fold_0")
@@ -273,8 +262,8 @@ def test_lora_adapters_are_merged_into_a_plain_model(tmp_path, tiny_bert):
         *TRAIN_SMALL,
         "train.lora=true",
         "train.lora_target_modules=[query,value]",
+        "train.folds=2",
     )
-    config.train.folds = 2
     run_train(questions, out, config, fold=0)
     model = AutoModelForMultipleChoice.from_pretrained(out / "fold_0")
     assert not any("lora" in name for name, _ in model.named_parameters())
@@ -302,21 +291,6 @@ def test_torchrun_two_processes_train_one_model_saved_once(tmp_path, tiny_bert):
 # --- bad input ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli(tmp_path, tiny_bert):
-    def invoke(frame: pd.DataFrame, *args: str, name: str = "q.csv"):
-        path = write_table(frame, tmp_path / name) if frame is not None else tmp_path / name
-        command = ["train", str(path), "--out", str(tmp_path / "run")]
-        command += ["--set", f"models.backbone={tiny_bert}", "--set", "train.folds=2", *args]
-        result = runner.invoke(app, command)
-        assert result.exit_code == 1, result.output
-        assert len(result.output.strip().splitlines()) == 1, result.output
-        assert not (tmp_path / "run" / "fold_0").exists()
-        return result.output
-
-    return invoke
-
-
 @pytest.mark.parametrize(
     ("change", "args", "message"),
     [
@@ -333,19 +307,20 @@ def cli(tmp_path, tiny_bert):
         (lambda f: f, ["--set", "models.backbone=./missing"], "no such file or directory"),
     ],
 )
-def test_bad_input_is_one_line_and_writes_nothing(cli, change, args, message):
+def test_bad_input_is_one_line_and_writes_nothing(refused, tiny_bert, change, args, message):
     if torch.cuda.is_available() and "bf16" in args:
         pytest.skip("a GPU is present")
-    output = cli(change(train_questions(12)), *args)
+    output = refused(change(train_questions(12)), tiny_bert, *args)
     assert output.startswith("error:") and message in output
 
 
-def test_unreachable_hub_backbone_says_offline_needs_local_paths(cli):
-    output = cli(train_questions(12), "--set", "models.backbone=nobody/no-such-model")
+def test_unreachable_hub_backbone_says_offline_needs_local_paths(refused):
+    output = refused(train_questions(12), "nobody/no-such-model")
     assert "offline only local paths" in output
 
 
-def test_valid_file_with_other_option_count_is_refused(cli, tmp_path):
+def test_valid_file_with_other_option_count_is_refused(refused, tiny_bert, tmp_path):
     write_table(train_questions(6, n_options=3), tmp_path / "v.csv")
-    output = cli(train_questions(12), "--folds", "1", "--valid", str(tmp_path / "v.csv"))
+    args = ("--folds", "1", "--valid", str(tmp_path / "v.csv"))
+    output = refused(train_questions(12), tiny_bert, *args)
     assert "same option count" in output
