@@ -84,10 +84,7 @@ def run_infer(
     if weights in ("auto", "stack", "select"):
         from infer.ensemble.oof import fit_auto_weights
 
-        values, fit_report = fit_auto_weights(
-            specs, letters, cfg.ensemble, cfg.weight_rounds, cfg.oof_labels,
-            method=weights, folds=cfg.weight_folds, seed=config.seed,
-        )  # fmt: skip
+        values, fit_report = fit_auto_weights(specs, letters, cfg, config.seed)
     else:
         values = parse_weights(weights, len(specs), [s.name for s in specs])
     for spec, value in zip(specs, values, strict=True):

@@ -96,10 +96,7 @@ def _weights(specs: list[ModelSpec], cfg: SciqaConfig) -> dict[str, Any]:
     if runs and letters is None:
         columns = read_table(runs[0] / OOF).columns
         letters = [c for c in columns if len(c) == 1 and c.isupper()]
-    values, report = fit_auto_weights(
-        specs, letters or [], cfg.infer.ensemble, cfg.infer.weight_rounds, cfg.infer.oof_labels,
-        method=text, folds=cfg.infer.weight_folds, seed=cfg.seed,
-    )  # fmt: skip
+    values, report = fit_auto_weights(specs, letters or [], cfg.infer, cfg.seed)
     if cfg.infer.oof_labels is None and "answer" not in read_table(runs[0] / OOF).columns:
         raise InferError(
             f"--weights {text}: {runs[0] / OOF} has no 'answer' column, so its labels came "
