@@ -31,13 +31,12 @@ from infer.errors import InferError
 from infer.models import ModelSpec, expand_model_dirs
 from infer.pack.members import MODELS, Member, copy_member, plan_members
 from infer.pack.script import PREDICT, render
-from sciqa.config import InferConfig, SciqaConfig, load_config
+from sciqa.config import CausalLMConfig, InferConfig, SciqaConfig, load_config
 from sciqa.runs import MANIFEST, OOF, file_digest, git_sha
 
 BUNDLE_FORMAT = "sciqa-bundle/1"
 CONFIG = "config.toml"
 WHEELS = "wheels"
-SECTIONS = ("infer", "causal_lm")  # what sciqa infer reads
 
 
 def is_bundle(path: Path) -> bool:
@@ -78,13 +77,13 @@ def _check_infer(infer: InferConfig) -> None:
         raise InferError(f"infer.oof_labels = {labels!r}: no such file")
 
 
-def _weights(specs: list[ModelSpec], cfg: SciqaConfig) -> dict[str, Any]:
+def _weights(specs: list[ModelSpec], infer: InferConfig, seed: int) -> dict[str, Any]:
     """The weights infer will use, checked now: explicit ones parsed; ``auto``, ``stack``
     and ``select`` fitted on the runs' oof.parquet (the target refits them on the same
     files, to the same values)."""
     from infer.ensemble.combine import parse_weights
 
-    text = cfg.infer.weights
+    text = infer.weights
     if text not in ("auto", "stack", "select"):
         values = parse_weights(text, len(specs), [s.name for s in specs])
         return {"setting": text, "values": values}
@@ -96,8 +95,8 @@ def _weights(specs: list[ModelSpec], cfg: SciqaConfig) -> dict[str, Any]:
     if runs and letters is None:
         columns = read_table(runs[0] / OOF).columns
         letters = [c for c in columns if len(c) == 1 and c.isupper()]
-    values, report = fit_auto_weights(specs, letters or [], cfg.infer, cfg.seed)
-    if cfg.infer.oof_labels is None and "answer" not in read_table(runs[0] / OOF).columns:
+    values, report = fit_auto_weights(specs, letters or [], infer, seed)
+    if infer.oof_labels is None and "answer" not in read_table(runs[0] / OOF).columns:
         raise InferError(
             f"--weights {text}: {runs[0] / OOF} has no 'answer' column, so its labels came "
             "from the run's training file, which the bundle does not hold; set "
@@ -106,10 +105,10 @@ def _weights(specs: list[ModelSpec], cfg: SciqaConfig) -> dict[str, Any]:
     return {"setting": text, "values": values, "fit": report}
 
 
-def _extras(members: list[Member], cfg: SciqaConfig) -> set[str]:
+def _extras(members: list[Member], causal: CausalLMConfig) -> set[str]:
     """Packages beyond torch + transformers that these members need on the target."""
     extras: set[str] = set()
-    settings = [cfg.causal_lm.model_dump(), *({**m.spec.overrides} for m in members)]
+    settings = [causal.model_dump(), *({**m.spec.overrides} for m in members)]
     if any(m.kind == "gguf" for m in members):
         extras.add("gguf")
     if any(m.base is not None for m in members):
@@ -121,21 +120,26 @@ def _extras(members: list[Member], cfg: SciqaConfig) -> set[str]:
     return extras
 
 
-def _bundle_config(cfg: SciqaConfig, members: list[Member], root: Path) -> dict[str, dict]:
+def _bundle_config(
+    infer: InferConfig, causal: CausalLMConfig, members: list[Member], root: Path
+) -> dict[str, dict]:
     """``infer`` and ``causal_lm`` with paths and member names as seen from the bundle."""
-    sections = {name: getattr(cfg, name).model_dump(mode="json") for name in SECTIONS}
-    infer = sections["infer"]
+    sections = {
+        "infer": infer.model_dump(mode="json"),
+        "causal_lm": causal.model_dump(mode="json"),
+    }
+    settings = sections["infer"]
     renamed: list[str] = []
-    for entry in infer["cascade_expensive"]:
+    for entry in settings["cascade_expensive"]:
         hits = [m.arg for m in members if entry in (m.spec.name, m.spec.arg)]
         renamed += hits or [entry]
-    infer["cascade_expensive"] = list(dict.fromkeys(renamed))
-    if infer["oof_labels"]:
-        source = Path(infer["oof_labels"]).expanduser()
+    settings["cascade_expensive"] = list(dict.fromkeys(renamed))
+    if settings["oof_labels"]:
+        source = Path(settings["oof_labels"]).expanduser()
         target = f"{MODELS}/oof_labels{''.join(source.suffixes)}"
         (root / target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, root / target)
-        infer["oof_labels"] = target
+        settings["oof_labels"] = target
     return sections
 
 
@@ -235,20 +239,21 @@ def run_pack(
         model_args, max_length=cfg.infer.max_length, use_context=cfg.infer.use_context
     )
     members = plan_members(specs)
-    weight_info = _weights(specs, cfg)
+    weight_info = _weights(specs, cfg.infer, cfg.seed)
 
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.pack-"))
     try:
         tmp.chmod(0o755)  # mkdtemp's 0700 would carry over to the renamed bundle
         # Wheels first: a target pip cannot serve fails before gigabytes are copied.
-        wheels = bundle_wheels(tmp / WHEELS, cfg.pack, _extras(members, cfg), log)
+        wheels = bundle_wheels(tmp / WHEELS, cfg.pack, _extras(members, cfg.causal_lm), log)
         total = sum(f.stat().st_size for m in members for f in m.files)
         with tqdm(total=total, unit="B", unit_scale=True, desc="pack: models", leave=False) as bar:
             for member in members:
                 copy_member(member, tmp)
                 bar.update(sum(f.stat().st_size for f in member.files))
         log(f"pack: {len(members)} member(s) copied")
-        _write_config(_bundle_config(cfg, members, tmp), tmp / CONFIG)
+        sections = _bundle_config(cfg.infer, cfg.causal_lm, members, tmp)
+        _write_config(sections, tmp / CONFIG)
         created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         script = tmp / PREDICT
         script.write_text(
