@@ -10,6 +10,7 @@ finished so far. Each pass's logits are cached under a key of questions + model 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable
@@ -27,27 +28,45 @@ from infer.models import ModelSpec
 from infer.plan.budget import Budget, Candidate, CostModel, make_plan
 from infer.plan.cascade import escalate, split_models
 from infer.plan.tta import permute_options, unpermute
-from infer.predictors.encoder import (
-    BatchTiming,
-    Interrupted,
-    Predictor,
-    load_model,
-    load_tokenizer,
-    padded_tokens,
-    resolve_dtype,
-    tokenizer_fingerprint,
-)
-from infer.predictors.sharded import (
-    ShardedPredictor,
-    busiest_tokens,
-    not_split_reason,
-    resolve_devices,
-)
+from infer.predictors.base import BatchTiming, Interrupted, padded_tokens
+from infer.predictors.devices import resolve_devices, resolve_dtype
+from infer.predictors.encoder import EncoderPredictor, load_model, load_tokenizer
+from infer.predictors.sharded import ShardedPredictor, busiest_tokens
 from sciqa.config import CausalLMConfig, InferConfig
 from sciqa.runs import ENSEMBLE
 from sciqa.scoring.mc_encoding import EncodedQuestions, encode_questions
 
 log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spm.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def tokenizer_fingerprint(path: Path) -> str:
+    """Hash of the tokenizer files: folds of one run share it, so tokenize once.
+
+    A Hub-named model has no local files to hash; its name tells tokenizers apart.
+    """
+    digest = hashlib.sha256()
+    found = False
+    for name in TOKENIZER_FILES:
+        file = path / name
+        if file.is_file():
+            found = True
+            digest.update(name.encode())
+            digest.update(file.read_bytes())
+    if not found:
+        digest.update(str(path).encode())
+    return digest.hexdigest()
 
 
 class Runner:
@@ -270,22 +289,33 @@ class Runner:
         if len(self.devices) < 2 or spec.family != "causal_lm":
             return None
         try:
-            return not_split_reason(self._causal_for(spec).device_map)
+            device_map = self._causal_for(spec).device_map
         except InferError:
             return None  # a bad override is reported when the member loads
+        if not device_map:
+            return None
+        return (
+            f"causal_lm.device_map={device_map!r} spreads it over the GPUs itself, "
+            "so it runs once, not split over infer.devices"
+        )
 
     def _predictor(self, spec: ModelSpec, tokenizer: Any, device: Any) -> Any:
         """One member on one device: the predictor its family needs."""
         if spec.family != "causal_lm":
             model = load_model(spec.path, device, self.dtype, self.cfg.attention)
-            return Predictor(model, tokenizer, device, self.cfg.batch_size, self.clock)
-        from infer.predictors.causal import LLMPredictor, load_llm
+            return EncoderPredictor(model, tokenizer, device, self.cfg.batch_size, self.clock)
+        from infer.predictors.causal import CausalPredictor, load_llm
+        from infer.predictors.offload.predictor import StreamedPredictor, refuse_unstreamable
+        from infer.predictors.offload.stream import open_streamer
 
         causal = self._causal_for(spec)
+        args = (tokenizer.pad_token_id, causal.batch_size, causal.prefix_cache, self.clock)
+        if causal.offload == "layers":
+            refuse_unstreamable(spec.path, causal, spec.meta)
+            streamer = open_streamer(spec.path, device, self.dtype, causal, self.cfg.attention)
+            return StreamedPredictor(streamer, *args)
         model = load_llm(spec.path, device, self.dtype, causal, self.cfg.attention, spec.meta)
-        return LLMPredictor(
-            model, tokenizer.pad_token_id, causal.batch_size, causal.prefix_cache, self.clock
-        )
+        return CausalPredictor(model, *args)
 
     def _causal_for(self, spec: ModelSpec) -> CausalLMConfig:
         """The ``causal_lm`` section with this member's ``llm:NAME?key=value`` overrides."""

@@ -23,9 +23,11 @@ pytest.importorskip("transformers")
 from infer.commands import run_infer  # noqa: E402
 from infer.ensemble.combine import combine  # noqa: E402
 from infer.errors import InferError  # noqa: E402
-from infer.predictors import encoder as predict  # noqa: E402
+from infer.predictors import base as predict  # noqa: E402
 from infer.predictors import sharded as devices_mod  # noqa: E402
-from infer.predictors.sharded import ShardedPredictor, resolve_devices, shard_rows  # noqa: E402
+from infer.predictors.devices import resolve_devices  # noqa: E402
+from infer.predictors.encoder import EncoderPredictor  # noqa: E402
+from infer.predictors.sharded import ShardedPredictor, shard_rows  # noqa: E402
 from sciqa.cli import app  # noqa: E402
 from sciqa.io import write_questions  # noqa: E402
 from sciqa.submission import read_submission  # noqa: E402
@@ -261,13 +263,13 @@ def test_cache_is_shared_between_device_counts(qfile, run_dir, tmp_path, monkeyp
 
 def test_cpu_workers_split_the_intra_op_threads(qfile, run_dir, tmp_path, monkeypatch):
     seen: dict[str, int] = {}
-    real_forward = predict.Predictor._forward
+    real_forward = EncoderPredictor._forward
 
     def recording_forward(self, batch):
         seen[threading.current_thread().name] = torch.get_num_threads()
         return real_forward(self, batch)
 
-    monkeypatch.setattr(predict.Predictor, "_forward", recording_forward)
+    monkeypatch.setattr(EncoderPredictor, "_forward", recording_forward)
     before = torch.get_num_threads()
     run_infer(
         qfile, [str(run_dir / "fold_0")], tmp_path / "out", make_config(*INFER_SMALL, TWO_CPUS)
@@ -309,7 +311,7 @@ class ParallelClock:
 @pytest.fixture
 def clock(monkeypatch) -> ParallelClock:
     clock = ParallelClock()
-    real_forward = predict.Predictor._forward
+    real_forward = EncoderPredictor._forward
     real_parallel = ShardedPredictor._parallel
 
     def slow_forward(self, batch):
@@ -322,7 +324,7 @@ def clock(monkeypatch) -> ParallelClock:
         finally:
             clock.join()
 
-    monkeypatch.setattr(predict.Predictor, "_forward", slow_forward)
+    monkeypatch.setattr(EncoderPredictor, "_forward", slow_forward)
     monkeypatch.setattr(ShardedPredictor, "_parallel", timed_parallel)
     return clock
 
@@ -361,14 +363,14 @@ def test_budget_plans_for_devices_in_parallel(qfile, run_dir, tmp_path, clock):
 def test_budget_stop_on_one_device_stops_the_other(qfile, run_dir, tmp_path, clock, monkeypatch):
     # fold_1 turns out 50x slower than its estimate: after its first timed batch the plan
     # drops it; the other worker stops at its next batch and fold_0's submission stands.
-    real_forward = predict.Predictor._forward
+    real_forward = EncoderPredictor._forward
 
     def slower_fold_1(self, batch):
         if "fold_1" in str(self.model.name_or_path):
             clock.spend(batch["input_ids"].numel() * 0.5)
         return real_forward(self, batch)
 
-    monkeypatch.setattr(predict.Predictor, "_forward", slower_fold_1)
+    monkeypatch.setattr(EncoderPredictor, "_forward", slower_fold_1)
     one = run_infer(
         qfile, [str(run_dir / "fold_0")], tmp_path / "t", make_config(*INFER_SMALL), clock=clock
     )
@@ -399,14 +401,14 @@ def test_kill_in_a_worker_leaves_the_previous_submission(qfile, run_dir, tmp_pat
     out = tmp_path / "out"
     run_infer(qfile, [str(run_dir / "fold_0")], out, make_config(*INFER_SMALL))
     before = (out / "submission.csv").read_text()
-    real_forward = predict.Predictor._forward
+    real_forward = EncoderPredictor._forward
 
     def dying_forward(self, batch):
         if threading.current_thread() is not threading.main_thread():
             raise KeyboardInterrupt
         return real_forward(self, batch)
 
-    monkeypatch.setattr(predict.Predictor, "_forward", dying_forward)
+    monkeypatch.setattr(EncoderPredictor, "_forward", dying_forward)
     with pytest.raises(KeyboardInterrupt):
         run_infer(qfile, [str(run_dir)], out, make_config(*INFER_SMALL, TWO_CPUS))
     assert (out / "submission.csv").read_text() == before

@@ -22,7 +22,7 @@ transformers = pytest.importorskip("transformers")
 
 from infer.commands import run_infer  # noqa: E402
 from infer.errors import BudgetError, InferError  # noqa: E402
-from infer.predictors import encoder as predict  # noqa: E402
+from infer.predictors.encoder import EncoderPredictor  # noqa: E402
 from tests.builders import (  # noqa: E402
     INFER_SMALL,
     LETTERS,
@@ -174,7 +174,7 @@ def test_resume_skips_finished_models(qfile, runs, tmp_path, monkeypatch):
 
 def test_kill_mid_run_leaves_valid_submission(qfile, runs, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real_forward = predict.Predictor._forward
+    real_forward = EncoderPredictor._forward
     calls = {"n": 0}
 
     def dying_forward(self, batch):
@@ -183,7 +183,7 @@ def test_kill_mid_run_leaves_valid_submission(qfile, runs, tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real_forward(self, batch)
 
-    monkeypatch.setattr(predict.Predictor, "_forward", dying_forward)
+    monkeypatch.setattr(EncoderPredictor, "_forward", dying_forward)
     with pytest.raises(KeyboardInterrupt):
         run_infer(qfile, [str(runs["a"])], out, make_config(*INFER_SMALL))
     sub = read_submission(out / "submission.csv")
@@ -205,13 +205,13 @@ class FakeClock:
 @pytest.fixture
 def fake_clock(monkeypatch) -> FakeClock:
     clock = FakeClock()
-    real_forward = predict.Predictor._forward
+    real_forward = EncoderPredictor._forward
 
     def slow_forward(self, batch):
         clock.now += batch["input_ids"].numel() * 0.01
         return real_forward(self, batch)
 
-    monkeypatch.setattr(predict.Predictor, "_forward", slow_forward)
+    monkeypatch.setattr(EncoderPredictor, "_forward", slow_forward)
     return clock
 
 

@@ -20,9 +20,9 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from infer.commands import run_infer  # noqa: E402
-from infer.predictors.causal import streamed_scores  # noqa: E402
 from infer.predictors.offload import split as layer_split  # noqa: E402
 from infer.predictors.offload.layout import layout_of  # noqa: E402
+from infer.predictors.offload.predictor import streamed_scores  # noqa: E402
 from infer.predictors.offload.stream import LayerStreamer, open_streamer  # noqa: E402
 from sciqa.assets.llm import load_causal_lm, load_causal_tokenizer  # noqa: E402
 from sciqa.cli import app  # noqa: E402
