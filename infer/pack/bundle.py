@@ -227,9 +227,7 @@ def run_pack(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Write the bundle OUT; returns its manifest."""
-    from tqdm.auto import tqdm
-
-    from infer.pack.wheels import bundle_wheels, requirement_name
+    from infer.pack.wheels import bundle_wheels
 
     out = Path(os.path.abspath(out))
     _check_out(out, overwrite)
@@ -246,53 +244,78 @@ def run_pack(
         tmp.chmod(0o755)  # mkdtemp's 0700 would carry over to the renamed bundle
         # Wheels first: a target pip cannot serve fails before gigabytes are copied.
         wheels = bundle_wheels(tmp / WHEELS, cfg.pack, _extras(members, cfg.causal_lm), log)
-        total = sum(f.stat().st_size for m in members for f in m.files)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="pack: models", leave=False) as bar:
-            for member in members:
-                copy_member(member, tmp)
-                bar.update(sum(f.stat().st_size for f in member.files))
+        _copy_members(members, tmp)
         log(f"pack: {len(members)} member(s) copied")
         sections = _bundle_config(cfg.infer, cfg.causal_lm, members, tmp)
         _write_config(sections, tmp / CONFIG)
         created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        script = tmp / PREDICT
-        script.write_text(
-            render(
-                version=wheels["install"][0].split("==")[1],
-                created=created,
-                install=wheels["install"],
-                needed=[requirement_name(r) for r in wheels["install"][1:]],
-                members=[m.arg for m in members],
-            ),
-            encoding="utf-8",
-        )
-        script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-        files = _describe_files(tmp)
-        models_bytes = sum(f["bytes"] for f in files if f["path"].startswith(f"{MODELS}/"))
-        wheels_bytes = sum(f["bytes"] for f in files if f["path"].startswith(f"{WHEELS}/"))
-        manifest = {
-            "format": BUNDLE_FORMAT,
-            "created": created,
-            "sciqa": {"version": wheels["install"][0].split("==")[1], "git_sha": git_sha()},
-            "host": {"platform": platform.platform(), "python": platform.python_version()},
-            "members": _member_rows(members, weight_info["values"], tmp),
-            "weights": weight_info,
-            "config": CONFIG,
-            "predict": f"bash {PREDICT} QUESTIONS OUT_DIR",
-            "wheels": wheels,
-            "bytes": {
-                "models": models_bytes,
-                "wheels": wheels_bytes,
-                "total": sum(f["bytes"] for f in files),
-            },
-            "files": files,
-        }
+        _write_predict(tmp / PREDICT, wheels, members, created)
+        manifest = _manifest(tmp, created, wheels, members, weight_info)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _copy_members(members: list[Member], root: Path) -> None:
+    from tqdm.auto import tqdm
+
+    total = sum(f.stat().st_size for m in members for f in m.files)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="pack: models", leave=False) as bar:
+        for member in members:
+            copy_member(member, root)
+            bar.update(sum(f.stat().st_size for f in member.files))
+
+
+def _write_predict(
+    script: Path, wheels: dict[str, Any], members: list[Member], created: str
+) -> None:
+    """``predict.sh``: installs what the target lacks, then runs ``sciqa infer``."""
+    from infer.pack.wheels import requirement_name
+
+    script.write_text(
+        render(
+            version=wheels["install"][0].split("==")[1],
+            created=created,
+            install=wheels["install"],
+            needed=[requirement_name(r) for r in wheels["install"][1:]],
+            members=[m.arg for m in members],
+        ),
+        encoding="utf-8",
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def _manifest(
+    root: Path,
+    created: str,
+    wheels: dict[str, Any],
+    members: list[Member],
+    weight_info: dict[str, Any],
+) -> dict[str, Any]:
+    """The bundle's ``manifest.json``: members, weights, versions, every file's digest."""
+    files = _describe_files(root)
+    models_bytes = sum(f["bytes"] for f in files if f["path"].startswith(f"{MODELS}/"))
+    wheels_bytes = sum(f["bytes"] for f in files if f["path"].startswith(f"{WHEELS}/"))
+    return {
+        "format": BUNDLE_FORMAT,
+        "created": created,
+        "sciqa": {"version": wheels["install"][0].split("==")[1], "git_sha": git_sha()},
+        "host": {"platform": platform.platform(), "python": platform.python_version()},
+        "members": _member_rows(members, weight_info["values"], root),
+        "weights": weight_info,
+        "config": CONFIG,
+        "predict": f"bash {PREDICT} QUESTIONS OUT_DIR",
+        "wheels": wheels,
+        "bytes": {
+            "models": models_bytes,
+            "wheels": wheels_bytes,
+            "total": sum(f["bytes"] for f in files),
+        },
+        "files": files,
+    }
 
 
 def _replace(tmp: Path, out: Path) -> None:
