@@ -5,7 +5,7 @@ random, which does not change speed), same questions (ARC-Challenge), one proces
 
 * seed: tokenized questions in file order, fixed batch size,
   ``DataCollatorForMultipleChoice``, fp32, ``torch.no_grad`` (the Kaggle seed notebook);
-* sciqa fp32: ``infer.predictors.encoder.Predictor`` (sorted by length, padded per batch,
+* sciqa fp32: ``infer.predictors.encoder.EncoderPredictor`` (sorted by length, padded per batch,
   ``inference_mode``, SDPA), fp32 — identical logits;
 * sciqa bf16: the same in bf16 (on CPUs with AVX512-BF16/AMX; logits differ slightly).
 
@@ -51,7 +51,7 @@ from transformers import (
     DataCollatorForMultipleChoice,
 )
 
-from infer.predictors.encoder import Predictor, load_model
+from infer.predictors.encoder import EncoderPredictor, load_model
 from infer.predictors.sharded import ShardedPredictor, cpu_threads, shard_rows
 from sciqa.assets.question_sets import benchmark_questions
 from sciqa.assets.registry import packaged_wikipedia, resolve_model
@@ -130,7 +130,9 @@ def speed_rows(model_dir: Path, frame: pd.DataFrame, label: str, args) -> list[d
     cfg = seed_model.config
     cpu = torch.device("cpu")
     predictors = {
-        name: Predictor(load_model(model_dir, cpu, dtype, "sdpa"), tokenizer, cpu, args.batch_size)
+        name: EncoderPredictor(
+            load_model(model_dir, cpu, dtype, "sdpa"), tokenizer, cpu, args.batch_size
+        )
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
     }
 
@@ -245,8 +247,8 @@ def _process_worker(conn, model_dir: str, features, threads: int, batch_size: in
     torch.set_num_threads(threads)
     cpu = torch.device("cpu")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    predictor = Predictor(load_model(Path(model_dir), cpu, torch.float32, "sdpa"), tokenizer,
-                          cpu, batch_size)  # fmt: skip
+    model = load_model(Path(model_dir), cpu, torch.float32, "sdpa")
+    predictor = EncoderPredictor(model, tokenizer, cpu, batch_size)
     lengths = [len(f["input_ids"][0]) for f in features]
     conn.send("ready")
     while (rows := conn.recv()) is not None:
@@ -295,8 +297,8 @@ def devices_rows(model_dir: Path, frame: pd.DataFrame, label: str, args) -> list
 
     def sharded(n_workers: int) -> ShardedPredictor:
         def make(device):
-            return Predictor(load_model(model_dir, device, torch.float32, "sdpa"), tokenizer,
-                             device, args.batch_size)  # fmt: skip
+            model = load_model(model_dir, device, torch.float32, "sdpa")
+            return EncoderPredictor(model, tokenizer, device, args.batch_size)
 
         return ShardedPredictor.build(make, [cpu] * n_workers)
 

@@ -75,7 +75,7 @@ class Scorer:
     def __init__(self, name: str, dtype: str, batch_size: int):
         import torch
 
-        from infer.predictors.causal import LLMPredictor
+        from infer.predictors.causal import CausalPredictor
         from sciqa.assets.llm import causal_lm_path, load_causal_lm, load_causal_tokenizer
 
         path = causal_lm_path(name)
@@ -83,7 +83,7 @@ class Scorer:
         torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
         self.model = load_causal_lm(path, dtype=torch_dtype).eval()
         self.batch_size = batch_size
-        self.predictor = lambda cache: LLMPredictor(
+        self.predictor = lambda cache: CausalPredictor(
             self.model, self.tokenizer.pad_token_id, batch_size, cache
         )
 
@@ -190,7 +190,9 @@ def stream_one(args: argparse.Namespace) -> None:
 
     import torch
 
-    from infer.predictors.causal import LLMPredictor, load_llm
+    from infer.predictors.causal import CausalPredictor, load_llm
+    from infer.predictors.offload.predictor import StreamedPredictor
+    from infer.predictors.offload.stream import open_streamer
     from sciqa.assets.llm import causal_lm_path, load_causal_tokenizer
     from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm
 
@@ -209,9 +211,12 @@ def stream_one(args: argparse.Namespace) -> None:
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[args.dtype]
     baseline = _rss_mb()
     began = time.perf_counter()
-    model = load_llm(Path(path), device, dtype, cfg, "sdpa")
+    if cfg.offload == "layers":
+        model, kind = open_streamer(Path(path), device, dtype, cfg, "sdpa"), StreamedPredictor
+    else:
+        model, kind = load_llm(Path(path), device, dtype, cfg, "sdpa"), CausalPredictor
     loaded = time.perf_counter() - began
-    predictor = LLMPredictor(model, tokenizer.pad_token_id, cfg.batch_size, cfg.prefix_cache)
+    predictor = kind(model, tokenizer.pad_token_id, cfg.batch_size, cfg.prefix_cache)
     began, cpu = time.perf_counter(), time.process_time()
     logits = predictor.logits(enc, enc.lengths)
     result = {

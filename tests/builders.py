@@ -2,8 +2,8 @@
 
 Tests build everything they need here (no downloads): tiny random encoders with a
 word-level vocabulary, a tiny random Llama with a byte-level BPE tokenizer, model dirs
-saved like ``sciqa train`` folds, run dirs with their ``oof.parquet``. Test modules import
-from here and never from each other.
+saved like ``sciqa train`` folds, run dirs with their ``oof.parquet``; and a reader of the
+logits ``sciqa infer`` writes. Test modules import from here and never from each other.
 """
 
 from __future__ import annotations
@@ -348,3 +348,11 @@ def make_cross_encoder(folder: Path, words: Sequence[str]) -> Path:
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# --- what sciqa infer writes --------------------------------------------------------
+
+
+def load_logits(out_dir: Path) -> dict[str, np.ndarray]:
+    """Every ``OUT_DIR/logits/<name>.npy`` of an infer run, by name (``ensemble`` too)."""
+    return {f.stem: np.load(f) for f in sorted((out_dir / "logits").glob("*.npy"))}

@@ -20,9 +20,16 @@ import numpy as np
 import pandas as pd
 
 from infer.ensemble.combine import combine
-from infer.ensemble.fit import greedy_weights, map3_from_logits, select_weights, stack_weights
+from infer.ensemble.fit import (
+    Selection,
+    greedy_weights,
+    map3_from_logits,
+    select_weights,
+    stack_weights,
+)
 from infer.errors import InferError
 from infer.models import ModelSpec
+from sciqa.config import InferConfig
 from sciqa.io import read_questions, read_table
 from sciqa.runs import MANIFEST, OOF
 from sciqa.schema import ANSWER, ID
@@ -74,20 +81,14 @@ def _labels(run_dir: Path, oof: pd.DataFrame, labels_path: str | None) -> pd.Ser
 
 
 def fit_auto_weights(
-    specs: list[ModelSpec],
-    letters: list[str],
-    mode: str,
-    rounds: int,
-    labels_path: str | None,
-    *,
-    method: str = "auto",
-    folds: int = 5,
-    seed: int = 0,
+    specs: list[ModelSpec], letters: list[str], cfg: InferConfig, seed: int
 ) -> tuple[list[float], dict]:
     """Weight per model spec, plus a report for the manifest/scores.
 
-    ``method``: ``auto`` (greedy selection), ``stack`` (logistic stacking) or ``select``
-    (whichever of best single / equal / greedy / stack wins nested CV; infer/ensemble/fit.py).
+    ``infer.weights``: ``auto`` (greedy selection), ``stack`` (logistic stacking) or
+    ``select`` (whichever of best single / equal / greedy / stack wins nested CV;
+    infer/ensemble/fit.py), with ``infer.ensemble``, ``weight_rounds``, ``weight_folds``
+    and ``oof_labels``; ``seed`` draws the nested CV's folds.
     """
     orphans = [s.name for s in specs if s.run_dir is None]
     if orphans:
@@ -95,7 +96,30 @@ def fit_auto_weights(
             f"--weights auto needs the oof.parquet of a sciqa train run, but {', '.join(orphans)} "
             "is not inside one; pass explicit --weights w1,w2,... instead"
         )
-    runs = list(dict.fromkeys(s.run_dir for s in specs))
+    runs: list[Path] = list(dict.fromkeys(s.run_dir for s in specs if s.run_dir is not None))
+    arrays, y = _aligned_oof(runs, letters, cfg.oof_labels)
+    run_weights, score, described, selection = _fit(arrays, y, cfg, seed)
+    per_run = dict(zip(runs, run_weights, strict=True))
+    n_folds = {run: sum(s.run_dir == run for s in specs) for run in runs}
+    weights = [float(per_run[s.run_dir] / n_folds[s.run_dir]) for s in specs]
+    report = {
+        "method": described,
+        "oof_questions": len(y),
+        "oof_map_at_3": score,
+        "run_weights": {str(r): float(w) for r, w in per_run.items()},
+        "single_run_map_at_3": {
+            str(r): map3_from_logits(a, y) for r, a in zip(runs, arrays, strict=True)
+        },
+    }
+    if selection is not None:
+        report.update(selection.report())
+    return weights, report
+
+
+def _aligned_oof(
+    runs: list[Path], letters: list[str], labels_path: str | None
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each run's OOF logits over the same questions (sorted by id), and their labels."""
     frames = {run: _read_oof(run) for run in runs}
     for run, frame in frames.items():
         missing = [c for c in letters if c not in frame.columns]
@@ -119,36 +143,30 @@ def fit_auto_weights(
     index = {letter: i for i, letter in enumerate(letters)}
     y = np.array([index[labels[i]] for i in order])
     arrays = [frames[r].set_index(ID).loc[order, letters].to_numpy(np.float64) for r in runs]
-    selection = None
+    return arrays, y
+
+
+def _fit(
+    arrays: list[np.ndarray], y: np.ndarray, cfg: InferConfig, seed: int
+) -> tuple[np.ndarray, float, str, Selection | None]:
+    """(weights per run, their OOF MAP@3, how they were fitted, the selection's report)."""
+    method, mode, rounds, folds = cfg.weights, cfg.ensemble, cfg.weight_rounds, cfg.weight_folds
     if method == "auto":
         run_weights, score = greedy_weights(arrays, y, mode, rounds)
         described = f"greedy selection with replacement, {rounds} rounds, MAP@3 on OOF"
+        return run_weights, score, described, None
+    selection = None
+    if method == "stack":
+        run_weights = stack_weights(arrays, y, mode)[0]
+        described = "logistic stacking: simplex weights + temperature, OOF cross-entropy"
     else:
-        if method == "stack":
-            run_weights = stack_weights(arrays, y, mode)[0]
-            described = "logistic stacking: simplex weights + temperature, OOF cross-entropy"
-        else:
-            if len(order) < 2 * folds:
-                raise InferError(
-                    f"--weights select: {len(order)} OOF questions are too few for "
-                    f"infer.weight_folds={folds} outer folds; lower it or use --weights auto"
-                )
-            selection = select_weights(arrays, y, mode, folds=folds, seed=seed, rounds=rounds)
-            run_weights = selection.weights
-            described = f"nested CV ({folds} outer folds) chose {selection.method!r}, refitted"
-        score = map3_from_logits(combine(arrays, run_weights, mode), y)
-    per_run = dict(zip(runs, run_weights, strict=True))
-    n_folds = {run: sum(s.run_dir == run for s in specs) for run in runs}
-    weights = [float(per_run[s.run_dir] / n_folds[s.run_dir]) for s in specs]
-    report = {
-        "method": described,
-        "oof_questions": len(order),
-        "oof_map_at_3": score,
-        "run_weights": {str(r): float(w) for r, w in per_run.items()},
-        "single_run_map_at_3": {
-            str(r): map3_from_logits(a, y) for r, a in zip(runs, arrays, strict=True)
-        },
-    }
-    if selection is not None:
-        report.update(selection.report())
-    return weights, report
+        if len(y) < 2 * folds:
+            raise InferError(
+                f"--weights select: {len(y)} OOF questions are too few for "
+                f"infer.weight_folds={folds} outer folds; lower it or use --weights auto"
+            )
+        selection = select_weights(arrays, y, mode, folds=folds, seed=seed, rounds=rounds)
+        run_weights = selection.weights
+        described = f"nested CV ({folds} outer folds) chose {selection.method!r}, refitted"
+    score = map3_from_logits(combine(arrays, run_weights, mode), y)
+    return run_weights, score, described, selection

@@ -31,13 +31,12 @@ from infer.errors import InferError
 from infer.models import ModelSpec, expand_model_dirs
 from infer.pack.members import MODELS, Member, copy_member, plan_members
 from infer.pack.script import PREDICT, render
-from sciqa.config import InferConfig, SciqaConfig, load_config
+from sciqa.config import CausalLMConfig, InferConfig, SciqaConfig, load_config
 from sciqa.runs import MANIFEST, OOF, file_digest, git_sha
 
 BUNDLE_FORMAT = "sciqa-bundle/1"
 CONFIG = "config.toml"
 WHEELS = "wheels"
-SECTIONS = ("infer", "causal_lm")  # what sciqa infer reads
 
 
 def is_bundle(path: Path) -> bool:
@@ -78,13 +77,13 @@ def _check_infer(infer: InferConfig) -> None:
         raise InferError(f"infer.oof_labels = {labels!r}: no such file")
 
 
-def _weights(specs: list[ModelSpec], cfg: SciqaConfig) -> dict[str, Any]:
+def _weights(specs: list[ModelSpec], infer: InferConfig, seed: int) -> dict[str, Any]:
     """The weights infer will use, checked now: explicit ones parsed; ``auto``, ``stack``
     and ``select`` fitted on the runs' oof.parquet (the target refits them on the same
     files, to the same values)."""
     from infer.ensemble.combine import parse_weights
 
-    text = cfg.infer.weights
+    text = infer.weights
     if text not in ("auto", "stack", "select"):
         values = parse_weights(text, len(specs), [s.name for s in specs])
         return {"setting": text, "values": values}
@@ -96,11 +95,8 @@ def _weights(specs: list[ModelSpec], cfg: SciqaConfig) -> dict[str, Any]:
     if runs and letters is None:
         columns = read_table(runs[0] / OOF).columns
         letters = [c for c in columns if len(c) == 1 and c.isupper()]
-    values, report = fit_auto_weights(
-        specs, letters or [], cfg.infer.ensemble, cfg.infer.weight_rounds, cfg.infer.oof_labels,
-        method=text, folds=cfg.infer.weight_folds, seed=cfg.seed,
-    )  # fmt: skip
-    if cfg.infer.oof_labels is None and "answer" not in read_table(runs[0] / OOF).columns:
+    values, report = fit_auto_weights(specs, letters or [], infer, seed)
+    if infer.oof_labels is None and "answer" not in read_table(runs[0] / OOF).columns:
         raise InferError(
             f"--weights {text}: {runs[0] / OOF} has no 'answer' column, so its labels came "
             "from the run's training file, which the bundle does not hold; set "
@@ -109,10 +105,10 @@ def _weights(specs: list[ModelSpec], cfg: SciqaConfig) -> dict[str, Any]:
     return {"setting": text, "values": values, "fit": report}
 
 
-def _extras(members: list[Member], cfg: SciqaConfig) -> set[str]:
+def _extras(members: list[Member], causal: CausalLMConfig) -> set[str]:
     """Packages beyond torch + transformers that these members need on the target."""
     extras: set[str] = set()
-    settings = [cfg.causal_lm.model_dump(), *({**m.spec.overrides} for m in members)]
+    settings = [causal.model_dump(), *({**m.spec.overrides} for m in members)]
     if any(m.kind == "gguf" for m in members):
         extras.add("gguf")
     if any(m.base is not None for m in members):
@@ -124,21 +120,26 @@ def _extras(members: list[Member], cfg: SciqaConfig) -> set[str]:
     return extras
 
 
-def _bundle_config(cfg: SciqaConfig, members: list[Member], root: Path) -> dict[str, dict]:
+def _bundle_config(
+    infer: InferConfig, causal: CausalLMConfig, members: list[Member], root: Path
+) -> dict[str, dict]:
     """``infer`` and ``causal_lm`` with paths and member names as seen from the bundle."""
-    sections = {name: getattr(cfg, name).model_dump(mode="json") for name in SECTIONS}
-    infer = sections["infer"]
+    sections = {
+        "infer": infer.model_dump(mode="json"),
+        "causal_lm": causal.model_dump(mode="json"),
+    }
+    settings = sections["infer"]
     renamed: list[str] = []
-    for entry in infer["cascade_expensive"]:
+    for entry in settings["cascade_expensive"]:
         hits = [m.arg for m in members if entry in (m.spec.name, m.spec.arg)]
         renamed += hits or [entry]
-    infer["cascade_expensive"] = list(dict.fromkeys(renamed))
-    if infer["oof_labels"]:
-        source = Path(infer["oof_labels"]).expanduser()
+    settings["cascade_expensive"] = list(dict.fromkeys(renamed))
+    if settings["oof_labels"]:
+        source = Path(settings["oof_labels"]).expanduser()
         target = f"{MODELS}/oof_labels{''.join(source.suffixes)}"
         (root / target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, root / target)
-        infer["oof_labels"] = target
+        settings["oof_labels"] = target
     return sections
 
 
@@ -226,9 +227,7 @@ def run_pack(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Write the bundle OUT; returns its manifest."""
-    from tqdm.auto import tqdm
-
-    from infer.pack.wheels import bundle_wheels, requirement_name
+    from infer.pack.wheels import bundle_wheels
 
     out = Path(os.path.abspath(out))
     _check_out(out, overwrite)
@@ -238,59 +237,85 @@ def run_pack(
         model_args, max_length=cfg.infer.max_length, use_context=cfg.infer.use_context
     )
     members = plan_members(specs)
-    weight_info = _weights(specs, cfg)
+    weight_info = _weights(specs, cfg.infer, cfg.seed)
 
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.pack-"))
     try:
         tmp.chmod(0o755)  # mkdtemp's 0700 would carry over to the renamed bundle
         # Wheels first: a target pip cannot serve fails before gigabytes are copied.
-        wheels = bundle_wheels(tmp / WHEELS, cfg.pack, _extras(members, cfg), log)
-        total = sum(f.stat().st_size for m in members for f in m.files)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="pack: models", leave=False) as bar:
-            for member in members:
-                copy_member(member, tmp)
-                bar.update(sum(f.stat().st_size for f in member.files))
+        wheels = bundle_wheels(tmp / WHEELS, cfg.pack, _extras(members, cfg.causal_lm), log)
+        _copy_members(members, tmp)
         log(f"pack: {len(members)} member(s) copied")
-        _write_config(_bundle_config(cfg, members, tmp), tmp / CONFIG)
+        sections = _bundle_config(cfg.infer, cfg.causal_lm, members, tmp)
+        _write_config(sections, tmp / CONFIG)
         created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        script = tmp / PREDICT
-        script.write_text(
-            render(
-                version=wheels["install"][0].split("==")[1],
-                created=created,
-                install=wheels["install"],
-                needed=[requirement_name(r) for r in wheels["install"][1:]],
-                members=[m.arg for m in members],
-            ),
-            encoding="utf-8",
-        )
-        script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-        files = _describe_files(tmp)
-        models_bytes = sum(f["bytes"] for f in files if f["path"].startswith(f"{MODELS}/"))
-        wheels_bytes = sum(f["bytes"] for f in files if f["path"].startswith(f"{WHEELS}/"))
-        manifest = {
-            "format": BUNDLE_FORMAT,
-            "created": created,
-            "sciqa": {"version": wheels["install"][0].split("==")[1], "git_sha": git_sha()},
-            "host": {"platform": platform.platform(), "python": platform.python_version()},
-            "members": _member_rows(members, weight_info["values"], tmp),
-            "weights": weight_info,
-            "config": CONFIG,
-            "predict": f"bash {PREDICT} QUESTIONS OUT_DIR",
-            "wheels": wheels,
-            "bytes": {
-                "models": models_bytes,
-                "wheels": wheels_bytes,
-                "total": sum(f["bytes"] for f in files),
-            },
-            "files": files,
-        }
+        _write_predict(tmp / PREDICT, wheels, members, created)
+        manifest = _manifest(tmp, created, wheels, members, weight_info)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _copy_members(members: list[Member], root: Path) -> None:
+    from tqdm.auto import tqdm
+
+    total = sum(f.stat().st_size for m in members for f in m.files)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="pack: models", leave=False) as bar:
+        for member in members:
+            copy_member(member, root)
+            bar.update(sum(f.stat().st_size for f in member.files))
+
+
+def _write_predict(
+    script: Path, wheels: dict[str, Any], members: list[Member], created: str
+) -> None:
+    """``predict.sh``: installs what the target lacks, then runs ``sciqa infer``."""
+    from infer.pack.wheels import requirement_name
+
+    script.write_text(
+        render(
+            version=wheels["install"][0].split("==")[1],
+            created=created,
+            install=wheels["install"],
+            needed=[requirement_name(r) for r in wheels["install"][1:]],
+            members=[m.arg for m in members],
+        ),
+        encoding="utf-8",
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def _manifest(
+    root: Path,
+    created: str,
+    wheels: dict[str, Any],
+    members: list[Member],
+    weight_info: dict[str, Any],
+) -> dict[str, Any]:
+    """The bundle's ``manifest.json``: members, weights, versions, every file's digest."""
+    files = _describe_files(root)
+    models_bytes = sum(f["bytes"] for f in files if f["path"].startswith(f"{MODELS}/"))
+    wheels_bytes = sum(f["bytes"] for f in files if f["path"].startswith(f"{WHEELS}/"))
+    return {
+        "format": BUNDLE_FORMAT,
+        "created": created,
+        "sciqa": {"version": wheels["install"][0].split("==")[1], "git_sha": git_sha()},
+        "host": {"platform": platform.platform(), "python": platform.python_version()},
+        "members": _member_rows(members, weight_info["values"], root),
+        "weights": weight_info,
+        "config": CONFIG,
+        "predict": f"bash {PREDICT} QUESTIONS OUT_DIR",
+        "wheels": wheels,
+        "bytes": {
+            "models": models_bytes,
+            "wheels": wheels_bytes,
+            "total": sum(f["bytes"] for f in files),
+        },
+        "files": files,
+    }
 
 
 def _replace(tmp: Path, out: Path) -> None:

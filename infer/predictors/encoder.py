@@ -9,11 +9,9 @@ whose logits overflow is re-run in fp32 and the model stays in fp32 from then on
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,52 +21,9 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForMultipleChoice, AutoTokenizer
 
 from infer.errors import InferError
+from infer.predictors.base import BatchTiming, OnBatch, Predictor, length_order
 
 log = logging.getLogger(__name__)
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spm.model",
-    "sentencepiece.bpe.model",
-)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class Interrupted(Exception):
-    """The time budget ran out between two batches."""
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on GPUs that have it, else fp16 on GPU; fp32 on CPU."""
-    if name != "auto":
-        return DTYPES[name]
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def tokenizer_fingerprint(path: Path) -> str:
-    """Hash of the tokenizer files: folds of one run share it, so tokenize once.
-
-    A Hub-named model has no local files to hash; its name tells tokenizers apart.
-    """
-    digest = hashlib.sha256()
-    found = False
-    for name in TOKENIZER_FILES:
-        file = path / name
-        if file.is_file():
-            found = True
-            digest.update(name.encode())
-            digest.update(file.read_bytes())
-    if not found:
-        digest.update(str(path).encode())
-    return digest.hexdigest()
 
 
 def load_tokenizer(path: Path) -> Any:
@@ -100,31 +55,6 @@ def load_model(path: Path, device: torch.device, dtype: torch.dtype, attention: 
     return model.to(device).eval()
 
 
-def length_order(lengths: list[int], rows: np.ndarray | None = None) -> np.ndarray:
-    """Row indices longest first (stable, so equal lengths keep file order)."""
-    rows = np.arange(len(lengths)) if rows is None else np.asarray(rows)
-    keys = np.asarray(lengths)[rows]
-    return rows[np.argsort(-keys, kind="stable")]
-
-
-def padded_tokens(
-    lengths: list[int], n_options: int, batch_size: int, rows: np.ndarray | None = None
-) -> int:
-    """Tokens the sorted, per-batch-padded run will process: what its cost scales with.
-
-    >>> padded_tokens([5, 9, 7], n_options=2, batch_size=2)
-    46
-    """
-    order = length_order(lengths, rows)
-    sizes = np.asarray(lengths)[order]
-    return int(
-        sum(
-            len(sizes[i : i + batch_size]) * n_options * sizes[i]
-            for i in range(0, len(sizes), batch_size)
-        )
-    )
-
-
 def pad_batch(tokenizer: Any, features: list[dict[str, Any]], multiple_of: int | None) -> dict:
     """B questions x C options -> padded ``(B, C, L)`` tensors, L = this batch's longest.
 
@@ -141,15 +71,8 @@ def pad_batch(tokenizer: Any, features: list[dict[str, Any]], multiple_of: int |
     return {key: value.view(len(features), n_options, -1) for key, value in batch.items()}
 
 
-@dataclass
-class BatchTiming:
-    questions: int
-    tokens: int  # padded tokens in the batch (B x C x L): what the cost scales with
-    seconds: float
-
-
-class Predictor:
-    """One loaded model and its tokenizer; ``close()`` frees it before the next one."""
+class EncoderPredictor(Predictor):
+    """One loaded multiple-choice model and its tokenizer (:class:`Predictor`)."""
 
     def __init__(
         self,
@@ -183,12 +106,9 @@ class Predictor:
         *,
         rows: np.ndarray | None = None,
         desc: str = "",
-        on_batch: Callable[[BatchTiming], None] | None = None,
+        on_batch: OnBatch | None = None,
     ) -> np.ndarray:
-        """``(n, n_options)`` float32 logits; rows not in ``rows`` are NaN.
-
-        ``on_batch`` sees each batch's timing and may raise :class:`Interrupted`.
-        """
+        """``(n, n_options)`` float32 logits; rows not in ``rows`` are NaN."""
         n_options = len(features[0]["input_ids"])
         out = np.full((len(features), n_options), np.nan, dtype=np.float32)
         order = length_order(lengths, rows)

@@ -34,80 +34,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from infer.errors import InferError
-from infer.predictors.encoder import BatchTiming, Interrupted, length_order, padded_tokens
+from infer.predictors.base import (
+    BatchTiming,
+    Interrupted,
+    OnBatch,
+    Predictor,
+    length_order,
+    padded_tokens,
+)
 
 log = logging.getLogger(__name__)
-
-KINDS = ("cpu", "cuda", "mps")
 
 
 class _Stopped(Interrupted):
     """A worker stopped because another one stopped first."""
-
-
-def _present(device: torch.device, key: str, name: str) -> None:
-    """Refuse a device this machine does not have, naming the config key."""
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise InferError(f"{key} = {name!r} but no CUDA device is visible; use 'cpu'")
-        if device.index is not None and device.index >= count:
-            visible = ", ".join(f"cuda:{i}" for i in range(count))
-            raise InferError(
-                f"{key} = {name!r} but only {count} CUDA device(s) are visible ({visible})"
-            )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InferError(f"{key} = {name!r} but MPS is not available here; use 'cpu'")
-
-
-def parse_device(name: str, key: str) -> torch.device:
-    """``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``, present on this machine."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in KINDS:
-        raise InferError(f"{key} = {name!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    _present(device, key, name)
-    return torch.device("cpu") if device.type == "cpu" else device
-
-
-def resolve_devices(device: str, devices: list[str] | None) -> list[torch.device]:
-    """The devices a member's questions are split over: ``infer.devices`` when set,
-    else the one ``infer.device`` (``"auto"``: cuda when visible, else cpu)."""
-    if devices is None:
-        if device == "auto":
-            return [torch.device("cuda" if torch.cuda.is_available() else "cpu")]
-        return [parse_device(device, "infer.device")]
-    if not devices:
-        raise InferError(
-            "infer.devices = []: name at least one device (e.g. ['cuda:0', 'cuda:1']) "
-            "or leave it unset to use infer.device"
-        )
-    parsed = [parse_device(name, f"infer.devices[{i}]") for i, name in enumerate(devices)]
-    kinds = sorted({d.type for d in parsed})
-    if len(kinds) > 1:
-        raise InferError(
-            f"infer.devices = {devices} mixes {' and '.join(kinds)}; the shards must run "
-            "the same dtype and speed, so list devices of one kind"
-        )
-    if device != "auto" and device != kinds[0] and any(name != device for name in devices):
-        raise InferError(
-            f"infer.device = {device!r} conflicts with infer.devices = {devices}; "
-            f"set infer.device to 'auto' (or {kinds[0]!r}) when infer.devices is set"
-        )
-    return parsed
-
-
-def not_split_reason(device_map: str | None) -> str | None:
-    """Why a causal member is not split over the devices: it already spans GPUs."""
-    if not device_map:
-        return None
-    return (
-        f"causal_lm.device_map={device_map!r} spreads it over the GPUs itself, "
-        "so it runs once, not split over infer.devices"
-    )
 
 
 def shard_rows(
@@ -152,7 +92,7 @@ class Worker:
     """One device's copy of the member and what it scored."""
 
     device: torch.device
-    predictor: Any
+    predictor: Predictor
     threads: int | None = None  # intra-op threads for a CPU worker; None = leave as is
     questions: int = 0  # question-passes scored
     seconds: float = 0.0  # busy time, all passes
@@ -173,8 +113,8 @@ def cpu_threads(devices: list[torch.device]) -> int | None:
     return max(1, torch.get_num_threads() // n_cpu)
 
 
-class ShardedPredictor:
-    """N single-device predictors behind the one-predictor interface.
+class ShardedPredictor(Predictor):
+    """N single-device predictors behind the one-predictor interface (:class:`Predictor`).
 
     ``logits`` splits the rows with :func:`shard_rows`, runs every shard in its own
     thread and writes each shard's logits into its rows. ``on_batch`` is called under a
@@ -188,7 +128,7 @@ class ShardedPredictor:
     @classmethod
     def build(
         cls,
-        make: Callable[[torch.device], Any],
+        make: Callable[[torch.device], Predictor],
         devices: list[torch.device],
         clock: Callable[[], float] = time.perf_counter,
     ) -> ShardedPredictor:
@@ -210,12 +150,15 @@ class ShardedPredictor:
     def devices(self) -> list[torch.device]:
         return [w.device for w in self.workers]
 
+    @property
+    def batch_size(self) -> int:
+        return self.workers[0].predictor.batch_size
+
     def warm_up(self, features: Any, lengths: list[int]) -> None:
         """One untimed question on every device (lazy kernel set-up, per device)."""
-        first = np.array([0])
         self._parallel(
-            lambda w: w.predictor.logits(features, lengths, rows=first, desc="warm-up"),
-            self.workers,
+            lambda worker, _: worker.predictor.warm_up(features, lengths),
+            [(worker, None) for worker in self.workers],
         )
 
     def logits(
@@ -225,13 +168,12 @@ class ShardedPredictor:
         *,
         rows: np.ndarray | None = None,
         desc: str = "",
-        on_batch: Callable[[BatchTiming], None] | None = None,
+        on_batch: OnBatch | None = None,
     ) -> np.ndarray:
         """``(n, n_options)`` float32 logits; rows not in ``rows`` are NaN."""
         if len(self.workers) == 1:  # no thread, no lock: exactly the one-device path
             return self._score(self.workers[0], features, lengths, rows, desc, on_batch)
-        batch_size = getattr(self.workers[0].predictor, "batch_size", 1)
-        shards = shard_rows(lengths, rows, batch_size=batch_size, n_shards=len(self.workers))
+        shards = shard_rows(lengths, rows, batch_size=self.batch_size, n_shards=len(self.workers))
         busy = [(w, s) for w, s in zip(self.workers, shards, strict=True) if len(s)]
         if not busy:
             return self._score(self.workers[0], features, lengths, rows, desc, on_batch)
@@ -248,8 +190,7 @@ class ShardedPredictor:
                         stop.set()  # before the lock is released: no other batch slips in
                         raise
 
-        def run(item: tuple[Worker, np.ndarray]) -> np.ndarray:
-            worker, shard = item
+        def run(worker: Worker, shard: np.ndarray) -> np.ndarray:
             label = f"{desc} [{self.workers.index(worker)}: {worker.device}]"
             return self._score(worker, features, lengths, shard, label, guarded)
 
@@ -266,7 +207,7 @@ class ShardedPredictor:
         lengths: list[int],
         rows: np.ndarray | None,
         desc: str,
-        on_batch: Callable[[BatchTiming], None] | None,
+        on_batch: OnBatch | None,
     ) -> np.ndarray:
         began = self.clock()
         try:
@@ -279,33 +220,36 @@ class ShardedPredictor:
         return out
 
     def _parallel(
-        self, fn: Callable[[Any], Any], items: list, stop: threading.Event | None = None
+        self,
+        fn: Callable[[Worker, Any], Any],
+        jobs: list[tuple[Worker, Any]],
+        stop: threading.Event | None = None,
     ) -> list:
-        """``fn`` over ``items``, one thread each; results in order, first error raised."""
+        """``fn(worker, arg)`` for every job, one thread each; results in order, first
+        error raised."""
         stop = stop or threading.Event()
-        if len(items) == 1:
-            return [fn(items[0])]
-        results: list[Any] = [None] * len(items)
+        if len(jobs) == 1:
+            return [fn(*jobs[0])]
+        results: list[Any] = [None] * len(jobs)
         errors: list[BaseException] = []  # in the order they happened
 
         def target(i: int) -> None:
-            item = items[i]
-            worker = item[0] if isinstance(item, tuple) else item
+            worker, arg = jobs[i]
             try:
                 if worker.threads is not None:
                     torch.set_num_threads(worker.threads)  # this thread only
                 if worker.device.type == "cuda":
                     with torch.cuda.device(worker.device):
-                        results[i] = fn(item)
+                        results[i] = fn(worker, arg)
                 else:
-                    results[i] = fn(item)
+                    results[i] = fn(worker, arg)
             except BaseException as exc:  # handed to the caller below
                 errors.append(exc)
                 stop.set()
 
         threads = [
             threading.Thread(target=target, args=(i,), name=f"sciqa-infer-{i}", daemon=True)
-            for i in range(len(items))
+            for i in range(len(jobs))
         ]
         for thread in threads:
             thread.start()

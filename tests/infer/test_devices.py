@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -23,16 +22,24 @@ pytest.importorskip("transformers")
 from infer.commands import run_infer  # noqa: E402
 from infer.ensemble.combine import combine  # noqa: E402
 from infer.errors import InferError  # noqa: E402
-from infer.predictors import encoder as predict  # noqa: E402
-from infer.predictors import sharded as devices_mod  # noqa: E402
-from infer.predictors.sharded import ShardedPredictor, resolve_devices, shard_rows  # noqa: E402
-from sciqa.cli import app  # noqa: E402
+from infer.predictors.base import (  # noqa: E402
+    BatchTiming,
+    Interrupted,
+    length_order,
+    padded_tokens,
+)
+from infer.predictors.devices import resolve_devices  # noqa: E402
+from infer.predictors.sharded import (  # noqa: E402
+    ShardedPredictor,
+    Worker,
+    cpu_threads,
+    shard_rows,
+)
 from sciqa.io import write_questions  # noqa: E402
 from sciqa.submission import read_submission  # noqa: E402
 from tests.builders import (  # noqa: E402
     INFER_SMALL,
-    WORDS,
-    build_tiny_llama,
+    load_logits,
     make_config,
     make_model,
     make_questions,
@@ -47,22 +54,14 @@ def run_dir(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("runs") / "run", 1)
 
 
-@pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("llm") / "tiny", [" ".join(WORDS)] * 3)
-
-
 @pytest.fixture
 def qfile(tmp_path) -> Path:
+    """23 questions here (conftest's has 10): 8 batches of 3 to shard."""
     return write_questions(make_questions(23), tmp_path / "questions.csv")
 
 
-def _logits(out: Path) -> dict[str, np.ndarray]:
-    return {f.stem: np.load(f) for f in sorted((out / "logits").glob("*.npy"))}
-
-
 def _assert_same_run(one: Path, two: Path) -> None:
-    a, b = _logits(one), _logits(two)
+    a, b = load_logits(one), load_logits(two)
     assert a.keys() == b.keys() and a
     for name in a:
         # Same batches on both sides: bitwise in practice; 1e-6 allows another thread count.
@@ -80,13 +79,13 @@ def test_shards_are_whole_batches_of_the_one_device_order(n_shards, with_rows):
     lengths = rng.integers(1, 40, size=29).tolist()
     rows = np.sort(rng.choice(29, size=13, replace=False)) if with_rows else None
     batch = 4
-    order = predict.length_order(lengths, rows)
+    order = length_order(lengths, rows)
     one_device = {tuple(order[i : i + batch]) for i in range(0, len(order), batch)}
     shards = shard_rows(lengths, rows, batch_size=batch, n_shards=n_shards)
     assert len(shards) == n_shards
     got = []
     for shard in shards:
-        mine = predict.length_order(lengths, shard)  # what each device's predictor does
+        mine = length_order(lengths, shard)  # what each device's predictor does
         got += [tuple(mine[i : i + batch]) for i in range(0, len(mine), batch)]
     assert set(got) == one_device and len(got) == len(one_device)
     expected = np.arange(29) if rows is None else rows
@@ -96,7 +95,7 @@ def test_shards_are_whole_batches_of_the_one_device_order(n_shards, with_rows):
 def test_shards_balance_padded_tokens():
     lengths = [100] * 4 + [10] * 36  # 1 long batch, 9 short ones (batch of 4)
     shards = shard_rows(lengths, batch_size=4, n_shards=2)
-    tokens = [predict.padded_tokens(lengths, 1, 4, s) for s in shards]
+    tokens = [padded_tokens(lengths, 1, 4, s) for s in shards]
     assert tokens == [400, 360]  # the long batch alone vs all the short ones
 
 
@@ -111,7 +110,7 @@ class FakePredictor:
 
     def logits(self, features, lengths, *, rows=None, desc="", on_batch=None):
         out = np.full((len(lengths), 3), np.nan, dtype=np.float32)
-        order = predict.length_order(lengths, rows)
+        order = length_order(lengths, rows)
         for start in range(0, len(order), self.batch_size):
             if self.go is not None:
                 self.go.wait(5)
@@ -121,7 +120,7 @@ class FakePredictor:
             out[chunk] = chunk[:, None] + np.arange(3)
             try:
                 if on_batch is not None:
-                    on_batch(predict.BatchTiming(len(chunk), 1, 0.0))
+                    on_batch(BatchTiming(len(chunk), 1, 0.0))
             except BaseException:
                 time.sleep(self.linger)
                 raise
@@ -133,7 +132,7 @@ class FakePredictor:
 
 def _sharded(*predictors) -> ShardedPredictor:
     cpu = torch.device("cpu")
-    return ShardedPredictor([devices_mod.Worker(cpu, p) for p in predictors])
+    return ShardedPredictor([Worker(cpu, p) for p in predictors])
 
 
 def test_sharded_predictor_puts_every_row_back():
@@ -151,12 +150,12 @@ def test_a_stop_is_seen_once_and_stops_the_other_worker():
     def on_batch(timing):
         calls.append(timing)
         go.set()  # the other worker now runs its batch and waits for the lock
-        raise predict.Interrupted("does not fit the time budget")
+        raise Interrupted("does not fit the time budget")
 
     # The first worker lingers on its way out (closing its progress bar, say): the
     # second must not slip in a batch and ask the budget again meanwhile.
     sharded = _sharded(FakePredictor(linger=0.3), FakePredictor(go))
-    with pytest.raises(predict.Interrupted, match="does not fit"):
+    with pytest.raises(Interrupted, match="does not fit"):
         sharded.logits(None, [5, 4, 3, 2], on_batch=on_batch)
     assert len(calls) == 1  # the second worker stopped instead of asking again
 
@@ -243,35 +242,27 @@ def test_device_map_member_is_not_split_again(few, tiny_llm, tmp_path, monkeypat
     assert "not split over infer.devices" in caplog.text
 
 
-def test_cache_is_shared_between_device_counts(qfile, run_dir, tmp_path, monkeypatch):
+def test_cache_is_shared_between_device_counts(qfile, run_dir, tmp_path, no_loading):
     out = tmp_path / "out"
     run_infer(qfile, [str(run_dir)], out, make_config(*INFER_SMALL, "infer.tta=2"))
     first = (out / "submission.csv").read_text()
-
-    def no_loading(*args, **kwargs):
-        raise AssertionError("a cached model was loaded again")
-
-    monkeypatch.setattr("infer.runner.load_model", no_loading)
-    result = run_infer(
-        qfile, [str(run_dir)], out, make_config(*INFER_SMALL, TWO_CPUS, "infer.tta=2")
-    )
+    config = make_config(*INFER_SMALL, TWO_CPUS, "infer.tta=2")
+    result = run_infer(qfile, [str(run_dir)], out, config, open_member=no_loading)
     assert {m["status"] for m in result["models"][:-1]} == {"cached"}
     assert (out / "submission.csv").read_text() == first
 
 
-def test_cpu_workers_split_the_intra_op_threads(qfile, run_dir, tmp_path, monkeypatch):
+def test_cpu_workers_split_the_intra_op_threads(qfile, run_dir, tmp_path, spy):
     seen: dict[str, int] = {}
-    real_forward = predict.Predictor._forward
 
-    def recording_forward(self, batch):
+    def recording(spec, timing):
         seen[threading.current_thread().name] = torch.get_num_threads()
-        return real_forward(self, batch)
+        return timing
 
-    monkeypatch.setattr(predict.Predictor, "_forward", recording_forward)
     before = torch.get_num_threads()
-    run_infer(
-        qfile, [str(run_dir / "fold_0")], tmp_path / "out", make_config(*INFER_SMALL, TWO_CPUS)
-    )
+    config = make_config(*INFER_SMALL, TWO_CPUS)
+    fold = [str(run_dir / "fold_0")]
+    run_infer(qfile, fold, tmp_path / "out", config, open_member=spy(recording))
     assert sorted(seen) == ["sciqa-infer-0", "sciqa-infer-1"]  # two worker threads
     assert set(seen.values()) == {max(1, before // 2)}
     assert torch.get_num_threads() == before  # the main thread keeps its setting
@@ -280,56 +271,14 @@ def test_cpu_workers_split_the_intra_op_threads(qfile, run_dir, tmp_path, monkey
 # --- the budget and interruptions ---------------------------------------------------
 
 
-class ParallelClock:
-    """Time moves only in forward passes; each worker thread has its own time line, and
-    a parallel section costs the main thread its slowest worker's time."""
-
-    def __init__(self):
-        self.now = 0.0
-        self.local: dict[int, float] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self) -> float:
-        return self.now + self.local.get(threading.get_ident(), 0.0)
-
-    def spend(self, seconds: float) -> None:
-        with self.lock:
-            if threading.current_thread() is threading.main_thread():
-                self.now += seconds
-            else:
-                me = threading.get_ident()
-                self.local[me] = self.local.get(me, 0.0) + seconds
-
-    def join(self) -> None:
-        with self.lock:
-            self.now += max(self.local.values(), default=0.0)
-            self.local.clear()
+# Time moves only in batches (conftest's clock and slow members): each worker thread has
+# its own time line, and a parallel section costs the main thread its slowest worker's.
 
 
-@pytest.fixture
-def clock(monkeypatch) -> ParallelClock:
-    clock = ParallelClock()
-    real_forward = predict.Predictor._forward
-    real_parallel = ShardedPredictor._parallel
-
-    def slow_forward(self, batch):
-        clock.spend(batch["input_ids"].numel() * 0.01)
-        return real_forward(self, batch)
-
-    def timed_parallel(self, fn, items, stop=None):
-        try:
-            return real_parallel(self, fn, items, stop)
-        finally:
-            clock.join()
-
-    monkeypatch.setattr(predict.Predictor, "_forward", slow_forward)
-    monkeypatch.setattr(ShardedPredictor, "_parallel", timed_parallel)
-    return clock
-
-
-def test_budget_plans_for_devices_in_parallel(qfile, run_dir, tmp_path, clock):
+def test_budget_plans_for_devices_in_parallel(qfile, run_dir, tmp_path, clock, slow):
+    fold = [str(run_dir / "fold_0")]
     one = run_infer(
-        qfile, [str(run_dir / "fold_0")], tmp_path / "t", make_config(*INFER_SMALL), clock=clock
+        qfile, fold, tmp_path / "t", make_config(*INFER_SMALL), clock=clock, open_member=slow()
     )
     pass_seconds = one["models"][0]["seconds"]
     budget = f"{2.6 * pass_seconds:.3f}s"
@@ -341,6 +290,7 @@ def test_budget_plans_for_devices_in_parallel(qfile, run_dir, tmp_path, clock):
         tmp_path / "a",
         make_config(*INFER_SMALL, *cfg, "infer.tta=2", f"infer.time_budget={budget}"),
         clock=clock,
+        open_member=slow(),
     )
     clock.now = 0.0
     parallel = run_infer(
@@ -349,6 +299,7 @@ def test_budget_plans_for_devices_in_parallel(qfile, run_dir, tmp_path, clock):
         tmp_path / "b",
         make_config(*INFER_SMALL, *cfg, TWO_CPUS, "infer.tta=2", f"infer.time_budget={budget}"),
         clock=clock,
+        open_member=slow(),
     )
     # One device: 2 folds x 1 pass fit. Two devices halve every pass: 2 folds x 2 passes.
     assert [m["passes"] for m in serial["models"][:-1]] == [1, 1]
@@ -358,20 +309,13 @@ def test_budget_plans_for_devices_in_parallel(qfile, run_dir, tmp_path, clock):
     assert len(sub) == 23 and all(len(p.split()) == 3 for p in sub["prediction"])
 
 
-def test_budget_stop_on_one_device_stops_the_other(qfile, run_dir, tmp_path, clock, monkeypatch):
+def test_budget_stop_on_one_device_stops_the_other(qfile, run_dir, tmp_path, clock, slow):
     # fold_1 turns out 50x slower than its estimate: after its first timed batch the plan
     # drops it; the other worker stops at its next batch and fold_0's submission stands.
-    real_forward = predict.Predictor._forward
-
-    def slower_fold_1(self, batch):
-        if "fold_1" in str(self.model.name_or_path):
-            clock.spend(batch["input_ids"].numel() * 0.5)
-        return real_forward(self, batch)
-
-    monkeypatch.setattr(predict.Predictor, "_forward", slower_fold_1)
-    one = run_infer(
-        qfile, [str(run_dir / "fold_0")], tmp_path / "t", make_config(*INFER_SMALL), clock=clock
-    )
+    slower_fold_1 = slow(lambda spec: 0.51 if "fold_1" in spec.name else 0.01)
+    fold = [str(run_dir / "fold_0")]
+    config = make_config(*INFER_SMALL)
+    one = run_infer(qfile, fold, tmp_path / "t", config, clock=clock, open_member=slower_fold_1)
     clock.now = 0.0
     out = tmp_path / "out"
     result = run_infer(
@@ -385,6 +329,7 @@ def test_budget_stop_on_one_device_stops_the_other(qfile, run_dir, tmp_path, clo
             f"infer.time_budget={4 * one['models'][0]['seconds']:.3f}s",
         ),
         clock=clock,
+        open_member=slower_fold_1,
     )
     fold_0, fold_1 = result["models"][:2]
     assert fold_0["status"] == "done" and fold_1["passes"] == 0
@@ -395,30 +340,25 @@ def test_budget_stop_on_one_device_stops_the_other(qfile, run_dir, tmp_path, clo
     np.testing.assert_array_equal(np.load(out / "logits" / "ensemble.npy"), expected)
 
 
-def test_kill_in_a_worker_leaves_the_previous_submission(qfile, run_dir, tmp_path, monkeypatch):
+def test_kill_in_a_worker_leaves_the_previous_submission(qfile, run_dir, tmp_path, spy):
     out = tmp_path / "out"
     run_infer(qfile, [str(run_dir / "fold_0")], out, make_config(*INFER_SMALL))
     before = (out / "submission.csv").read_text()
-    real_forward = predict.Predictor._forward
 
-    def dying_forward(self, batch):
+    def dies_in_a_worker(spec, timing):
         if threading.current_thread() is not threading.main_thread():
             raise KeyboardInterrupt
-        return real_forward(self, batch)
+        return timing
 
-    monkeypatch.setattr(predict.Predictor, "_forward", dying_forward)
     with pytest.raises(KeyboardInterrupt):
-        run_infer(qfile, [str(run_dir)], out, make_config(*INFER_SMALL, TWO_CPUS))
+        config = make_config(*INFER_SMALL, TWO_CPUS)
+        run_infer(qfile, [str(run_dir)], out, config, open_member=spy(dies_in_a_worker))
     assert (out / "submission.csv").read_text() == before
     assert not list(out.glob(".*.tmp"))
     assert not [t for t in threading.enumerate() if t.name.startswith("sciqa-infer")]
 
 
 # --- bad input: one line, exit 1, the previous submission intact --------------------
-
-
-def _cli(*args: str):
-    return CliRunner().invoke(app, ["infer", *args, "--set", "infer.batch_size=4"])
 
 
 @pytest.fixture
@@ -443,14 +383,16 @@ def one_gpu(monkeypatch):
         (["infer.device=cuda:3"], True, "infer.device = 'cuda:3' but only 1"),
     ],
 )
-def test_bad_devices_one_line_error(tmp_path, qfile, run_dir, request, sets, gpu, message):
+def test_bad_devices_one_line_error(
+    tmp_path, qfile, run_dir, request, cli_small, sets, gpu, message
+):
     out = tmp_path / "out"
-    assert _cli(str(qfile), str(run_dir / "fold_0"), "--out", str(out)).exit_code == 0
+    assert cli_small(str(qfile), str(run_dir / "fold_0"), "--out", str(out)).exit_code == 0
     before = (out / "submission.csv").read_text()
     if gpu:
         request.getfixturevalue("one_gpu")
     set_args = [arg for s in sets for arg in ("--set", s)]
-    result = _cli(str(qfile), str(run_dir), "--out", str(out), *set_args)
+    result = cli_small(str(qfile), str(run_dir), "--out", str(out), *set_args)
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert result.output.startswith("error: ") and result.output.count("\n") == 1
@@ -474,12 +416,13 @@ def test_compatible_device_settings(one_gpu, device, devices, expected):
 def test_device_errors_name_the_key_without_a_gpu():
     with pytest.raises(InferError, match=r"infer\.device = 'cuda' but no CUDA"):
         resolve_devices("cuda", None)
-    assert devices_mod.cpu_threads([torch.device("cpu")]) is None
+    assert cpu_threads([torch.device("cpu")]) is None
 
 
-def test_budget_too_small_on_two_devices_writes_nothing(qfile, run_dir, tmp_path, clock):
+def test_budget_too_small_on_two_devices_writes_nothing(qfile, run_dir, tmp_path, clock, slow):
+    fold = [str(run_dir / "fold_0")]
     one = run_infer(
-        qfile, [str(run_dir / "fold_0")], tmp_path / "t", make_config(*INFER_SMALL), clock=clock
+        qfile, fold, tmp_path / "t", make_config(*INFER_SMALL), clock=clock, open_member=slow()
     )
     clock.now = 0.0
     out = tmp_path / "out"
@@ -491,6 +434,7 @@ def test_budget_too_small_on_two_devices_writes_nothing(qfile, run_dir, tmp_path
             out,
             make_config(*INFER_SMALL, TWO_CPUS, f"infer.time_budget={budget}"),
             clock=clock,
+            open_member=slow(),
         )
     assert not out.exists()
 

@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from sciqa.cli import app
 from sciqa.io import read_table, write_questions
 from sciqa.metrics import top3_letters
 from sciqa.submission import read_submission
@@ -22,7 +20,6 @@ transformers = pytest.importorskip("transformers")
 
 from infer.commands import run_infer  # noqa: E402
 from infer.errors import BudgetError, InferError  # noqa: E402
-from infer.predictors import encoder as predict  # noqa: E402
 from tests.builders import (  # noqa: E402
     INFER_SMALL,
     LETTERS,
@@ -37,11 +34,6 @@ from tests.builders import (  # noqa: E402
 def runs(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("runs")
     return {"a": make_run(base / "run_a", 1), "b": make_run(base / "run_b", 2)}
-
-
-@pytest.fixture
-def qfile(tmp_path) -> Path:
-    return write_questions(make_questions(), tmp_path / "questions.csv")
 
 
 def _reference_logits(model_dir: Path, frame: pd.DataFrame) -> np.ndarray:
@@ -158,67 +150,43 @@ def test_offline_with_sockets_blocked(qfile, runs, tmp_path, monkeypatch):
     assert len(read_submission(tmp_path / "out" / "submission.csv")) == 10
 
 
-def test_resume_skips_finished_models(qfile, runs, tmp_path, monkeypatch):
+def test_resume_skips_finished_models(qfile, runs, tmp_path, no_loading):
     out = tmp_path / "out"
     run_infer(qfile, [str(runs["a"])], out, make_config(*INFER_SMALL, "infer.tta=2"))
     first = (out / "submission.csv").read_text()
-
-    def no_loading(*args, **kwargs):
-        raise AssertionError("a cached model was loaded again")
-
-    monkeypatch.setattr("infer.runner.load_model", no_loading)
-    result = run_infer(qfile, [str(runs["a"])], out, make_config(*INFER_SMALL, "infer.tta=2"))
+    config = make_config(*INFER_SMALL, "infer.tta=2")
+    result = run_infer(qfile, [str(runs["a"])], out, config, open_member=no_loading)
     assert {r["status"] for r in result["models"][:-1]} == {"cached"}
     assert (out / "submission.csv").read_text() == first
 
 
-def test_kill_mid_run_leaves_valid_submission(qfile, runs, tmp_path, monkeypatch):
+def test_kill_mid_run_leaves_valid_submission(qfile, runs, tmp_path, spy):
     out = tmp_path / "out"
-    real_forward = predict.Predictor._forward
-    calls = {"n": 0}
+    batches = []
 
-    def dying_forward(self, batch):
-        calls["n"] += 1
-        if calls["n"] > 4:  # 10 questions / batch 3 = 4 batches for the first model
+    def dies_in_the_second_model(spec, timing):
+        batches.append(timing)
+        if len(batches) > 4:  # 10 questions / batch 3 = 4 batches for the first model
             raise KeyboardInterrupt
-        return real_forward(self, batch)
+        return timing
 
-    monkeypatch.setattr(predict.Predictor, "_forward", dying_forward)
     with pytest.raises(KeyboardInterrupt):
-        run_infer(qfile, [str(runs["a"])], out, make_config(*INFER_SMALL))
+        config = make_config(*INFER_SMALL)
+        run_infer(qfile, [str(runs["a"])], out, config, open_member=spy(dies_in_the_second_model))
     sub = read_submission(out / "submission.csv")
     assert sub["id"].tolist() == read_table(qfile)["id"].tolist()
     assert all(len(p.split()) == 3 for p in sub["prediction"])
     assert not list(out.glob(".*.tmp"))
 
 
-class FakeClock:
-    """Time moves only in forward passes, by the batch's padded tokens (as on real hardware)."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+# Time moves only in batches, by their padded tokens (as on real hardware): conftest's
+# clock and slow members.
 
 
-@pytest.fixture
-def fake_clock(monkeypatch) -> FakeClock:
-    clock = FakeClock()
-    real_forward = predict.Predictor._forward
-
-    def slow_forward(self, batch):
-        clock.now += batch["input_ids"].numel() * 0.01
-        return real_forward(self, batch)
-
-    monkeypatch.setattr(predict.Predictor, "_forward", slow_forward)
-    return clock
-
-
-def _pass_seconds(qfile, runs, tmp_path, clock) -> float:
-    result = run_infer(
-        qfile, [str(runs["a"] / "fold_0")], tmp_path / "t", make_config(*INFER_SMALL), clock=clock
-    )
+def _pass_seconds(qfile, runs, tmp_path, clock, slow) -> float:
+    fold = [str(runs["a"] / "fold_0")]
+    config = make_config(*INFER_SMALL)
+    result = run_infer(qfile, fold, tmp_path / "t", config, clock=clock, open_member=slow())
     return result["models"][0]["seconds"]
 
 
@@ -227,9 +195,9 @@ def _pass_seconds(qfile, runs, tmp_path, clock) -> float:
     [(5.0, [2, 2]), (2.6, [1, 1]), (1.5, [1, 0])],
 )
 def test_time_budget_drops_tta_then_models(
-    qfile, runs, tmp_path, fake_clock, budget_passes, passes
+    qfile, runs, tmp_path, clock, slow, budget_passes, passes
 ):
-    budget = budget_passes * _pass_seconds(qfile, runs, tmp_path, fake_clock)
+    budget = budget_passes * _pass_seconds(qfile, runs, tmp_path, clock, slow)
     result = run_infer(
         qfile,
         [str(runs["a"])],
@@ -237,7 +205,8 @@ def test_time_budget_drops_tta_then_models(
         make_config(
             *INFER_SMALL, "infer.budget_margin=0", "infer.tta=2", f"infer.time_budget={budget:.3f}s"
         ),
-        clock=fake_clock,
+        clock=clock,
+        open_member=slow(),
     )
     assert [r.get("passes", 0) for r in result["models"][:-1]] == passes
     sub = read_submission(tmp_path / "out" / "submission.csv")
@@ -247,12 +216,12 @@ def test_time_budget_drops_tta_then_models(
     assert manifest["plans"] == result["plans"]
 
 
-def test_budget_too_small_writes_nothing(qfile, runs, tmp_path, fake_clock):
-    budget = 0.1 * _pass_seconds(qfile, runs, tmp_path, fake_clock)
+def test_budget_too_small_writes_nothing(qfile, runs, tmp_path, clock, slow):
+    budget = 0.1 * _pass_seconds(qfile, runs, tmp_path, clock, slow)
     out = tmp_path / "out"
     with pytest.raises(BudgetError, match="too small for even one model"):
         config = make_config(*INFER_SMALL, f"infer.time_budget={budget:.3f}s")
-        run_infer(qfile, [str(runs["a"])], out, config, clock=fake_clock)
+        run_infer(qfile, [str(runs["a"])], out, config, clock=clock, open_member=slow())
     assert not out.exists()
 
 
@@ -277,10 +246,6 @@ def test_cascade_sends_unsure_questions_to_expensive_models(qfile, runs, tmp_pat
 # --- bad input: one line, exit 1, nothing written ---------------------------------------
 
 
-def _cli(*args: str):
-    return CliRunner().invoke(app, ["infer", *args, "--set", "infer.batch_size=4"])
-
-
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [
@@ -295,43 +260,43 @@ def _cli(*args: str):
         (lambda d, q, r: [q, str(r), "--time-budget", "soon"], "expected a positive duration"),
     ],
 )
-def test_bad_input_one_line_error(tmp_path, qfile, runs, make_args, message):
+def test_bad_input_one_line_error(tmp_path, qfile, runs, cli_small, make_args, message):
     out = tmp_path / "out"
-    result = _cli(*make_args(tmp_path, str(qfile), runs["a"]), "--out", str(out))
+    result = cli_small(*make_args(tmp_path, str(qfile), runs["a"]), "--out", str(out))
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert result.output.startswith("error: ") and result.output.count("\n") == 1
     assert not out.exists()
 
 
-def test_bad_questions_and_duplicate_ids(tmp_path, runs):
+def test_bad_questions_and_duplicate_ids(tmp_path, runs, cli_small):
     frame = make_questions()
     frame.loc[3, "id"] = frame.loc[2, "id"]
     path = tmp_path / "dup.csv"
     frame.to_csv(path, index=False)
-    result = _cli(str(path), str(runs["a"]), "--out", str(tmp_path / "out"))
+    result = cli_small(str(path), str(runs["a"]), "--out", str(tmp_path / "out"))
     assert result.exit_code == 1 and "duplicate id" in result.output
 
 
-def test_option_count_mismatch(tmp_path, runs):
+def test_option_count_mismatch(tmp_path, runs, cli_small):
     frame = make_questions().drop(columns=["E"])
     frame["answer"] = "A"
     path = write_questions(frame, tmp_path / "four.csv")
-    result = _cli(str(path), str(runs["a"]), "--out", str(tmp_path / "out"))
+    result = cli_small(str(path), str(runs["a"]), "--out", str(tmp_path / "out"))
     assert result.exit_code == 1 and "trained on 5 options" in result.output
 
 
-def test_failed_rerun_keeps_previous_submission(qfile, runs, tmp_path):
+def test_failed_rerun_keeps_previous_submission(qfile, runs, tmp_path, cli_small):
     out = tmp_path / "out"
     run_infer(qfile, [str(runs["a"])], out, make_config(*INFER_SMALL))
     before = (out / "submission.csv").read_text()
-    result = _cli(str(qfile), str(runs["a"]), "--weights", "1,2,3", "--out", str(out))
+    result = cli_small(str(qfile), str(runs["a"]), "--weights", "1,2,3", "--out", str(out))
     assert result.exit_code == 1
     assert (out / "submission.csv").read_text() == before
 
 
-def test_cli_prints_table(qfile, runs, tmp_path):
-    result = _cli(str(qfile), str(runs["a"]), "--out", str(tmp_path / "out"), "--tta", "2")
+def test_cli_prints_table(qfile, runs, tmp_path, cli_small):
+    result = cli_small(str(qfile), str(runs["a"]), "--out", str(tmp_path / "out"), "--tta", "2")
     assert result.exit_code == 0, result.output
     assert "| ensemble |" in result.output and "MAP@3" in result.output
 

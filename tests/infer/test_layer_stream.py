@@ -13,35 +13,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from infer.commands import run_infer  # noqa: E402
-from infer.predictors.causal import streamed_scores  # noqa: E402
 from infer.predictors.offload import split as layer_split  # noqa: E402
 from infer.predictors.offload.layout import layout_of  # noqa: E402
+from infer.predictors.offload.predictor import streamed_scores  # noqa: E402
 from infer.predictors.offload.stream import LayerStreamer, open_streamer  # noqa: E402
 from sciqa.assets.llm import load_causal_lm, load_causal_tokenizer  # noqa: E402
-from sciqa.cli import app  # noqa: E402
-from sciqa.config import load_config  # noqa: E402
-from sciqa.io import write_questions  # noqa: E402
 from sciqa.metrics import top3_letters  # noqa: E402
 from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm  # noqa: E402
 from sciqa.scoring.llm_scoring import ScoreHead, score_rows  # noqa: E402
 from tests.builders import (  # noqa: E402
+    INFER_SMALL,
     WORDS,
     build_tiny_llama,
+    load_logits,
+    make_config,
     make_model,
     make_questions,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("llm") / "tiny", [" ".join(WORDS)] * 3)
 
 
 @pytest.fixture(scope="module")
@@ -64,17 +58,13 @@ def deep_llm(tiny_llm, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def qfile(tmp_path) -> Path:
-    return write_questions(make_questions(), tmp_path / "questions.csv")
-
-
-def _config(tmp_path: Path, *overrides: str):
-    base = ["infer.batch_size=3", "causal_lm.batch_size=3", "causal_lm.offload_group=4"]
-    return load_config(None, [*base, f"causal_lm.offload_dir={tmp_path / 'layers'}", *overrides])
-
-
-def _logits(out: Path, name: str) -> np.ndarray:
-    return np.load(out / "logits" / f"{name}.npy")
+def streaming(tmp_path) -> tuple[str, ...]:
+    """Config presets: INFER_SMALL, groups of 4 questions, layer splits in tmp_path/layers."""
+    return (
+        *INFER_SMALL,
+        "causal_lm.offload_group=4",
+        f"causal_lm.offload_dir={tmp_path / 'layers'}",
+    )
 
 
 def _same(streamed: np.ndarray, resident: np.ndarray) -> None:
@@ -85,25 +75,25 @@ def _same(streamed: np.ndarray, resident: np.ndarray) -> None:
 
 @pytest.mark.parametrize("context", [True, False])
 @pytest.mark.parametrize("mode", ["cloze", "letter", "yes_no"])
-def test_streamed_infer_equals_resident(qfile, tiny_llm, tmp_path, mode, context):
+def test_streamed_infer_equals_resident(qfile, tiny_llm, tmp_path, streaming, mode, context):
     sets = [f"causal_lm.mode={mode}", f"causal_lm.use_context={context}"]
-    run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "a", _config(tmp_path, *sets))
+    run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "a", make_config(*streaming, *sets))
     streamed = run_infer(
         qfile, [f"llm:{tiny_llm}"], tmp_path / "b",
-        _config(tmp_path, *sets, "causal_lm.offload=layers"),
+        make_config(*streaming, *sets, "causal_lm.offload=layers"),
     )  # fmt: skip
     assert streamed["models"][0]["status"] == "done"
-    _same(_logits(tmp_path / "b", "llm-tiny"), _logits(tmp_path / "a", "llm-tiny"))
+    _same(load_logits(tmp_path / "b")["llm-tiny"], load_logits(tmp_path / "a")["llm-tiny"])
     assert len(list((tmp_path / "layers").glob("*/layer_*.safetensors"))) == 2
 
 
-def test_one_streamed_copy_per_device(qfile, tiny_llm, tmp_path):
+def test_one_streamed_copy_per_device(qfile, tiny_llm, tmp_path, streaming):
     """infer.devices gives each worker its own streamed copy of one split; ids reassemble."""
-    run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "a", _config(tmp_path))
-    two = _config(tmp_path, "causal_lm.offload=layers", 'infer.devices=["cpu","cpu"]')
+    run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "a", make_config(*streaming))
+    two = make_config(*streaming, "causal_lm.offload=layers", 'infer.devices=["cpu","cpu"]')
     streamed = run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "b", two)
     assert streamed["models"][0]["status"] == "done"
-    _same(_logits(tmp_path / "b", "llm-tiny"), _logits(tmp_path / "a", "llm-tiny"))
+    _same(load_logits(tmp_path / "b")["llm-tiny"], load_logits(tmp_path / "a")["llm-tiny"])
     assert len(list((tmp_path / "layers").glob("*/split.json"))) == 1
 
 
@@ -112,8 +102,8 @@ def test_one_streamed_copy_per_device(qfile, tiny_llm, tmp_path):
     [(["causal_lm.normalise=pmi"], True), (["causal_lm.normalise=sum"], False),
      (["causal_lm.mode=yes_no"], False), (["causal_lm.mode=letter"], False)],
 )  # fmt: skip
-def test_pmi_and_the_full_sequence_path_stream_too(tiny_llm, tmp_path, sets, cache):
-    cfg = _config(tmp_path, *sets).causal_lm
+def test_pmi_and_the_full_sequence_path_stream_too(tiny_llm, tmp_path, streaming, sets, cache):
+    cfg = make_config(*streaming, *sets).causal_lm
     tok = load_causal_tokenizer(str(tiny_llm))
     enc = encode_for_llm(tok, make_questions(), PromptSpec.from_config(cfg, tok, "t"))
     rows, head = list(range(len(enc))), ScoreHead.of(enc)
@@ -126,13 +116,13 @@ def test_pmi_and_the_full_sequence_path_stream_too(tiny_llm, tmp_path, sets, cac
     assert streamer.stats.sweeps == 1  # pmi's two halves share one pass over the weights
 
 
-def test_member_override_tta_and_cascade(qfile, tiny_llm, tmp_path):
+def test_member_override_tta_and_cascade(qfile, tiny_llm, tmp_path, streaming):
     """``llm:NAME?offload=layers`` as the cascade's expensive stage, with letter TTA."""
     mc = make_model(tmp_path / "bert", 3, meta=False)
     cascade = ["infer.cascade_fraction=0.5", "causal_lm.mode=letter"]
 
     def run(arg: str, name: str, out: str) -> dict:
-        cfg = _config(tmp_path, *cascade, f"infer.cascade_expensive=[{name}]")
+        cfg = make_config(*streaming, *cascade, f"infer.cascade_expensive=[{name}]")
         cfg.infer.tta = 3
         return run_infer(qfile, [arg, str(mc)], tmp_path / out, cfg)
 
@@ -140,13 +130,13 @@ def test_member_override_tta_and_cascade(qfile, tiny_llm, tmp_path):
     name = "llm-tiny-layers-false"
     streamed = run(f"llm:{tiny_llm}?offload=layers&offload_prefetch=false", name, "b")
     assert streamed["cascade"]["expensive"] == [name] and streamed["cascade"]["escalated"] == 5
-    a, b = _logits(tmp_path / "a", "llm-tiny"), _logits(tmp_path / "b", name)
+    a, b = load_logits(tmp_path / "a")["llm-tiny"], load_logits(tmp_path / "b")[name]
     assert (np.isnan(a) == np.isnan(b)).all() and (~np.isnan(b).any(axis=1)).sum() == 5
     rows = ~np.isnan(b).any(axis=1)
     _same(b[rows], a[rows])
 
 
-def test_sharded_and_bin_checkpoints_split_alike(tiny_llm, tmp_path):
+def test_sharded_and_bin_checkpoints_split_alike(tiny_llm, tmp_path, streaming):
     model = load_causal_lm(str(tiny_llm))
     model.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
@@ -156,7 +146,7 @@ def test_sharded_and_bin_checkpoints_split_alike(tiny_llm, tmp_path):
     shutil.copy(tiny_llm / "config.json", bin_dir)
     torch.save({k: v for k, v in model.state_dict().items() if k != "lm_head.weight"},
                bin_dir / "pytorch_model.bin")  # fmt: skip
-    cfg = _config(tmp_path).causal_lm
+    cfg = make_config(*streaming).causal_lm
     tok = load_causal_tokenizer(str(tiny_llm))
     enc = encode_for_llm(tok, make_questions(), PromptSpec.from_config(cfg, tok, "t"))
     rows, head = list(range(len(enc))), ScoreHead.of(enc)
@@ -182,9 +172,11 @@ def _weights_census(shapes: set[tuple]) -> int:
 
 
 @pytest.mark.parametrize("prefetch", [True, False])
-def test_weights_held_at_once_stay_under_a_cap_the_model_exceeds(deep_llm, tmp_path, prefetch):
+def test_weights_held_at_once_stay_under_a_cap_the_model_exceeds(
+    deep_llm, tmp_path, streaming, prefetch
+):
     sets = [f"causal_lm.offload_prefetch={prefetch}", "causal_lm.offload_group=100"]
-    cfg = _config(tmp_path, *sets).causal_lm
+    cfg = make_config(*streaming, *sets).causal_lm
     tok = load_causal_tokenizer(str(deep_llm))
     enc = encode_for_llm(tok, make_questions(), PromptSpec.from_config(cfg, tok, "t"))
     rows, head = list(range(len(enc))), ScoreHead.of(enc)
@@ -221,8 +213,8 @@ def test_weights_held_at_once_stay_under_a_cap_the_model_exceeds(deep_llm, tmp_p
     assert _weights_census(shapes) == 0  # nothing left behind
 
 
-def test_split_is_reused_by_content_and_written_once(tiny_llm, tmp_path, capsys):
-    cfg = _config(tmp_path).causal_lm
+def test_split_is_reused_by_content_and_written_once(tiny_llm, tmp_path, streaming, capsys):
+    cfg = make_config(*streaming).causal_lm
     open_streamer(tiny_llm, torch.device("cpu"), torch.float32, cfg, "sdpa").close()
     assert "splitting" in capsys.readouterr().err
     (split_dir,) = (tmp_path / "layers").iterdir()
@@ -238,7 +230,9 @@ def test_split_is_reused_by_content_and_written_once(tiny_llm, tmp_path, capsys)
     assert len(list((tmp_path / "layers").iterdir())) == 2  # other weights: another split
 
 
-def test_interrupted_split_never_loads_and_a_rerun_resumes(tiny_llm, tmp_path, monkeypatch):
+def test_interrupted_split_never_loads_and_a_rerun_resumes(
+    tiny_llm, tmp_path, streaming, monkeypatch
+):
     import safetensors.torch
 
     real, written = safetensors.torch.save_file, []
@@ -251,7 +245,7 @@ def test_interrupted_split_never_loads_and_a_rerun_resumes(tiny_llm, tmp_path, m
         return real(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(safetensors.torch, "save_file", dies_on_third)
-    cfg = _config(tmp_path).causal_lm
+    cfg = make_config(*streaming).causal_lm
     with pytest.raises(KeyboardInterrupt):
         open_streamer(tiny_llm, torch.device("cpu"), torch.float32, cfg, "sdpa")
     (split_dir,) = (tmp_path / "layers").iterdir()
@@ -305,19 +299,20 @@ def test_two_processes_splitting_at_once_write_it_once(tiny_llm, tmp_path, monke
     assert len(written) == len(parts)  # every part once: the second waited, then reused
 
 
-def test_a_split_folder_is_a_model_of_its_own(qfile, tiny_llm, tmp_path):
-    cfg = _config(tmp_path, "causal_lm.offload=layers")
+def test_a_split_folder_is_a_model_of_its_own(qfile, tiny_llm, tmp_path, streaming):
+    cfg = make_config(*streaming, "causal_lm.offload=layers")
     run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "a", cfg)
     (split_dir,) = (tmp_path / "layers").iterdir()
     copied = shutil.copytree(split_dir, tmp_path / "offline" / "tiny-layers")
     shutil.rmtree(tmp_path / "layers")
     run_infer(qfile, [f"llm:{copied}"], tmp_path / "b", cfg)
     assert not (tmp_path / "layers").exists()  # used where it is, not split again
-    _same(_logits(tmp_path / "b", "llm-tiny-layers"), _logits(tmp_path / "a", "llm-tiny"))
+    _same(load_logits(tmp_path / "b")["llm-tiny-layers"], load_logits(tmp_path / "a")["llm-tiny"])
 
 
-def test_time_budget_plans_a_streamed_member_from_its_first_group(qfile, tiny_llm, tmp_path,
-                                                                  monkeypatch):  # fmt: skip
+def test_time_budget_plans_a_streamed_member_from_its_first_group(
+    qfile, tiny_llm, tmp_path, streaming, monkeypatch
+):
     """Time passes only in sweeps: the budget fits two of three TTA passes."""
     clock = {"now": 0.0}
     real = LayerStreamer.run
@@ -327,7 +322,7 @@ def test_time_budget_plans_a_streamed_member_from_its_first_group(qfile, tiny_ll
         return real(self, jobs)
 
     monkeypatch.setattr(LayerStreamer, "run", timed)
-    cfg = _config(tmp_path, "causal_lm.offload=layers", "causal_lm.mode=letter",
+    cfg = make_config(*streaming, "causal_lm.offload=layers", "causal_lm.mode=letter",
                   "causal_lm.offload_group=100", "infer.budget_margin=0")  # fmt: skip
     one = run_infer(qfile, [f"llm:{tiny_llm}"], tmp_path / "one", cfg, clock=lambda: clock["now"])
     per_pass = one["models"][0]["seconds"]
@@ -338,10 +333,6 @@ def test_time_budget_plans_a_streamed_member_from_its_first_group(qfile, tiny_ll
         qfile, [f"llm:{tiny_llm}"], tmp_path / "out", cfg, clock=lambda: clock["now"],
     )  # fmt: skip
     assert result["models"][0]["passes"] == 2 and result["plans"]
-
-
-def _cli(*args: str):
-    return CliRunner().invoke(app, ["infer", *args])
 
 
 def _other_family(folder: Path, tiny_llm: Path, family: str) -> Path:
@@ -372,25 +363,25 @@ def _other_family(folder: Path, tiny_llm: Path, family: str) -> Path:
         ("TINY", ["causal_lm.offload=disk"], "causal_lm.offload: Input should be"),
     ],
 )
-def test_bad_streaming_input_is_one_line(qfile, tiny_llm, tmp_path, model, sets, message):
+def test_bad_streaming_input_is_one_line(qfile, tiny_llm, tmp_path, cli, model, sets, message):
     (tmp_path / "FILE").write_text("a file, not a folder")
     folder = tiny_llm if model == "TINY" else _other_family(tmp_path / model, tiny_llm, model)
     flags = ["--set", "causal_lm.offload=layers", "--set", f"causal_lm.offload_dir={tmp_path}/x"]
     for s in sets:
         flags += ["--set", s.replace("FILE", str(tmp_path / "FILE"))]
     out = tmp_path / "out"
-    result = _cli(str(qfile), f"llm:{folder}", "--out", str(out), *flags)
+    result = cli(str(qfile), f"llm:{folder}", "--out", str(out), *flags)
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert result.output.startswith("error: ") and result.output.count("\n") == 1
     assert not (out / "submission.csv").exists()
 
 
-def test_an_error_mid_sweep_leaves_no_weights_behind(tiny_llm, tmp_path):
+def test_an_error_mid_sweep_leaves_no_weights_behind(tiny_llm, tmp_path, streaming):
     from infer.predictors.offload.stream import Job
     from sciqa.scoring.llm_scoring import prefix_inputs
 
-    cfg = _config(tmp_path).causal_lm
+    cfg = make_config(*streaming).causal_lm
     tok = load_causal_tokenizer(str(tiny_llm))
     enc = encode_for_llm(tok, make_questions(), PromptSpec.from_config(cfg, tok, "t"))
     streamer = open_streamer(tiny_llm, torch.device("cpu"), torch.float32, cfg, "sdpa")

@@ -48,7 +48,7 @@ def questions():
 @pytest.mark.parametrize("context", [True, False])
 @pytest.mark.parametrize("mode", ["cloze", "letter", "yes_no"])
 def test_streamed_smollm2_scores_equal_resident(smollm2, questions, mode, context):
-    from infer.predictors.causal import streamed_scores
+    from infer.predictors.offload.predictor import streamed_scores
     from sciqa.config import load_config
     from sciqa.metrics import top3_letters
     from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm

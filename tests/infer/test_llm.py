@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from infer.commands import run_infer  # noqa: E402
 from sciqa.assets.llm import load_causal_lm, load_causal_tokenizer  # noqa: E402
-from sciqa.cli import app  # noqa: E402
-from sciqa.io import write_questions  # noqa: E402
 from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm  # noqa: E402
 from sciqa.scoring.llm_scoring import ScoreHead, score_rows  # noqa: E402
 from sciqa.submission import read_submission  # noqa: E402
@@ -23,24 +19,10 @@ from tests.builders import (  # noqa: E402
     INFER_SMALL,
     WORDS,
     build_tiny_llama,
+    load_logits,
     make_config,
     make_model,
-    make_questions,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("llm") / "tiny", [" ".join(WORDS)] * 3)
-
-
-@pytest.fixture
-def qfile(tmp_path) -> Path:
-    return write_questions(make_questions(), tmp_path / "questions.csv")
-
-
-def _logits(out: Path, name: str) -> np.ndarray:
-    return np.load(out / "logits" / f"{name}.npy")
 
 
 @pytest.mark.parametrize("mode", ["cloze", "letter", "yes_no"])
@@ -49,7 +31,7 @@ def test_zero_shot_llm_scores_every_option(qfile, tiny_llm, tmp_path, mode):
     cfg = make_config(*INFER_SMALL, f"causal_lm.mode={mode}")
     result = run_infer(qfile, [f"llm:{tiny_llm}"], out, cfg)
     assert [m["model"] for m in result["models"]] == ["llm-tiny", "ensemble"]
-    got = _logits(out, "llm-tiny")
+    got = load_logits(out)["llm-tiny"]
     # The same scores straight from the core, one question at a time and without the cache.
     tok = load_causal_tokenizer(str(tiny_llm))
     model = load_causal_lm(str(tiny_llm)).eval()
@@ -78,7 +60,7 @@ def test_tta_matters_for_letter_scoring_only(qfile, tiny_llm, tmp_path):
             out,
             make_config(*INFER_SMALL, f"causal_lm.mode={mode}", f"infer.tta={tta}"),
         )
-        return _logits(out, "llm-tiny")
+        return load_logits(out)["llm-tiny"]
 
     np.testing.assert_allclose(run("cloze", 1), run("cloze", 3), atol=1e-5)  # option order is moot
     assert not np.allclose(run("letter", 1), run("letter", 3), atol=1e-4)  # letters see the list
@@ -101,7 +83,7 @@ def test_llm_joins_the_ensemble_and_reruns_from_cache(qfile, tiny_llm, tmp_path)
 def test_causal_lm_folder_is_detected_without_the_prefix(qfile, tiny_llm, tmp_path):
     result = run_infer(qfile, [str(tiny_llm)], tmp_path / "out", make_config(*INFER_SMALL))
     assert result["models"][0]["model"] == "tiny"
-    assert np.isfinite(_logits(tmp_path / "out", "tiny")).all()
+    assert np.isfinite(load_logits(tmp_path / "out")["tiny"]).all()
 
 
 def test_cascade_can_name_the_llm_as_the_expensive_stage(qfile, tiny_llm, tmp_path):
@@ -112,7 +94,7 @@ def test_cascade_can_name_the_llm_as_the_expensive_stage(qfile, tiny_llm, tmp_pa
     result = run_infer(qfile, [f"llm:{tiny_llm}", str(mc)], tmp_path / "out", cfg)
     assert result["cascade"]["cheap"] == ["bert"]
     assert result["cascade"]["expensive"] == ["llm-tiny"]
-    llm = _logits(tmp_path / "out", "llm-tiny")
+    llm = load_logits(tmp_path / "out")["llm-tiny"]
     assert (~np.isnan(llm).any(axis=1)).sum() == 3  # ceil(0.3 * 10) least-confident questions
     assert len(read_submission(tmp_path / "out" / "submission.csv")) == 10
 
@@ -147,12 +129,10 @@ def test_fold_meta_prompt_wins_over_config(qfile, tiny_llm, tmp_path):
         make_config(*INFER_SMALL, "causal_lm.mode=letter"),
     )
     np.testing.assert_allclose(
-        _logits(tmp_path / "a", "run-fold_0"), _logits(tmp_path / "b", "llm-tiny"), atol=1e-5
+        load_logits(tmp_path / "a")["run-fold_0"],
+        load_logits(tmp_path / "b")["llm-tiny"],
+        atol=1e-5,
     )
-
-
-def _cli(*args: str):
-    return CliRunner().invoke(app, ["infer", *args])
 
 
 @pytest.mark.parametrize(
@@ -164,7 +144,7 @@ def _cli(*args: str):
         ("TINY", ["causal_lm.load_in=4bit"], "need a CUDA GPU"),
     ],
 )
-def test_bad_llm_input_one_line_error(qfile, tiny_llm, tmp_path, arg, sets, message):
+def test_bad_llm_input_one_line_error(qfile, tiny_llm, tmp_path, cli, arg, sets, message):
     if arg == "BYTES":
         arg = "llm:" + str(build_tiny_llama(tmp_path / "bytes", [], vocab=259))
     elif arg == "NOCHAT":
@@ -173,7 +153,7 @@ def test_bad_llm_input_one_line_error(qfile, tiny_llm, tmp_path, arg, sets, mess
         arg = f"llm:{tiny_llm}"
     out = tmp_path / "out"
     flags = [x for s in sets for x in ("--set", s)]
-    result = _cli(str(qfile), arg, "--out", str(out), *flags)
+    result = cli(str(qfile), arg, "--out", str(out), *flags)
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert result.output.startswith("error: ") and result.output.count("\n") == 1
@@ -229,9 +209,11 @@ def test_adapter_fold_loads_its_base_then_the_adapter(qfile, tiny_llm, tmp_path)
     expected = score_rows(
         merged.eval(), enc, list(range(len(enc))), ScoreHead.of(enc), tok.pad_token_id
     )
-    np.testing.assert_allclose(_logits(tmp_path / "a", "run-fold_0"), expected.numpy(), atol=1e-4)
+    np.testing.assert_allclose(
+        load_logits(tmp_path / "a")["run-fold_0"], expected.numpy(), atol=1e-4
+    )
     assert not np.allclose(
-        _logits(tmp_path / "a", "run-fold_0"), _logits(tmp_path / "b", "llm-tiny")
+        load_logits(tmp_path / "a")["run-fold_0"], load_logits(tmp_path / "b")["llm-tiny"]
     )
 
 
@@ -263,12 +245,12 @@ def test_one_llm_joins_twice_with_per_member_settings(qfile, tiny_llm, tmp_path)
     )
     assert single["models"][0]["status"] == "done"
     np.testing.assert_allclose(
-        _logits(out, "llm-tiny-pmi"), _logits(tmp_path / "pmi", "llm-tiny"), atol=1e-5
+        load_logits(out)["llm-tiny-pmi"], load_logits(tmp_path / "pmi")["llm-tiny"], atol=1e-5
     )
     from infer.ensemble.combine import zscore
 
-    expected = np.mean([zscore(_logits(out, n)) for n in names[:3]], axis=0)
-    np.testing.assert_allclose(_logits(out, "ensemble"), expected, atol=1e-3)  # near-flat rows
+    expected = np.mean([zscore(load_logits(out)[n]) for n in names[:3]], axis=0)
+    np.testing.assert_allclose(load_logits(out)["ensemble"], expected, atol=1e-3)  # near-flat rows
 
 
 @pytest.mark.parametrize(
@@ -278,7 +260,7 @@ def test_one_llm_joins_twice_with_per_member_settings(qfile, tiny_llm, tmp_path)
         ("?mode=essay", "causal_lm.mode: Input should be"),
     ],
 )
-def test_bad_member_override_is_one_line(qfile, tiny_llm, tmp_path, suffix, message):
-    result = _cli(str(qfile), f"llm:{tiny_llm}{suffix}", "--out", str(tmp_path / "out"))
+def test_bad_member_override_is_one_line(qfile, tiny_llm, tmp_path, cli, suffix, message):
+    result = cli(str(qfile), f"llm:{tiny_llm}{suffix}", "--out", str(tmp_path / "out"))
     assert result.exit_code == 1 and message in result.output, result.output
     assert result.output.startswith("error: ") and result.output.count("\n") == 1

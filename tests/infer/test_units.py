@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from infer.ensemble.combine import combine, margin, parse_weights
-from infer.ensemble.oof import greedy_weights, map3_from_logits
+from infer.ensemble.fit import greedy_weights, map3_from_logits
 from infer.errors import InferError
 from infer.plan.budget import Budget, Candidate, CostModel, make_plan, parse_duration
 from infer.plan.cascade import escalate

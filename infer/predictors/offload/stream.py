@@ -31,6 +31,7 @@ import torch
 
 from infer.predictors.offload.layout import Part, modules_of, parts_of, skeleton
 from infer.predictors.offload.split import DTYPES, LayerSplit, ensure_split
+from sciqa.config import CausalLMConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,7 @@ class StreamStats:
 
 
 class LayerStreamer:
-    """Stands in for the model in ``LLMPredictor``: ``device``, ``dtype``, ``float()``."""
-
-    streams_layers = True
+    """Stands in for the model in ``StreamedPredictor``: ``device``, ``dtype``, ``float()``."""
 
     def __init__(
         self,
@@ -280,7 +279,7 @@ class LayerStreamer:
 
 
 def open_streamer(
-    path: Path, device: torch.device, dtype: torch.dtype, cfg: Any, attention: str
+    path: Path, device: torch.device, dtype: torch.dtype, cfg: CausalLMConfig, attention: str
 ) -> LayerStreamer:
     """The streamer for checkpoint (or split) ``path``: splits it first if needed."""
     if cfg.offload_dtype != "auto":
