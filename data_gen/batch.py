@@ -17,8 +17,7 @@ from typing import Any
 
 from data_gen.cache import request_key
 from data_gen.client import ChatClient
-from data_gen.prompts import Job, Templates, render_messages, request_params
-from sciqa.config import GenConfig
+from data_gen.prompts import Asking, Job
 
 ENDPOINT = "/v1/chat/completions"
 DONE = {"completed", "failed", "expired", "cancelled"}
@@ -26,37 +25,24 @@ BATCH_DISCOUNT = 0.5  # Batch API price relative to online requests
 
 
 def batch_requests(
-    client: ChatClient,
-    jobs: list[Job],
-    templates: Templates,
-    letters: list[str],
-    gen: GenConfig,
-    seed: int,
+    client: ChatClient, jobs: list[Job], asking: Asking
 ) -> dict[str, dict[str, Any]]:
     """Request bodies by cache key for every job's first request not answered yet."""
     bodies = {}
     for job in jobs:
-        messages = render_messages(templates, job.title, job.text, letters)
-        params = request_params(gen, seed, job)
-        body = client.body(messages, params)
+        body = client.body(asking.messages(job), asking.params(job))
         bodies[request_key(body)] = body
     done = client.cache.has(bodies)
     pending = {key: body for key, body in bodies.items() if key not in done}
-    if gen.max_requests is not None:
-        pending = dict(list(pending.items())[: gen.max_requests])
+    limit = asking.gen.max_requests
+    if limit is not None:
+        pending = dict(list(pending.items())[:limit])
     return pending
 
 
-async def run_batch(
-    client: ChatClient,
-    jobs: list[Job],
-    templates: Templates,
-    letters: list[str],
-    gen: GenConfig,
-    seed: int,
-) -> dict[str, Any]:
+async def run_batch(client: ChatClient, jobs: list[Job], asking: Asking) -> dict[str, Any]:
     """Submit (or resume) the batch for what is missing and fold its results into the cache."""
-    pending = batch_requests(client, jobs, templates, letters, gen, seed)
+    pending = batch_requests(client, jobs, asking)
     if not pending:
         return {"submitted": 0}
     lines = [
@@ -77,7 +63,7 @@ async def run_batch(
         print(f"batch {batch_id}: {len(pending)} requests submitted", file=sys.stderr)
     batch = await api.batches.retrieve(batch_id)
     while batch.status not in DONE:
-        await asyncio.sleep(gen.batch_poll_seconds)
+        await asyncio.sleep(asking.gen.batch_poll_seconds)
         batch = await api.batches.retrieve(batch_id)
     folded = 0
     if batch.output_file_id:

@@ -28,7 +28,7 @@ from data_gen.engine import Endpoint, serve_llm
 from data_gen.generate import Asked, ask_questions, questions_frame, reply_counts
 from data_gen.passages import read_passages, select_passages
 from data_gen.postprocess import audit_frame, postprocess
-from data_gen.prompts import load_templates, make_jobs
+from data_gen.prompts import Asking, load_templates, make_jobs
 from data_gen.scorers import Scorer, load_encoder, make_scorer, needs_encoder, needs_scorer
 from sciqa.config import SciqaConfig
 from sciqa.evaluation.audit import one_line
@@ -71,15 +71,11 @@ def run_gen(
         read_passages(passages), gen.n, gen, seed, source=str(passages), encoder=encoder
     )
     jobs = make_jobs(chosen, gen.questions_per_passage)
-    templates = load_templates(gen.prompts)
     letters = list(string.ascii_uppercase[: gen.n_options])
+    asking = Asking(load_templates(gen.prompts), letters, gen, seed)
     cache = ReplyCache(cache_path(out, gen.cache))
     with contextlib.closing(cache), serve_llm(config.llm, config.models.llm) as endpoint:
-        asked = asyncio.run(
-            ask_questions(
-                endpoint, config.llm, gen, seed, cache, jobs, templates, letters, batch=batch
-            )
-        )
+        asked = asyncio.run(ask_questions(endpoint, config.llm, cache, jobs, asking, batch=batch))
     generated_at = time.monotonic()
     # -> questions -> filter -> audit -> write
     frame = questions_frame(asked.outcomes, letters, f"gen:{endpoint.label}")

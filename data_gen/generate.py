@@ -23,8 +23,8 @@ from data_gen.cache import ReplyCache
 from data_gen.client import Budget, BudgetExhausted, ChatClient, RequestFailed
 from data_gen.engine import Endpoint
 from data_gen.parse import GeneratedQuestion, Rejected, ReplySpec, json_schema, parse_reply
-from data_gen.prompts import Job, Templates, reask_messages, render_messages, request_params
-from sciqa.config import GenConfig, LLMConfig
+from data_gen.prompts import Asking, Job, reask_messages
+from sciqa.config import LLMConfig
 from sciqa.schema import ANSWER, CONTEXT, ID, PROMPT, SOURCE, SOURCE_ID
 
 
@@ -53,17 +53,15 @@ class Asked:
 async def ask_questions(
     endpoint: Endpoint,
     llm: LLMConfig,
-    gen: GenConfig,
-    seed: int,
     cache: ReplyCache,
     jobs: list[Job],
-    templates: Templates,
-    letters: list[str],
+    asking: Asking,
     *,
     batch: bool = False,
 ) -> Asked:
     """Ask ``endpoint`` for every job through ``cache`` (``batch``: the Batch API first)."""
-    schema = json_schema(letters, ReplySpec.from_config(gen))
+    gen = asking.gen
+    schema = json_schema(asking.letters, ReplySpec.from_config(gen))
     budget = Budget(gen.max_requests, gen.max_cost)
     client = ChatClient(
         llm,
@@ -87,8 +85,8 @@ async def ask_questions(
             repetition_penalty=gen.repetition_penalty,
         )
         if batch:
-            await run_batch(client, jobs, templates, letters, gen, seed)
-        outcomes = await ask_all(client, jobs, templates, letters, gen, seed)
+            await run_batch(client, jobs, asking)
+        outcomes = await ask_all(client, jobs, asking)
     finally:
         await client.close()
     return Asked(outcomes, client.usage.as_dict(), budget.stopped, client.structured_output())
@@ -101,18 +99,11 @@ def reply_text(response: dict[str, Any]) -> tuple[str, str | None]:
     return str(message.get("content") or ""), choices[0].get("finish_reason")
 
 
-async def ask(
-    client: ChatClient,
-    job: Job,
-    templates: Templates,
-    letters: list[str],
-    gen: GenConfig,
-    seed: int,
-) -> Outcome:
+async def ask(client: ChatClient, job: Job, asking: Asking) -> Outcome:
     """One question for ``job``: the first valid reply within ``1 + reask_budget`` tries."""
     outcome = Outcome(job)
-    messages = render_messages(templates, job.title, job.text, letters)
-    params = request_params(gen, seed, job)
+    gen, letters = asking.gen, asking.letters
+    messages, params = asking.messages(job), asking.params(job)
     for attempt in range(1 + gen.reask_budget):
         try:
             key, response = await client.complete(messages, params)
@@ -134,7 +125,7 @@ async def ask(
             return outcome
         except Rejected as exc:
             outcome.rejections.append(_rejection(job, attempt, text, exc.reason, exc.detail, key))
-            messages = reask_messages(templates, messages, text, exc.detail, letters)
+            messages = reask_messages(asking.templates, messages, text, exc.detail, letters)
     return outcome
 
 
@@ -153,21 +144,14 @@ def _rejection(
     }
 
 
-async def ask_all(
-    client: ChatClient,
-    jobs: list[Job],
-    templates: Templates,
-    letters: list[str],
-    gen: GenConfig,
-    seed: int,
-) -> list[Outcome]:
+async def ask_all(client: ChatClient, jobs: list[Job], asking: Asking) -> list[Outcome]:
     """Every job concurrently (the client limits what is in flight); order kept."""
     from tqdm.auto import tqdm
 
     progress = tqdm(total=len(jobs), desc="gen", unit="q", disable=None)
 
     async def one(job: Job) -> Outcome:
-        result = await ask(client, job, templates, letters, gen, seed)
+        result = await ask(client, job, asking)
         progress.update()
         return result
 

@@ -129,3 +129,20 @@ def reask_messages(
         {"role": "assistant", "content": reply},
         {"role": "user", "content": _format(templates.reask, fields, "reask")},
     ]
+
+
+@dataclass(frozen=True)
+class Asking:
+    """What every request of one run shares: the templates, the option letters, the
+    ``gen`` section and the seed; a job's messages and parameters follow from it."""
+
+    templates: Templates
+    letters: list[str]
+    gen: GenConfig
+    seed: int
+
+    def messages(self, job: Job) -> list[Message]:
+        return render_messages(self.templates, job.title, job.text, self.letters)
+
+    def params(self, job: Job) -> dict[str, Any]:
+        return request_params(self.gen, self.seed, job)
