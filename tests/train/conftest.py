@@ -1,8 +1,9 @@
 """Fixtures the train tests share: tiny random encoders built once per session, one
 intra-op thread per test module, the logits a saved fold gives, a refused ``sciqa train``
-and a kill after the first checkpoint."""
+a kill after the first checkpoint, and run files and configs for the tiny models."""
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -10,8 +11,8 @@ from typer.testing import CliRunner
 
 from sciqa.cli import app
 from sciqa.io import write_table
+from tests.builders import TRAIN_SMALL, make_config, tiny_sizes, train_questions, write_vocab
 from tests.builders import TRAIN_WORDS as WORDS
-from tests.builders import tiny_sizes, write_vocab
 
 torch = pytest.importorskip("torch")
 
@@ -118,3 +119,26 @@ def kill_after_checkpoint(monkeypatch):
 
     monkeypatch.setattr(EvalLine, "on_save", die)
     return lambda: monkeypatch.setattr(EvalLine, "on_save", original)
+
+
+@pytest.fixture
+def run_files(tmp_path):
+    """``run_files(n, **kwargs)``: ``n`` train_questions written to ``tmp_path / q.csv``,
+    and the run dir beside them."""
+
+    def make(n: int = 12, **kwargs: Any) -> tuple[Path, Path]:
+        return write_table(train_questions(n, **kwargs), tmp_path / "q.csv"), tmp_path / "run"
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def bert_config(tiny_bert):
+    """The tiny BERT with the small train preset, plus ``--set`` overrides."""
+    return lambda *extra: make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, *extra)
+
+
+@pytest.fixture(scope="session")
+def deberta_config(tiny_deberta):
+    """The tiny DeBERTa-v2 with the small train preset, plus ``--set`` overrides."""
+    return lambda *extra: make_config(f"models.backbone={tiny_deberta}", *TRAIN_SMALL, *extra)

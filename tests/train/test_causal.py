@@ -43,8 +43,14 @@ def tiny_llama(tmp_path_factory) -> str:
     return str(build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), texts))
 
 
+@pytest.fixture(scope="session")
+def llama_config(tiny_llama):
+    """The tiny Llama with the small causal train preset, plus ``--set`` overrides."""
+    return lambda *extra: make_config(f"models.backbone={tiny_llama}", *CAUSAL_TRAIN_SMALL, *extra)
+
+
 @pytest.fixture(scope="module")
-def cloze_run(tmp_path_factory, tiny_llama):
+def cloze_run(tmp_path_factory, llama_config):
     """A 2-fold full fine-tune in fp32, shared by the contract tests."""
     directory = tmp_path_factory.mktemp("cloze")
     questions = write_table(train_questions(24), directory / "q.csv")
@@ -52,9 +58,7 @@ def cloze_run(tmp_path_factory, tiny_llama):
     run_train(
         questions,
         out,
-        make_config(
-            f"models.backbone={tiny_llama}",
-            *CAUSAL_TRAIN_SMALL,
+        llama_config(
             "train.precision=fp32",
             "train.folds=2",
         ),
@@ -97,20 +101,16 @@ def test_cloze_run_writes_the_contract_and_reloads_to_the_oof_logits(cloze_run):
         np.testing.assert_allclose(scores.numpy(), part[list("ABCD")].to_numpy(), atol=1e-4)
 
 
-def test_changed_causal_lm_section_is_refused_but_infer_only_keys_resume(cloze_run, tiny_llama):
+def test_changed_causal_lm_section_is_refused_but_infer_only_keys_resume(cloze_run, llama_config):
     questions, out = cloze_run
-    config = make_config(
-        f"models.backbone={tiny_llama}",
-        *CAUSAL_TRAIN_SMALL,
+    config = llama_config(
         "train.precision=fp32",
         "causal_lm.mode=letter",
         "train.folds=2",
     )
     with pytest.raises(SciqaError, match=r"different causal_lm\.mode;"):
         run_train(questions, out, config)
-    config = make_config(
-        f"models.backbone={tiny_llama}",
-        *CAUSAL_TRAIN_SMALL,
+    config = llama_config(
         "train.precision=fp32",
         "causal_lm.batch_size=2",
         "train.folds=2",
@@ -119,13 +119,10 @@ def test_changed_causal_lm_section_is_refused_but_infer_only_keys_resume(cloze_r
 
 
 def test_resume_after_a_kill_continues_from_the_checkpoint(
-    tmp_path, tiny_llama, kill_after_checkpoint
+    tmp_path, kill_after_checkpoint, run_files, llama_config
 ):
-    questions = write_table(train_questions(12), tmp_path / "q.csv")
-    out = tmp_path / "run"
-    config = make_config(
-        f"models.backbone={tiny_llama}",
-        *CAUSAL_TRAIN_SMALL,
+    questions, out = run_files(12)
+    config = llama_config(
         "train.epochs=2",
         "train.early_stopping_patience=5",
         "train.folds=2",
@@ -142,17 +139,16 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(
 
 
 @pytest.mark.parametrize("mode", ["letter", "yes_no"])
-def test_letter_and_yes_no_modes_train_with_one_oof_column_per_letter(tmp_path, tiny_llama, mode):
+def test_letter_and_yes_no_modes_train_with_one_oof_column_per_letter(
+    tmp_path, mode, run_files, llama_config
+):
     from train.model import cpu_supports_bf16
 
-    questions = write_table(train_questions(20, n_options=5), tmp_path / "q.csv")
-    out = tmp_path / "run"
+    questions, out = run_files(20, n_options=5)
     run_train(
         questions,
         out,
-        make_config(
-            f"models.backbone={tiny_llama}",
-            *CAUSAL_TRAIN_SMALL,
+        llama_config(
             f"causal_lm.mode={mode}",
             "train.folds=2",
         ),
@@ -167,12 +163,11 @@ def test_letter_and_yes_no_modes_train_with_one_oof_column_per_letter(tmp_path, 
     assert metrics["precision"] == ("bf16" if cpu_bf16 else "fp32")  # train.precision=auto
 
 
-def test_lora_is_merged_into_a_plain_model_whose_weights_changed(tmp_path, tiny_llama):
-    questions = write_table(train_questions(12), tmp_path / "q.csv")
-    out = tmp_path / "run"
-    config = make_config(
-        f"models.backbone={tiny_llama}",
-        *CAUSAL_TRAIN_SMALL,
+def test_lora_is_merged_into_a_plain_model_whose_weights_changed(
+    tmp_path, tiny_llama, run_files, llama_config
+):
+    questions, out = run_files(12)
+    config = llama_config(
         "train.lora=true",
         "train.learning_rate=0.01",
         "train.folds=2",
@@ -190,13 +185,11 @@ def test_lora_is_merged_into_a_plain_model_whose_weights_changed(tmp_path, tiny_
     torch.testing.assert_close(model.model.embed_tokens.weight, base.model.embed_tokens.weight)
 
 
-def test_loss_falls_on_a_learnable_task(tmp_path, tiny_llama):
+def test_loss_falls_on_a_learnable_task(tmp_path, tiny_llama, llama_config):
     frame = learnable_questions()
     questions = write_table(frame, tmp_path / "q.csv")
     out = tmp_path / "run"
-    config = make_config(
-        f"models.backbone={tiny_llama}",
-        *CAUSAL_TRAIN_SMALL,
+    config = llama_config(
         "train.epochs=3",
         "train.learning_rate=0.01",
         "train.warmup_ratio=0",

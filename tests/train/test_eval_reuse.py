@@ -8,8 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from sciqa.io import read_table, write_table  # noqa: E402
-from tests.builders import TRAIN_SMALL, make_config, train_questions  # noqa: E402
+from sciqa.io import read_table  # noqa: E402
 from train.commands import run_train  # noqa: E402
 from train.trainer import best_evaluation  # noqa: E402
 
@@ -17,20 +16,18 @@ from train.trainer import best_evaluation  # noqa: E402
 @pytest.mark.parametrize("epochs", [1, 3])
 def test_oof_logits_come_from_the_best_evaluation_without_predicting_again(
     tmp_path,
-    tiny_bert,
     fold_logits,
     monkeypatch,
     epochs,
+    run_files,
+    bert_config,
 ):
     def refuse(*args, **kwargs):
         raise AssertionError("the validation set was scored again after training")
 
     monkeypatch.setattr(transformers.Trainer, "predict", refuse)
-    questions = write_table(train_questions(16), tmp_path / "q.csv")
-    out = tmp_path / "run"
-    config = make_config(
-        f"models.backbone={tiny_bert}",
-        *TRAIN_SMALL,
+    questions, out = run_files(16)
+    config = bert_config(
         f"train.epochs={epochs}",
         "train.learning_rate=0.01",
         "train.folds=2",

@@ -20,7 +20,7 @@ from sciqa.cli import app  # noqa: E402
 from sciqa.config import load_config  # noqa: E402
 from sciqa.errors import ConfigError  # noqa: E402
 from sciqa.io import write_table  # noqa: E402
-from tests.builders import TRAIN_SMALL, make_config, train_questions  # noqa: E402
+from tests.builders import train_questions  # noqa: E402
 from train.commands import run_train  # noqa: E402
 from train.trackers import OFFLINE, check_trackers, tracking_env  # noqa: E402
 
@@ -41,7 +41,7 @@ def no_network(monkeypatch):
 
 
 def test_tensorboard_and_mlflow_log_each_fold_to_local_files(
-    tmp_path, tiny_bert, no_network, monkeypatch
+    tmp_path, no_network, monkeypatch, run_files, bert_config
 ):
     if not all(importlib.util.find_spec(p) for p in ("mlflow", "tensorboard")):
         pytest.skip("needs the [track] extra")  # find_spec: importing mlflow here would
@@ -50,12 +50,9 @@ def test_tensorboard_and_mlflow_log_each_fold_to_local_files(
     fresh = "mlflow" not in sys.modules
     monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
     monkeypatch.delenv("CI", raising=False)
-    questions = write_table(train_questions(16), tmp_path / "q.csv")
-    out = tmp_path / "run"
+    questions, out = run_files(16)
     before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", *OFFLINE)}
-    cfg = make_config(
-        f"models.backbone={tiny_bert}",
-        *TRAIN_SMALL,
+    cfg = bert_config(
         "train.report_to=tensorboard,mlflow",
         "train.folds=2",
     )
@@ -94,23 +91,20 @@ def test_tensorboard_and_mlflow_log_each_fold_to_local_files(
         assert get_telemetry_client() is None
 
 
-def test_report_to_does_not_change_the_fingerprint(tmp_path, tiny_bert):
+def test_report_to_does_not_change_the_fingerprint(tmp_path, run_files, bert_config):
     pytest.importorskip("tensorboard")
-    questions = write_table(train_questions(12), tmp_path / "q.csv")
-    out = tmp_path / "run"
+    questions, out = run_files(12)
     run_train(
         questions,
         out,
-        make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.folds=2"),
+        bert_config("train.folds=2"),
         fold=0,
     )
     # Turning a tracker on for the second fold resumes the same run, not a refusal.
     run_train(
         questions,
         out,
-        make_config(
-            f"models.backbone={tiny_bert}",
-            *TRAIN_SMALL,
+        bert_config(
             "train.report_to=tensorboard",
             "train.folds=2",
         ),

@@ -19,7 +19,7 @@ from sciqa.cli import app  # noqa: E402
 from sciqa.errors import SciqaError  # noqa: E402
 from sciqa.io import read_table, write_table  # noqa: E402
 from sciqa.metrics import map_at_3, top3_letters  # noqa: E402
-from tests.builders import TRAIN_SMALL, make_config, train_questions  # noqa: E402
+from tests.builders import TRAIN_SMALL, train_questions  # noqa: E402
 from train.commands import run_train  # noqa: E402
 from train.dataset import encode_split  # noqa: E402
 from train.folds import fold_indices, groups_of  # noqa: E402
@@ -28,14 +28,12 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_bert):
+def finished_run(tmp_path_factory, bert_config):
     """One 2-fold tiny run shared by the contract tests."""
     directory = tmp_path_factory.mktemp("run")
     questions = write_table(train_questions(24), directory / "q.csv")
     out = directory / "run"
-    run_train(
-        questions, out, make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.folds=2")
-    )
+    run_train(questions, out, bert_config("train.folds=2"))
     return questions, out
 
 
@@ -129,14 +127,14 @@ def test_tiny_run_writes_the_contract_and_reloads_to_the_oof_logits(finished_run
         np.testing.assert_allclose(logits, part[list("ABCD")].to_numpy(), atol=1e-4)
 
 
-def test_rerun_skips_finished_folds(finished_run, tiny_bert):
+def test_rerun_skips_finished_folds(finished_run, bert_config):
     questions, out = finished_run
     stamp = (out / "fold_0" / "metrics.json").stat().st_mtime_ns
     assert (
         run_train(
             questions,
             out,
-            make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.folds=2"),
+            bert_config("train.folds=2"),
         )
         == []
     )
@@ -154,19 +152,16 @@ def test_different_config_is_refused_unless_overwrite(finished_run, tiny_bert, t
     assert "--overwrite" in result.output
 
 
-def test_overwrite_replaces_the_run(tmp_path, tiny_bert):
-    questions = write_table(train_questions(12), tmp_path / "q.csv")
-    out = tmp_path / "run"
+def test_overwrite_replaces_the_run(tmp_path, run_files, bert_config):
+    questions, out = run_files(12)
     run_train(
         questions,
         out,
-        make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.folds=2"),
+        bert_config("train.folds=2"),
         fold=1,
     )
     (out / "fold_1" / "stale.txt").write_text("x")
-    config = make_config(
-        f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.learning_rate=0.001", "train.folds=2"
-    )
+    config = bert_config("train.learning_rate=0.001", "train.folds=2")
     with pytest.raises(SciqaError, match=r"different train\.learning_rate;"):
         run_train(questions, out, config, fold=1)
     trained = run_train(questions, out, config, fold=1, overwrite=True)
@@ -174,14 +169,14 @@ def test_overwrite_replaces_the_run(tmp_path, tiny_bert):
     assert not (out / "fold_1" / "stale.txt").exists()
 
 
-def test_single_fold_and_full_fit_with_valid_file(tmp_path, tiny_bert):
+def test_single_fold_and_full_fit_with_valid_file(tmp_path, bert_config):
     questions = write_table(train_questions(12), tmp_path / "q.csv")
     valid = write_table(train_questions(8).assign(id=lambda f: "v" + f["id"]), tmp_path / "v.csv")
     out = tmp_path / "full"
     run_train(
         questions,
         out,
-        make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.folds=1"),
+        bert_config("train.folds=1"),
         valid=valid,
     )
     oof = pd.read_parquet(out / "oof.parquet")
@@ -191,7 +186,7 @@ def test_single_fold_and_full_fit_with_valid_file(tmp_path, tiny_bert):
     trained = run_train(
         questions,
         out,
-        make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, "train.folds=3"),
+        bert_config("train.folds=3"),
         fold=2,
     )
     assert [m["fold"] for m in trained] == [2]
@@ -199,13 +194,10 @@ def test_single_fold_and_full_fit_with_valid_file(tmp_path, tiny_bert):
 
 
 def test_resume_after_a_kill_continues_from_the_checkpoint(
-    tmp_path, tiny_bert, kill_after_checkpoint
+    tmp_path, kill_after_checkpoint, run_files, bert_config
 ):
-    questions = write_table(train_questions(16), tmp_path / "q.csv")
-    out = tmp_path / "run"
-    config = make_config(
-        f"models.backbone={tiny_bert}",
-        *TRAIN_SMALL,
+    questions, out = run_files(16)
+    config = bert_config(
         "train.epochs=2",
         "train.early_stopping_patience=5",
         "train.folds=2",
@@ -226,14 +218,13 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(
 # --- backbones ----------------------------------------------------------------------------
 
 
-def test_deberta_v2_random_init_path_trains_saves_and_reloads(tmp_path, tiny_deberta):
+def test_deberta_v2_random_init_path_trains_saves_and_reloads(
+    tmp_path, tiny_deberta, run_files, deberta_config
+):
     from transformers import AutoModelForMultipleChoice, DebertaV2ForMultipleChoice
 
-    questions = write_table(train_questions(12), tmp_path / "q.csv")
-    out = tmp_path / "run"
-    config = make_config(
-        f"models.backbone={tiny_deberta}",
-        *TRAIN_SMALL,
+    questions, out = run_files(12)
+    config = deberta_config(
         "train.freeze_embeddings=true",
         "train.freeze_layers=1",
         "train.folds=2",
@@ -252,14 +243,11 @@ def test_deberta_v2_random_init_path_trains_saves_and_reloads(tmp_path, tiny_deb
     assert not torch.equal(trained_layer, start.deberta.encoder.layer[1].output.dense.weight)
 
 
-def test_lora_adapters_are_merged_into_a_plain_model(tmp_path, tiny_bert):
+def test_lora_adapters_are_merged_into_a_plain_model(tmp_path, run_files, bert_config):
     from transformers import AutoModelForMultipleChoice
 
-    questions = write_table(train_questions(12), tmp_path / "q.csv")
-    out = tmp_path / "run"
-    config = make_config(
-        f"models.backbone={tiny_bert}",
-        *TRAIN_SMALL,
+    questions, out = run_files(12)
+    config = bert_config(
         "train.lora=true",
         "train.lora_target_modules=[query,value]",
         "train.folds=2",
