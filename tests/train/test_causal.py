@@ -58,10 +58,7 @@ def cloze_run(tmp_path_factory, llama_config):
     run_train(
         questions,
         out,
-        llama_config(
-            "train.precision=fp32",
-            "train.folds=2",
-        ),
+        llama_config("train.precision=fp32", "train.folds=2"),
     )
     return questions, out
 
@@ -103,18 +100,10 @@ def test_cloze_run_writes_the_contract_and_reloads_to_the_oof_logits(cloze_run):
 
 def test_changed_causal_lm_section_is_refused_but_infer_only_keys_resume(cloze_run, llama_config):
     questions, out = cloze_run
-    config = llama_config(
-        "train.precision=fp32",
-        "causal_lm.mode=letter",
-        "train.folds=2",
-    )
+    config = llama_config("train.precision=fp32", "causal_lm.mode=letter", "train.folds=2")
     with pytest.raises(SciqaError, match=r"different causal_lm\.mode;"):
         run_train(questions, out, config)
-    config = llama_config(
-        "train.precision=fp32",
-        "causal_lm.batch_size=2",
-        "train.folds=2",
-    )
+    config = llama_config("train.precision=fp32", "causal_lm.batch_size=2", "train.folds=2")
     assert run_train(questions, out, config) == []  # finished folds skipped
 
 
@@ -122,11 +111,7 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(
     tmp_path, kill_after_checkpoint, run_files, llama_config
 ):
     questions, out = run_files(12)
-    config = llama_config(
-        "train.epochs=2",
-        "train.early_stopping_patience=5",
-        "train.folds=2",
-    )
+    config = llama_config("train.epochs=2", "train.early_stopping_patience=5", "train.folds=2")
     with pytest.raises(KeyboardInterrupt):
         run_train(questions, out, config, fold=0)
     checkpoints = list((out / "fold_0" / "checkpoints").glob("checkpoint-*"))
@@ -148,10 +133,7 @@ def test_letter_and_yes_no_modes_train_with_one_oof_column_per_letter(
     run_train(
         questions,
         out,
-        llama_config(
-            f"causal_lm.mode={mode}",
-            "train.folds=2",
-        ),
+        llama_config(f"causal_lm.mode={mode}", "train.folds=2"),
     )
     oof = pd.read_parquet(out / "oof.parquet")
     assert list(oof.columns) == ["id", "fold", *"ABCDE", "answer"] and len(oof) == 20
@@ -167,11 +149,7 @@ def test_lora_is_merged_into_a_plain_model_whose_weights_changed(
     tmp_path, tiny_llama, run_files, llama_config
 ):
     questions, out = run_files(12)
-    config = llama_config(
-        "train.lora=true",
-        "train.learning_rate=0.01",
-        "train.folds=2",
-    )
+    config = llama_config("train.lora=true", "train.learning_rate=0.01", "train.folds=2")
     run_train(questions, out, config, fold=0)
     directory = out / "fold_0"
     assert not list(directory.glob("adapter_*"))

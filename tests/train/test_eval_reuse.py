@@ -27,11 +27,7 @@ def test_oof_logits_come_from_the_best_evaluation_without_predicting_again(
 
     monkeypatch.setattr(transformers.Trainer, "predict", refuse)
     questions, out = run_files(16)
-    config = bert_config(
-        f"train.epochs={epochs}",
-        "train.learning_rate=0.01",
-        "train.folds=2",
-    )
+    config = bert_config(f"train.epochs={epochs}", "train.learning_rate=0.01", "train.folds=2")
     run_train(questions, out, config, fold=0)
     oof = pd.read_parquet(out / "oof.parquet")
     rows = read_table(questions).set_index("id").loc[oof["id"]].reset_index()

@@ -52,10 +52,7 @@ def test_tensorboard_and_mlflow_log_each_fold_to_local_files(
     monkeypatch.delenv("CI", raising=False)
     questions, out = run_files(16)
     before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", *OFFLINE)}
-    cfg = bert_config(
-        "train.report_to=tensorboard,mlflow",
-        "train.folds=2",
-    )
+    cfg = bert_config("train.report_to=tensorboard,mlflow", "train.folds=2")
     run_train(questions, out, cfg)
     assert no_network == []
     assert {k: os.environ.get(k) for k in before} == before  # the fold's settings are undone
@@ -104,10 +101,7 @@ def test_report_to_does_not_change_the_fingerprint(tmp_path, run_files, bert_con
     run_train(
         questions,
         out,
-        bert_config(
-            "train.report_to=tensorboard",
-            "train.folds=2",
-        ),
+        bert_config("train.report_to=tensorboard", "train.folds=2"),
     )
     assert not (out / "tracking" / "tensorboard" / "fold_0").exists()
     assert any((out / "tracking" / "tensorboard" / "fold_1").glob("events.out.tfevents.*"))

@@ -197,11 +197,7 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(
     tmp_path, kill_after_checkpoint, run_files, bert_config
 ):
     questions, out = run_files(16)
-    config = bert_config(
-        "train.epochs=2",
-        "train.early_stopping_patience=5",
-        "train.folds=2",
-    )
+    config = bert_config("train.epochs=2", "train.early_stopping_patience=5", "train.folds=2")
     with pytest.raises(KeyboardInterrupt):
         run_train(questions, out, config)
     checkpoints = list((out / "fold_0" / "checkpoints").glob("checkpoint-*"))
@@ -225,9 +221,7 @@ def test_deberta_v2_random_init_path_trains_saves_and_reloads(
 
     questions, out = run_files(12)
     config = deberta_config(
-        "train.freeze_embeddings=true",
-        "train.freeze_layers=1",
-        "train.folds=2",
+        "train.freeze_embeddings=true", "train.freeze_layers=1", "train.folds=2"
     )
     trained = run_train(questions, out, config)
     assert len(trained) == 2
@@ -248,9 +242,7 @@ def test_lora_adapters_are_merged_into_a_plain_model(tmp_path, run_files, bert_c
 
     questions, out = run_files(12)
     config = bert_config(
-        "train.lora=true",
-        "train.lora_target_modules=[query,value]",
-        "train.folds=2",
+        "train.lora=true", "train.lora_target_modules=[query,value]", "train.folds=2"
     )
     run_train(questions, out, config, fold=0)
     model = AutoModelForMultipleChoice.from_pretrained(out / "fold_0")
