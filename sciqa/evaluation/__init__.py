@@ -2,5 +2,5 @@
 
 ``evaluate`` (scores, intervals, paired differences), ``intervals`` (bootstrap), ``chance``,
 ``evidence`` (members and ensembles read back from run dirs), ``audit`` (bias shortcuts),
-``report/`` (the HTML page). Imports the kernel and ``sciqa.scoring``; never a stage.
+``report/`` (the HTML page). Imports the kernel only; never a stage.
 """

@@ -2,5 +2,5 @@
 
 ``mc_encoding`` (multiple-choice encoder inputs), ``llm_prompts`` (causal-LM prompts),
 ``llm_scoring`` (option scores from a causal LM, torch), ``zero_shot`` (embedding cosines).
-Imports the kernel and ``sciqa.assets``.
+Imports the kernel only (``llm_scoring`` imports torch).
 """
