@@ -25,10 +25,10 @@ import pyarrow as pa
 
 from data_gen.commands import run_gen
 from data_gen.fake_server import FakeLLM, write_fake_passages
-from sciqa.assets import BENCHMARKS, packaged_path
-from sciqa.audit import BASELINES, audit_questions, context_passages, read_labelled
-from sciqa.benchmarks import benchmark_questions
+from sciqa.assets.question_sets import benchmark_questions
+from sciqa.assets.registry import BENCHMARKS, packaged_path
 from sciqa.config import load_config
+from sciqa.evaluation.audit import BASELINES, audit_questions, context_passages, read_labelled
 from sciqa.schema import validate_questions
 
 RATIOS = (1.25, 1.5, 2.0)
@@ -66,7 +66,8 @@ def fake_generated(work: Path, n: int = 12) -> pd.DataFrame:
     off = ["gen.dedup=false", "gen.answerability_filter=false", "gen.too_easy_filter=false"]
     with FakeLLM() as fake:
         config = load_config(None, [f"llm.base_url={fake.base_url}", "llm.model=fake", *off])
-        run_gen(passages, work / "fake" / "q.csv", config, n=n)
+        config.gen.n = n
+        run_gen(passages, work / "fake" / "q.csv", config)
     return read_labelled(str(work / "fake" / "q.csv"))
 
 

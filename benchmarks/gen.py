@@ -31,7 +31,7 @@ import pandas as pd
 from data_gen.cache import request_key
 from data_gen.commands import rejected_path, run_gen
 from data_gen.fake_server import FakeLLM, write_fake_passages
-from sciqa.assets import packaged_wikipedia
+from sciqa.assets.registry import packaged_wikipedia
 from sciqa.config import load_config
 
 NO_FILTERS = [
@@ -68,7 +68,8 @@ def throughput(work: Path, n: int) -> list[str]:
         endpoint = [f"llm.base_url={base_url}", "llm.model=fake"]
         config = load_config(None, [*endpoint, f"llm.concurrency={concurrency}", *NO_FILTERS])
         start = time.perf_counter()
-        counts = run_gen(passages, work / f"c{concurrency}" / "q.parquet", config, n=n)
+        config.gen.n = n
+        counts = run_gen(passages, work / f"c{concurrency}" / "q.parquet", config)
         seconds = time.perf_counter() - start
         kept = counts["postprocess"]["kept"]
         rates[concurrency] = kept / counts["seconds"]["generate"] * 60
@@ -136,21 +137,23 @@ def _gen(
     config = load_config(None, [*endpoint, *(f"gen.{k}={v}" for k, v in gen.items())])
     for key, value in BEFORE.items() if before else ():
         setattr(config.gen, key, value)
-    counts = run_gen(passages, out, config, n=n)
+    config.gen.n = n
+    counts = run_gen(passages, out, config)
     counts["first_valid"] = _first_valid(out, counts["replies"]["jobs"], 0)
     return counts
 
 
 def engine(work: Path, n: int, speed_n: int, validity: bool = True) -> list[str]:
     """The embedded vLLM CPU engine: start-up, validity before/after, 8 vs 1 in flight."""
-    from data_gen.server import embedded_server
+    from data_gen.engine import serve_llm
 
     passages = wiki_passages(work / "wiki.parquet")
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    with embedded_server(load_config(None, [])) as (base_url, model):
+    config = load_config(None, [])
+    with serve_llm(config.llm, config.models.llm) as served:
         startup = time.perf_counter() - start
-        endpoint = [f"llm.base_url={base_url}", f"llm.model={model}"]
+        endpoint = [f"llm.base_url={served.base_url}", f"llm.model={served.model}"]
         os.environ.setdefault("OPENAI_API_KEY", "local")
         runs = {}
         if validity:

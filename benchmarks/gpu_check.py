@@ -21,7 +21,7 @@ Every step runs in its own process with a time box, a share of ``--deadline``: a
 failed step is reported in its rows and the table still prints. Results also go to
 ``--out`` (table.md, results.json, logs.txt).
 
-CPU smoke run (tiny sizes, the same steps; CI runs it through tests/test_gpu_check.py)::
+CPU smoke run (tiny sizes, the same steps; CI runs it through tests/benchmarks/test_gpu_check.py)::
 
     .venv/bin/python benchmarks/gpu_check.py --smoke
 

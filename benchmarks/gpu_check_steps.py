@@ -1,7 +1,8 @@
 """The steps of ``benchmarks/gpu_check.py``. Each runs in its own process (so a time box can
 kill it) and returns table rows; every step calls the product's own functions:
-``train.commands.run_train``, ``infer.commands.run_infer``, ``infer.predict.Predictor``,
-``infer.llm_predict`` and ``sciqa train`` under torchrun.
+``train.commands.run_train``, ``infer.commands.run_infer``,
+``infer.predictors.encoder.EncoderPredictor``, ``infer.predictors.causal`` and ``sciqa train``
+under torchrun.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def step_train(ctx: Ctx, precision: str) -> dict[str, dict]:
     reset_peak()
     began = time.perf_counter()
     with scaler_watch() as scaler:
-        run_train(ctx.data("train"), out, config, folds=1, valid=ctx.data("valid"), overwrite=True)
+        config.train.folds = 1
+        run_train(ctx.data("train"), out, config, valid=ctx.data("valid"), overwrite=True)
     seconds = time.perf_counter() - began
     m = json.loads((out / "fold_0" / "metrics.json").read_text(encoding="utf-8"))
     t = config.train
@@ -138,10 +140,10 @@ def step_train(ctx: Ctx, precision: str) -> dict[str, dict]:
 
 
 def _mc_inputs(ctx: Ctx, config: Any, n: int) -> tuple[Any, Any, Any]:
-    from infer.devices import resolve_devices
-    from infer.predict import load_tokenizer
+    from infer.predictors.devices import resolve_devices
+    from infer.predictors.encoder import load_tokenizer
     from sciqa.io import read_questions
-    from sciqa.mc_encoding import encode_questions
+    from sciqa.scoring.mc_encoding import encode_questions
 
     tokenizer = load_tokenizer(ctx.mc_dir)
     frame = read_questions(ctx.data("test")).head(n)
@@ -150,10 +152,10 @@ def _mc_inputs(ctx: Ctx, config: Any, n: int) -> tuple[Any, Any, Any]:
 
 
 def check_fp16_fallback(ctx: Ctx, config: Any) -> dict[str, dict]:
-    """infer/predict.py's fallback: fp16 logits overflow -> that model re-runs in fp32."""
+    """infer/predictors/encoder.py's fallback: fp16 logits overflow -> re-run in fp32."""
     import torch
 
-    from infer.predict import Predictor, load_model
+    from infer.predictors.encoder import EncoderPredictor, load_model
 
     tokenizer, enc, device = _mc_inputs(ctx, config, 2 * config.infer.batch_size)
     model = load_model(ctx.mc_dir, device, torch.float16, config.infer.attention)
@@ -161,8 +163,8 @@ def check_fp16_fallback(ctx: Ctx, config: Any) -> dict[str, dict]:
         model.pooler.dense.bias.fill_(OVERFLOW_BIAS)
         model.classifier.weight.fill_(OVERFLOW_WEIGHT)
         model.classifier.bias.zero_()
-    predictor = Predictor(model, tokenizer, device, config.infer.batch_size)
-    with warnings_of("infer.predict", "non-finite logits") as switched:
+    predictor = EncoderPredictor(model, tokenizer, device, config.infer.batch_size)
+    with warnings_of("infer.predictors.encoder", "non-finite logits") as switched:
         logits = predictor.logits(enc.features, enc.lengths)
     now = str(predictor.model.dtype).replace("torch.", "")
     if not switched or now != "float32" or not np.isfinite(logits).all():
@@ -175,15 +177,15 @@ def check_fp16_fallback(ctx: Ctx, config: Any) -> dict[str, dict]:
 
 
 def check_mcagreement(ctx: Ctx, config: Any) -> dict[str, dict]:
-    """Top-1 of the same weights in fp32 and bf16, through infer's Predictor."""
+    """Top-1 of the same weights in fp32 and bf16, through infer's EncoderPredictor."""
     import torch
 
-    from infer.predict import Predictor, load_model
+    from infer.predictors.encoder import EncoderPredictor, load_model
 
     # A quarter of the questions: fp32 on the GPU runs at a fraction of bf16's speed.
     tokenizer, enc, device = _mc_inputs(ctx, config, max(16, ctx.sizes.n_test // 4))
     model = load_model(ctx.mc_dir, device, torch.float32, config.infer.attention)
-    predictor = Predictor(model, tokenizer, device, config.infer.batch_size)
+    predictor = EncoderPredictor(model, tokenizer, device, config.infer.batch_size)
     full = predictor.logits(enc.features, enc.lengths)
     predictor.model = model.to(torch.bfloat16)
     half = predictor.logits(enc.features, enc.lengths)
@@ -267,10 +269,10 @@ def check_prefix_cache(ctx: Ctx, config: Any) -> dict[str, dict]:
     """Cached vs full-sequence scoring (bf16), then the same weights in fp32."""
     import torch
 
-    from infer.llm_predict import LLMPredictor, load_llm
+    from infer.predictors.causal import CausalPredictor, load_llm
+    from sciqa.assets.llm import load_causal_tokenizer
     from sciqa.io import read_questions
-    from sciqa.llm_assets import load_causal_tokenizer
-    from sciqa.llm_prompts import PromptSpec, encode_for_llm
+    from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm
 
     causal = config.causal_lm
     tokenizer = load_causal_tokenizer(str(ctx.llm_dir), local_only=True)
@@ -281,8 +283,8 @@ def check_prefix_cache(ctx: Ctx, config: Any) -> dict[str, dict]:
     pad = tokenizer.pad_token_id
     rows: dict[str, dict] = {}
     reset_peak()
-    cached, t_cache = _llm_scores(LLMPredictor(model, pad, causal.batch_size, True), enc, 2)
-    full, t_full = _llm_scores(LLMPredictor(model, pad, causal.batch_size, False), enc, 2)
+    cached, t_cache = _llm_scores(CausalPredictor(model, pad, causal.batch_size, True), enc, 2)
+    full, t_full = _llm_scores(CausalPredictor(model, pad, causal.batch_size, False), enc, 2)
     tokens = float(np.mean(enc.lengths))
     detail = f"bf16, {len(enc)} q x 5, ~{tokens:.0f} tokens each, median of 2, after a warm-up"
     rows["infer causal, full sequences"] = row(len(enc) / t_full, "questions/s", detail,
@@ -291,7 +293,7 @@ def check_prefix_cache(ctx: Ctx, config: Any) -> dict[str, dict]:
     diff = float(np.max(np.abs(cached - full)))
     detail = f"{t_full:.2f}s / {t_cache:.2f}s; max |score diff| {diff:.1e}, same top-1 {same:.0f}%"
     rows["prefix-cache speed-up"] = row(t_full / t_cache, "x", detail)
-    predictor = LLMPredictor(model.float(), pad, causal.batch_size, True)
+    predictor = CausalPredictor(model.float(), pad, causal.batch_size, True)
     fp32 = predictor.logits(enc, enc.lengths)
     rows["causal bf16 vs fp32 top-1"] = agreement(fp32, cached)
     return rows

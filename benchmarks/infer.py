@@ -5,7 +5,7 @@ random, which does not change speed), same questions (ARC-Challenge), one proces
 
 * seed: tokenized questions in file order, fixed batch size,
   ``DataCollatorForMultipleChoice``, fp32, ``torch.no_grad`` (the Kaggle seed notebook);
-* sciqa fp32: ``infer.predict.Predictor`` (sorted by length, padded per batch,
+* sciqa fp32: ``infer.predictors.encoder.EncoderPredictor`` (sorted by length, padded per batch,
   ``inference_mode``, SDPA), fp32 — identical logits;
 * sciqa bf16: the same in bf16 (on CPUs with AVX512-BF16/AMX; logits differ slightly).
 
@@ -16,7 +16,7 @@ ensemble vs ensemble + TTA through ``sciqa infer`` itself.
 
 ``--devices`` adds the ``infer.devices`` table: the same questions on 1 worker (all
 intra-op threads) vs 2 CPU workers (half the threads each) as threads (what
-``infer.devices`` ships, ``infer.devices.ShardedPredictor``) and as processes (a
+``infer.devices`` ships, ``infer.predictors.sharded.ShardedPredictor``) and as processes (a
 persistent spawned process per worker, shards sent over a pipe), q/s ratio, logits
 compared with the 1-worker run; set-up (spawn + import + load) is timed apart.
 
@@ -51,12 +51,12 @@ from transformers import (
     DataCollatorForMultipleChoice,
 )
 
-from infer.devices import ShardedPredictor, cpu_threads, shard_rows
-from infer.predict import Predictor, load_model
-from sciqa.assets import packaged_wikipedia, resolve_model
-from sciqa.benchmarks import benchmark_questions
+from infer.predictors.encoder import EncoderPredictor, load_model
+from infer.predictors.sharded import ShardedPredictor, cpu_threads, shard_rows
+from sciqa.assets.question_sets import benchmark_questions
+from sciqa.assets.registry import packaged_wikipedia, resolve_model
 from sciqa.io import read_questions
-from sciqa.mc_encoding import encode_questions
+from sciqa.scoring.mc_encoding import encode_questions
 
 
 def wikipedia_context(frame: pd.DataFrame, words: int, seed: int) -> pd.DataFrame:
@@ -130,7 +130,9 @@ def speed_rows(model_dir: Path, frame: pd.DataFrame, label: str, args) -> list[d
     cfg = seed_model.config
     cpu = torch.device("cpu")
     predictors = {
-        name: Predictor(load_model(model_dir, cpu, dtype, "sdpa"), tokenizer, cpu, args.batch_size)
+        name: EncoderPredictor(
+            load_model(model_dir, cpu, dtype, "sdpa"), tokenizer, cpu, args.batch_size
+        )
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
     }
 
@@ -215,7 +217,8 @@ def map_rows(run_dir: Path, questions: Path, out: Path, tta: int) -> list[dict]:
     config = load_config(None, ["infer.batch_size=16"])
     plain = run_infer(questions, [str(run_dir)], out, config)
     # Same OUT_DIR: the TTA run takes pass 1 of every fold from the cache.
-    with_tta = run_infer(questions, [str(run_dir)], out, config, tta=tta)
+    config.infer.tta = tta
+    with_tta = run_infer(questions, [str(run_dir)], out, config)
     rows = [
         {"model": r["model"], "MAP@3": r["map_at_3"], "accuracy": r["accuracy"]}
         for r in plain["models"]
@@ -244,8 +247,8 @@ def _process_worker(conn, model_dir: str, features, threads: int, batch_size: in
     torch.set_num_threads(threads)
     cpu = torch.device("cpu")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    predictor = Predictor(load_model(Path(model_dir), cpu, torch.float32, "sdpa"), tokenizer,
-                          cpu, batch_size)  # fmt: skip
+    model = load_model(Path(model_dir), cpu, torch.float32, "sdpa")
+    predictor = EncoderPredictor(model, tokenizer, cpu, batch_size)
     lengths = [len(f["input_ids"][0]) for f in features]
     conn.send("ready")
     while (rows := conn.recv()) is not None:
@@ -294,8 +297,8 @@ def devices_rows(model_dir: Path, frame: pd.DataFrame, label: str, args) -> list
 
     def sharded(n_workers: int) -> ShardedPredictor:
         def make(device):
-            return Predictor(load_model(model_dir, device, torch.float32, "sdpa"), tokenizer,
-                             device, args.batch_size)  # fmt: skip
+            model = load_model(model_dir, device, torch.float32, "sdpa")
+            return EncoderPredictor(model, tokenizer, device, args.batch_size)
 
         return ShardedPredictor.build(make, [cpu] * n_workers)
 

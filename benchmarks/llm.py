@@ -41,7 +41,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from sciqa.benchmarks import benchmark_questions  # noqa: E402
+from sciqa.assets.question_sets import benchmark_questions  # noqa: E402
 from sciqa.config import load_config  # noqa: E402
 from sciqa.io import read_questions  # noqa: E402
 from sciqa.metrics import accuracy, map_at_3, top3_letters  # noqa: E402
@@ -75,20 +75,20 @@ class Scorer:
     def __init__(self, name: str, dtype: str, batch_size: int):
         import torch
 
-        from infer.llm_predict import LLMPredictor
-        from sciqa.llm_assets import causal_lm_path, load_causal_lm, load_causal_tokenizer
+        from infer.predictors.causal import CausalPredictor
+        from sciqa.assets.llm import causal_lm_path, load_causal_lm, load_causal_tokenizer
 
         path = causal_lm_path(name)
         self.tokenizer = load_causal_tokenizer(path)
         torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
         self.model = load_causal_lm(path, dtype=torch_dtype).eval()
         self.batch_size = batch_size
-        self.predictor = lambda cache: LLMPredictor(
+        self.predictor = lambda cache: CausalPredictor(
             self.model, self.tokenizer.pad_token_id, batch_size, cache
         )
 
     def encode(self, frame: pd.DataFrame, overrides: list[str]):
-        from sciqa.llm_prompts import PromptSpec, encode_for_llm
+        from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm
 
         cfg = load_config(None, overrides).causal_lm
         spec = PromptSpec.from_config(cfg, self.tokenizer, "smollm2")
@@ -190,9 +190,11 @@ def stream_one(args: argparse.Namespace) -> None:
 
     import torch
 
-    from infer.llm_predict import LLMPredictor, load_llm
-    from sciqa.llm_assets import causal_lm_path, load_causal_tokenizer
-    from sciqa.llm_prompts import PromptSpec, encode_for_llm
+    from infer.predictors.causal import CausalPredictor, load_llm
+    from infer.predictors.offload.predictor import StreamedPredictor
+    from infer.predictors.offload.stream import open_streamer
+    from sciqa.assets.llm import causal_lm_path, load_causal_tokenizer
+    from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm
 
     frame = (
         read_questions(args.questions) if args.questions else load_set(SETS[0], None, False, None)
@@ -209,9 +211,12 @@ def stream_one(args: argparse.Namespace) -> None:
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[args.dtype]
     baseline = _rss_mb()
     began = time.perf_counter()
-    model = load_llm(Path(path), device, dtype, cfg, "sdpa")
+    if cfg.offload == "layers":
+        model, kind = open_streamer(Path(path), device, dtype, cfg, "sdpa"), StreamedPredictor
+    else:
+        model, kind = load_llm(Path(path), device, dtype, cfg, "sdpa"), CausalPredictor
     loaded = time.perf_counter() - began
-    predictor = LLMPredictor(model, tokenizer.pad_token_id, cfg.batch_size, cfg.prefix_cache)
+    predictor = kind(model, tokenizer.pad_token_id, cfg.batch_size, cfg.prefix_cache)
     began, cpu = time.perf_counter(), time.process_time()
     logits = predictor.logits(enc, enc.lengths)
     result = {

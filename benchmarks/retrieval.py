@@ -19,7 +19,7 @@ Parts:
            vectors; exact Flat vs IVF-PQ factories: bytes/vector, build s, q/s, and recall against
            exact search two ways: R@10 (share of queries whose true nearest neighbour is
            in the top 10, the faiss wiki's measure) and 10-recall@10 (top-10 overlap);
-  quality  MAP@3 of the fixed zero-shot scorer (sciqa.zero_shot.option_scores, MiniLM)
+  quality  MAP@3 of the fixed zero-shot scorer (sciqa.scoring.zero_shot.option_scores, MiniLM)
            on ARC-Challenge and OpenBookQA with no / dense / BM25 / hybrid context,
            plus (part "probe") a second probe that scores options against the context.
 """
@@ -38,11 +38,11 @@ from retrieval import dense
 from retrieval.context import build_context, queries
 from retrieval.embed import encode
 from retrieval.search import Retriever
-from sciqa.benchmarks import benchmark_questions
+from sciqa.assets.question_sets import benchmark_questions
 from sciqa.config import load_config
 from sciqa.metrics import map_at_3, top3_letters
 from sciqa.schema import option_letters
-from sciqa.zero_shot import option_scores
+from sciqa.scoring.zero_shot import option_scores
 
 SETS = ("arc-challenge", "arc-easy", "openbookqa")
 MODES = {
@@ -114,7 +114,8 @@ def bench_queries(index: Path, sets: dict[str, pd.DataFrame], n_queries: int, k:
     repeated = (real * (n_queries // len(real) + 1))[: max(n_queries, len(real))]
     rows, hits_by_mode, retrievers = [], {}, {}
     for mode, overrides in MODES.items():
-        retriever = Retriever.open(index, load_config(None, overrides))
+        config = load_config(None, overrides)
+        retriever = Retriever.open(index, config.retrieval, embedding=config.models.embedding)
         retriever.search(repeated[:32], top=k)  # warm-up (model, mmap pages)
         retriever.timings.clear()
         started = time.perf_counter()
@@ -276,7 +277,7 @@ def main() -> None:
         flush=True,
     )
 
-    retriever = Retriever.open(args.index, config)
+    retriever = Retriever.open(args.index, config.retrieval, embedding=config.models.embedding)
     model = retriever.encoder
     k = config.retrieval.k
     if "build" in parts:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sciqa.benchmarks import benchmark_questions
+from sciqa.assets.question_sets import benchmark_questions
 from sciqa.config import load_config
 from sciqa.io import read_questions, write_questions
 
@@ -74,8 +74,8 @@ def seed_recipe_speed(questions: Path, max_length: int, use_context: bool, out: 
         set_seed,
     )
 
-    from sciqa.assets import resolve_model
-    from sciqa.mc_encoding import encode_questions
+    from sciqa.assets.registry import resolve_model
+    from sciqa.scoring.mc_encoding import encode_questions
 
     source = resolve_model("default", "backbone").name_or_path
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -111,7 +111,8 @@ def sciqa_run(questions: Path, valid: Path, out: Path, overrides: list[str]) -> 
 
     config = load_config(RECIPE, overrides)
     started = time.perf_counter()
-    run_train(questions, out, config, folds=1, valid=valid)
+    config.train.folds = 1
+    run_train(questions, out, config, valid=valid)
     wall = time.perf_counter() - started
     return json.loads((out / "fold_0" / "metrics.json").read_text()), wall
 

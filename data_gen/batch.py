@@ -15,10 +15,9 @@ import json
 import sys
 from typing import Any
 
+from data_gen.cache import request_key
 from data_gen.client import ChatClient
-from data_gen.generate import Job, request_params
-from data_gen.prompts import Templates, render_messages
-from sciqa.config import SciqaConfig
+from data_gen.prompts import Asking, Job
 
 ENDPOINT = "/v1/chat/completions"
 DONE = {"completed", "failed", "expired", "cancelled"}
@@ -26,36 +25,24 @@ BATCH_DISCOUNT = 0.5  # Batch API price relative to online requests
 
 
 def batch_requests(
-    client: ChatClient,
-    jobs: list[Job],
-    templates: Templates,
-    letters: list[str],
-    config: SciqaConfig,
+    client: ChatClient, jobs: list[Job], asking: Asking
 ) -> dict[str, dict[str, Any]]:
     """Request bodies by cache key for every job's first request not answered yet."""
-    from data_gen.cache import request_key
-
     bodies = {}
     for job in jobs:
-        messages = render_messages(templates, job.title, job.text, letters)
-        body = client.body(messages, request_params(config.gen, config.seed, job))
+        body = client.body(asking.messages(job), asking.params(job))
         bodies[request_key(body)] = body
     done = client.cache.has(bodies)
     pending = {key: body for key, body in bodies.items() if key not in done}
-    if config.gen.max_requests is not None:
-        pending = dict(list(pending.items())[: config.gen.max_requests])
+    limit = asking.gen.max_requests
+    if limit is not None:
+        pending = dict(list(pending.items())[:limit])
     return pending
 
 
-async def run_batch(
-    client: ChatClient,
-    jobs: list[Job],
-    templates: Templates,
-    letters: list[str],
-    config: SciqaConfig,
-) -> dict[str, Any]:
+async def run_batch(client: ChatClient, jobs: list[Job], asking: Asking) -> dict[str, Any]:
     """Submit (or resume) the batch for what is missing and fold its results into the cache."""
-    pending = batch_requests(client, jobs, templates, letters, config)
+    pending = batch_requests(client, jobs, asking)
     if not pending:
         return {"submitted": 0}
     lines = [
@@ -76,7 +63,7 @@ async def run_batch(
         print(f"batch {batch_id}: {len(pending)} requests submitted", file=sys.stderr)
     batch = await api.batches.retrieve(batch_id)
     while batch.status not in DONE:
-        await asyncio.sleep(config.gen.batch_poll_seconds)
+        await asyncio.sleep(asking.gen.batch_poll_seconds)
         batch = await api.batches.retrieve(batch_id)
     folded = 0
     if batch.output_file_id:

@@ -73,7 +73,11 @@ class Budget:
 
 
 class ChatClient:
-    """One endpoint + model; ``await complete(messages, params)`` gives a completion dict."""
+    """One endpoint + model; ``await complete(messages, params)`` gives a completion dict.
+
+    ``llm`` gives the timeouts, retries, limits and prices; ``concurrency`` overrides
+    ``llm.concurrency`` (``transformers serve`` takes one request at a time).
+    """
 
     def __init__(
         self,
@@ -88,6 +92,7 @@ class ChatClient:
         schema: dict[str, Any] | None = None,
         backend: str = "generic",
         params: dict[str, Any] | None = None,
+        concurrency: int | None = None,
     ) -> None:
         import openai
         from aiolimiter import AsyncLimiter
@@ -107,7 +112,8 @@ class ChatClient:
         self._client = openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key, timeout=llm.timeout, max_retries=llm.sdk_retries
         )
-        self._slots = asyncio.Semaphore(llm.concurrency)
+        # Requests in flight: what the endpoint takes (None = llm.concurrency).
+        self._slots = asyncio.Semaphore(concurrency or llm.concurrency)
         self._rpm = AsyncLimiter(llm.rpm, 60) if llm.rpm else None
         self._tpm = AsyncLimiter(llm.tpm, 60) if llm.tpm else None
         self._inflight: dict[str, asyncio.Future] = {}

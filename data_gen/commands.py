@@ -1,4 +1,9 @@
-"""``sciqa gen``: passages -> requests -> validated replies -> filtered questions -> files.
+"""``sciqa gen``: :func:`run_gen`, the stage's steps in order, and the summary it prints.
+
+select passages (:mod:`~data_gen.passages`) -> jobs and their prompts
+(:mod:`~data_gen.prompts`) -> ask the endpoint of :func:`data_gen.engine.serve_llm`, every
+reply parsed and invalid ones re-asked (:mod:`~data_gen.generate`) -> questions -> filter
+and audit (:mod:`~data_gen.postprocess`) -> write.
 
 Writes OUT (sciqa schema, labelled, ``context`` = source passage), ``<OUT stem>.rejected.jsonl``
 (every dropped reply or question with its reason), and ``config.yaml`` + ``manifest.json``
@@ -10,117 +15,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import string
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from data_gen.cache import ReplyCache
-from data_gen.generate import Outcome, ask_all, make_jobs, reply_counts
-from data_gen.parse import ReplySpec, json_schema
+from data_gen.engine import Endpoint, serve_llm
+from data_gen.generate import Asked, ask_questions, questions_frame, reply_counts
 from data_gen.passages import read_passages, select_passages
-from data_gen.postprocess import postprocess
-from data_gen.prompts import load_templates
-from data_gen.scorers import load_encoder, make_scorer
-from sciqa.audit import one_line
-from sciqa.config import DEFAULT, SciqaConfig
-from sciqa.errors import SciqaError
+from data_gen.postprocess import audit_frame, postprocess
+from data_gen.prompts import Asking, load_templates, make_jobs
+from data_gen.scorers import Scorer, load_encoder, make_scorer, needs_encoder, needs_scorer
+from sciqa.config import SciqaConfig
+from sciqa.evaluation.audit import one_line
 from sciqa.io import read_questions, table_format, write_questions, write_table, write_text
 from sciqa.runs import write_run_files
-from sciqa.schema import ANSWER, CONTEXT, ID, PROMPT, SOURCE, SOURCE_ID
-
-LOCAL_KEY = "sciqa-local"  # the embedded server checks no key; the SDK wants one
-
-
-@dataclass
-class Endpoint:
-    base_url: str
-    model: str
-    api_key: str
-    backend: str = "auto"  # llm.backend, or what the embedded server is
 
 
 def rejected_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.rejected.jsonl")
 
 
-def cache_path(out: Path, config: SciqaConfig) -> Path:
-    return config.gen.cache or out.with_name(f"{out.stem}.cache.sqlite")
-
-
-def api_key(config: SciqaConfig) -> str:
-    """The key from the environment variable named by ``llm.api_key_env``."""
-    name = config.llm.api_key_env
-    key = os.environ.get(name, "").strip()
-    if not key:
-        raise SciqaError(
-            f"environment variable {name} (llm.api_key_env) is not set: export the API key "
-            f"there (any non-empty value for local servers that check none)"
-        )
-    return key
-
-
-@contextlib.contextmanager
-def endpoint(config: SciqaConfig) -> Iterator[Endpoint]:
-    """The configured endpoint, or the embedded server started (and stopped) here."""
-    llm = config.llm
-    if llm.base_url != DEFAULT:
-        if llm.model == DEFAULT:
-            raise SciqaError(
-                f"llm.model is 'default' but llm.base_url is {llm.base_url}: set llm.model to "
-                "a model that server serves (e.g. gpt-4o-mini)"
-            )
-        yield Endpoint(llm.base_url, llm.model, api_key(config), llm.backend)
-        return
-    from data_gen.server import embedded_server
-
-    if llm.server == "transformers":
-        # transformers serve (no continuous batching) generates one reply at a time: parallel
-        # requests would only queue there and run into llm.timeout, so send them one by one.
-        config.llm.concurrency = 1
-    backend = "vllm" if llm.server == "vllm" else "generic"
-    with embedded_server(config) as (base_url, served):
-        model = served if llm.model == DEFAULT else llm.model
-        yield Endpoint(base_url, model, LOCAL_KEY, backend)
-
-
-def model_label(config: SciqaConfig, model: str) -> str:
-    """``source`` of generated rows: ``gen:<model>`` with the packaged file's name."""
-    if config.llm.base_url == DEFAULT and config.llm.model == DEFAULT:
-        name = config.models.llm
-        return "gen:" + (Path(name).stem if name != DEFAULT else "SmolLM2-135M-Instruct")
-    return f"gen:{Path(model).name if os.sep in model else model}"
-
-
-def questions_frame(outcomes: list[Outcome], letters: list[str], source: str) -> pd.DataFrame:
-    rows = []
-    for outcome in outcomes:
-        question = outcome.question
-        if question is None:
-            continue
-        rows.append(
-            {
-                ID: outcome.job.question_id,
-                PROMPT: question.question,
-                **dict(zip(letters, question.options, strict=True)),
-                ANSWER: question.answer,
-                CONTEXT: outcome.job.text,
-                SOURCE: source,
-                SOURCE_ID: outcome.job.passage_id,
-            }
-        )
-    return pd.DataFrame(rows, columns=[ID, PROMPT, *letters, ANSWER, CONTEXT, SOURCE, SOURCE_ID])
-
-
-def _needs_encoder(config: SciqaConfig, excludes: Sequence[Path]) -> bool:
-    gen = config.gen
-    filters = (gen.answerability_filter or gen.too_easy_filter) and gen.scorer == "zero_shot"
-    return gen.dedup or bool(excludes) or filters or gen.science_filter == "embedding"
+def cache_path(out: Path, cache: Path | None) -> Path:
+    """``gen.cache``, else ``<OUT stem>.cache.sqlite`` beside OUT."""
+    return cache or out.with_name(f"{out.stem}.cache.sqlite")
 
 
 def run_gen(
@@ -128,120 +50,102 @@ def run_gen(
     out: Path,
     config: SciqaConfig,
     *,
-    n: int | None = None,
     excludes: Sequence[Path] = (),
     batch: bool = False,
     encoder: Any = None,
+    scorer: Scorer | None = None,
 ) -> dict[str, Any]:
-    """Generate, filter and write questions; returns the manifest's counts."""
+    """Generate, filter and write questions; returns the manifest's counts.
+
+    ``encoder`` / ``scorer``: ready ones instead of loading ``models.embedding`` /
+    ``gen.scorer`` when a step needs them.
+    """
     started = time.monotonic()
-    gen = config.gen
+    gen, seed = config.gen, config.seed
     table_format(out)  # fail on a bad suffix before any request is paid for
     excluded = {str(p): read_questions(p) for p in excludes}
-    if encoder is None and _needs_encoder(config, excludes):
-        encoder = load_encoder(config)
+    if encoder is None and needs_encoder(gen, excluding=bool(excludes)):
+        encoder = load_encoder(config.models.embedding)
+    # select -> jobs and prompts -> ask (each reply parsed; invalid ones re-asked)
     chosen, selection = select_passages(
-        read_passages(passages), n or gen.n, gen, config.seed, source=str(passages), encoder=encoder
+        read_passages(passages), gen.n, gen, seed, source=str(passages), encoder=encoder
     )
-    letters = list(string.ascii_uppercase[: gen.n_options])
-    templates = load_templates(gen.prompts)
     jobs = make_jobs(chosen, gen.questions_per_passage)
-    cache = ReplyCache(cache_path(out, config))
-    try:
-        with endpoint(config) as target:
-            outcomes, usage, stopped, structured = asyncio.run(
-                _generate(config, target, cache, jobs, templates, letters, batch)
-            )
-    finally:
-        cache.close()
+    letters = list(string.ascii_uppercase[: gen.n_options])
+    asking = Asking(load_templates(gen.prompts), letters, gen, seed)
+    cache = ReplyCache(cache_path(out, gen.cache))
+    with contextlib.closing(cache), serve_llm(config.llm, config.models.llm) as endpoint:
+        asked = asyncio.run(ask_questions(endpoint, config.llm, cache, jobs, asking, batch=batch))
     generated_at = time.monotonic()
-
-    frame = questions_frame(outcomes, letters, model_label(config, target.model))
-    needs_scorer = gen.answerability_filter or gen.too_easy_filter
-    scorer = make_scorer(config, encoder) if needs_scorer and len(frame) else None
+    # -> questions -> filter -> audit -> write
+    frame = questions_frame(asked.outcomes, letters, f"gen:{endpoint.label}")
+    # The writer's own shortcuts, before the filters pick: a small kept set (or none)
+    # says little, the replies say what the LLM does.
+    generated = audit_frame(frame, gen, seed, "no valid replies")
+    if scorer is None and needs_scorer(gen) and len(frame):
+        scorer = make_scorer(gen, encoder)
     kept, drops, post = postprocess(
-        frame,
-        gen,
-        config.seed,
-        encoder=encoder if gen.dedup or excluded else None,
-        scorer=scorer,
-        excluded=excluded,
+        frame, gen, seed, encoder=encoder, scorer=scorer, excluded=excluded
     )
+    audits = {"audit": audit_frame(kept, gen, seed), "audit_generated": generated}
+    _write_outputs(out, kept, asked.rejections() + drops)
+    seconds = {
+        "generate": round(generated_at - started, 2),
+        "postprocess": round(time.monotonic() - generated_at, 2),
+    }
+    counts = _manifest_counts(out, gen.cache, selection, asked, post, audits, endpoint, seconds)
+    run_config = _as_run(config, endpoint)
+    write_run_files(out.parent, "gen", run_config, inputs=[passages, *excludes], extra=counts)
+    return counts
+
+
+def _write_outputs(out: Path, kept: pd.DataFrame, rejects: list[dict[str, Any]]) -> None:
+    """OUT (the kept questions) and ``<OUT stem>.rejected.jsonl`` (every drop)."""
     if kept.empty:  # the schema check refuses an empty file; write the header alone
         write_table(kept, out)
     else:
         write_questions(kept, out, require_answer=True)
-    rejects = [r for o in outcomes for r in o.rejections] + drops
     write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects), rejected_path(out)
     )
 
-    counts = {
+
+def _manifest_counts(
+    out: Path,
+    cache: Path | None,
+    selection: dict[str, int],
+    asked: Asked,
+    post: dict[str, Any],
+    audits: dict[str, Any],
+    endpoint: Endpoint,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """What ``manifest.json`` records of a run (and ``run_gen`` returns)."""
+    return {
         "selection": selection,
-        "replies": reply_counts(outcomes),
+        "replies": reply_counts(asked.outcomes),
         "postprocess": post,
-        "audit": post.pop("audit"),
-        "audit_generated": post.pop("audit_generated"),
-        "usage": usage,
-        "stopped": stopped,
-        "endpoint": {"base_url": target.base_url, "model": target.model},
-        "structured_output": structured,
+        **audits,
+        "usage": asked.usage,
+        "stopped": asked.stopped,
+        "endpoint": {"base_url": endpoint.base_url, "model": endpoint.model},
+        "structured_output": asked.structured_output,
         "outputs": {
             "questions": str(out),
             "rejected": str(rejected_path(out)),
-            "cache": str(cache_path(out, config)),
+            "cache": str(cache_path(out, cache)),
         },
-        "seconds": {
-            "generate": round(generated_at - started, 2),
-            "postprocess": round(time.monotonic() - generated_at, 2),
-        },
+        "seconds": seconds,
     }
-    write_run_files(out.parent, "gen", config, inputs=[passages, *excludes], extra=counts)
-    return counts
 
 
-async def _generate(
-    config: SciqaConfig,
-    target: Endpoint,
-    cache: ReplyCache,
-    jobs: list,
-    templates: Any,
-    letters: list[str],
-    batch: bool,
-) -> tuple[list[Outcome], dict[str, Any], str | None, dict[str, Any]]:
-    from data_gen.backends import sampling
-    from data_gen.client import Budget, ChatClient
-
-    gen = config.gen
-    budget = Budget(gen.max_requests, gen.max_cost)
-    client = ChatClient(
-        config.llm,
-        base_url=target.base_url,
-        model=target.model,
-        api_key=target.api_key,
-        cache=cache,
-        budget=budget,
-        response_format=gen.response_format,
-        schema=json_schema(letters, ReplySpec.from_config(gen)),
-        backend=target.backend,
-    )
-    try:
-        if target.backend == "auto":
-            await client.detect_backend()
-        client.params = sampling(
-            client.backend,
-            presence_penalty=gen.presence_penalty,
-            frequency_penalty=gen.frequency_penalty,
-            repetition_penalty=gen.repetition_penalty,
-        )
-        if batch:
-            from data_gen.batch import run_batch
-
-            await run_batch(client, jobs, templates, letters, config)
-        outcomes = await ask_all(client, jobs, templates, letters, config.gen, config.seed)
-    finally:
-        await client.close()
-    return outcomes, client.usage.as_dict(), budget.stopped, client.structured_output()
+def _as_run(config: SciqaConfig, endpoint: Endpoint) -> SciqaConfig:
+    """``config`` as the run used it, for ``config.yaml``: with the endpoint's concurrency
+    (1 for ``transformers serve``); the loaded config itself is not changed."""
+    if endpoint.concurrency == config.llm.concurrency:
+        return config
+    llm = config.llm.model_copy(update={"concurrency": endpoint.concurrency})
+    return config.model_copy(update={"llm": llm})
 
 
 def summary(counts: dict[str, Any]) -> str:

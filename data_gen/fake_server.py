@@ -157,6 +157,73 @@ class FakeLLM:
             self.answered[body_key(body)] += 1
         return 200, {}, _completion(body, content, finish)
 
+    # -- the Batch API -----------------------------------------------------------------
+
+    def upload(self, filename: str, payload: bytes) -> dict[str, Any]:
+        """``POST /v1/files``: keep ``payload``; the file object."""
+        file_id = f"file-in-{len(self.files)}"
+        self.files[file_id] = payload
+        return {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(payload),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": "batch",
+            "status": "processed",
+        }
+
+    def create_batch(self, input_file_id: str) -> dict[str, Any]:
+        """``POST /v1/batches``: answer every line now; it reports completed after
+        ``batch_polls`` GETs."""
+        output_id, total = self._run_batch(input_file_id)
+        batch_id = f"batch-{len(self.batches)}"
+        self.batches[batch_id] = {
+            "input_file_id": input_file_id,
+            "output_file_id": output_id,
+            "created_at": int(time.time()),
+            "total": total,
+            "polls": -1,  # the create response below counts as no poll
+        }
+        return self.batch_status(batch_id)
+
+    def batch_status(self, batch_id: str) -> dict[str, Any]:
+        """``GET /v1/batches/{id}``: the batch object; each call counts as a poll."""
+        batch = self.batches[batch_id]
+        batch["polls"] += 1
+        done = batch["polls"] > self.batch_polls
+        return {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": batch["input_file_id"],
+            "completion_window": "24h",
+            "status": "completed" if done else "in_progress",
+            "created_at": batch["created_at"],
+            "output_file_id": batch["output_file_id"] if done else None,
+            "error_file_id": None,
+            "request_counts": {"total": batch["total"], "completed": batch["total"], "failed": 0},
+        }
+
+    def _run_batch(self, input_file_id: str) -> tuple[str, int]:
+        """Answer every line of the input file now; return (output file id, line count)."""
+        text = self.files[input_file_id].decode()
+        lines = [json.loads(line) for line in text.splitlines() if line]
+        out = []
+        for line in lines:
+            status, _, reply = self.chat(line["body"])
+            out.append(
+                {
+                    "id": f"batch_req_{len(out)}",
+                    "custom_id": line["custom_id"],
+                    "response": {"status_code": status, "body": reply},
+                    "error": None,
+                }
+            )
+        file_id = f"file-out-{len(self.files)}"
+        self.files[file_id] = "".join(json.dumps(o) + "\n" for o in out).encode()
+        return file_id, len(lines)
+
 
 def _content(behaviour: str, title: str) -> tuple[str, str]:
     reply = valid_question(title)
@@ -204,122 +271,66 @@ def _error(message: str, status: int) -> dict[str, Any]:
     return {"error": {"message": message, "type": "fake", "code": status}}
 
 
-def _batch_json(fake: FakeLLM, batch_id: str) -> dict[str, Any]:
-    batch = fake.batches[batch_id]
-    batch["polls"] += 1
-    done = batch["polls"] > fake.batch_polls
-    return {
-        "id": batch_id,
-        "object": "batch",
-        "endpoint": "/v1/chat/completions",
-        "input_file_id": batch["input_file_id"],
-        "completion_window": "24h",
-        "status": "completed" if done else "in_progress",
-        "created_at": batch["created_at"],
-        "output_file_id": batch["output_file_id"] if done else None,
-        "error_file_id": None,
-        "request_counts": {"total": batch["total"], "completed": batch["total"], "failed": 0},
-    }
-
-
-def _run_batch(fake: FakeLLM, input_file_id: str) -> tuple[str, int]:
-    """Answer every line of the input file now; return (output file id, line count)."""
-    lines = [json.loads(line) for line in fake.files[input_file_id].decode().splitlines() if line]
-    out = []
-    for line in lines:
-        status, _, reply = fake.chat(line["body"])
-        out.append(
-            {
-                "id": f"batch_req_{len(out)}",
-                "custom_id": line["custom_id"],
-                "response": {"status_code": status, "body": reply},
-                "error": None,
-            }
-        )
-    file_id = f"file-out-{len(fake.files)}"
-    fake.files[file_id] = "".join(json.dumps(o) + "\n" for o in out).encode()
-    return file_id, len(lines)
-
-
 class _QuietServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Clients killed or timed out mid-request (the tests do that) are not errors."""
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """The HTTP side of a :class:`FakeLLM`: routes each request to one of its methods."""
+
+    protocol_version = "HTTP/1.1"
+    fake: FakeLLM  # set per server by _handler_for
+
+    def log_message(self, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        # The client may have given up (timeout): nothing to do then.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(data)
+
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def do_GET(self) -> None:
+        fake, path = self.fake, self.path.split("?")[0]
+        if path in ("/health", "/v1/health"):
+            return self._send(200, {"status": "ok"})
+        if path == "/v1/models" and fake.owned_by is not None:
+            model = {"id": "fake", "object": "model", "created": 0, "owned_by": fake.owned_by}
+            return self._send(200, {"object": "list", "data": [model]})
+        if match := re.fullmatch(r"/v1/batches/([\w-]+)", path):
+            return self._send(200, fake.batch_status(match.group(1)))
+        if match := re.fullmatch(r"/v1/files/([\w-]+)/content", path):
+            return self._send(200, fake.files[match.group(1)])
+        return self._send(404, _error(f"no route {path}", 404))
+
+    def do_POST(self) -> None:
+        fake, path = self.fake, self.path.split("?")[0]
+        raw = self._body()
+        if path == "/v1/chat/completions":
+            status, headers, payload = fake.chat(json.loads(raw))
+            return self._send(status, payload, headers)
+        if path == "/v1/files":
+            header = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode()
+            message = email.parser.BytesParser().parsebytes(header + raw)
+            part = next(p for p in message.walk() if p.get_filename())
+            return self._send(200, fake.upload(part.get_filename(), part.get_payload(decode=True)))
+        if path == "/v1/batches":
+            return self._send(200, fake.create_batch(json.loads(raw)["input_file_id"]))
+        return self._send(404, _error(f"no route {path}", 404))
+
+
 def _handler_for(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:  # keep test output quiet
-            pass
-
-        def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            # The client may have given up (timeout): nothing to do then.
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.wfile.write(data)
-
-        def _body(self) -> bytes:
-            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-        def do_GET(self) -> None:
-            path = self.path.split("?")[0]
-            if path in ("/health", "/v1/health"):
-                return self._send(200, {"status": "ok"})
-            if path == "/v1/models" and fake.owned_by is not None:
-                model = {"id": "fake", "object": "model", "created": 0, "owned_by": fake.owned_by}
-                return self._send(200, {"object": "list", "data": [model]})
-            if match := re.fullmatch(r"/v1/batches/([\w-]+)", path):
-                return self._send(200, _batch_json(fake, match.group(1)))
-            if match := re.fullmatch(r"/v1/files/([\w-]+)/content", path):
-                return self._send(200, fake.files[match.group(1)])
-            return self._send(404, _error(f"no route {path}", 404))
-
-        def do_POST(self) -> None:
-            path = self.path.split("?")[0]
-            raw = self._body()
-            if path == "/v1/chat/completions":
-                status, headers, payload = fake.chat(json.loads(raw))
-                return self._send(status, payload, headers)
-            if path == "/v1/files":
-                header = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode()
-                message = email.parser.BytesParser().parsebytes(header + raw)
-                part = next(p for p in message.walk() if p.get_filename())
-                file_id = f"file-in-{len(fake.files)}"
-                fake.files[file_id] = part.get_payload(decode=True)
-                return self._send(
-                    200,
-                    {
-                        "id": file_id,
-                        "object": "file",
-                        "bytes": len(fake.files[file_id]),
-                        "created_at": int(time.time()),
-                        "filename": part.get_filename(),
-                        "purpose": "batch",
-                        "status": "processed",
-                    },
-                )
-            if path == "/v1/batches":
-                request = json.loads(raw)
-                output_id, total = _run_batch(fake, request["input_file_id"])
-                batch_id = f"batch-{len(fake.batches)}"
-                fake.batches[batch_id] = {
-                    "input_file_id": request["input_file_id"],
-                    "output_file_id": output_id,
-                    "created_at": int(time.time()),
-                    "total": total,
-                    "polls": -1,  # the create response below counts as no poll
-                }
-                return self._send(200, _batch_json(fake, batch_id))
-            return self._send(404, _error(f"no route {path}", 404))
-
-    return Handler
+    return type("Handler", (_Handler,), {"fake": fake})
 
 
 def main() -> None:

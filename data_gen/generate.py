@@ -1,10 +1,11 @@
-"""Ask the LLM for questions about the selected passages, re-asking invalid replies.
+"""The ask step: every job asked at the endpoint, each reply parsed, invalid ones re-asked.
 
-Each job is one (passage, sample) pair; sample ``k`` of a passage differs from the others
-by its ``seed`` parameter, so every job has its own cache key. A reply that fails
-validation is recorded and, while the re-ask budget lasts, answered with a follow-up
-message saying what was wrong. ``finish_reason == "length"`` is rejected, not re-asked:
-a longer reply would not fit either.
+:func:`ask_questions` opens a :class:`~data_gen.client.ChatClient` on the endpoint (the
+backend detected, its sampling settings; the Batch API first with ``--batch``) and asks
+every job concurrently. A reply that fails validation is recorded and, while the re-ask
+budget lasts, answered with a follow-up message saying what was wrong.
+``finish_reason == "length"`` is rejected, not re-asked: a longer reply would not fit
+either. :func:`questions_frame` turns the valid replies into questions.
 """
 
 from __future__ import annotations
@@ -16,23 +17,15 @@ from typing import Any
 
 import pandas as pd
 
-from data_gen.client import BudgetExhausted, ChatClient, RequestFailed
-from data_gen.parse import GeneratedQuestion, Rejected, ReplySpec, parse_reply
-from data_gen.passages import PASSAGE_ID, TEXT, TITLE
-from data_gen.prompts import Templates, reask_messages, render_messages
-from sciqa.config import GenConfig
-
-
-@dataclass(frozen=True)
-class Job:
-    passage_id: str
-    title: str
-    text: str
-    sample: int  # which of the passage's questions_per_passage
-
-    @property
-    def question_id(self) -> str:
-        return f"gen-{self.passage_id}-{self.sample}"
+from data_gen.backends import sampling
+from data_gen.batch import run_batch
+from data_gen.cache import ReplyCache
+from data_gen.client import Budget, BudgetExhausted, ChatClient, RequestFailed
+from data_gen.engine import Endpoint
+from data_gen.parse import GeneratedQuestion, Rejected, ReplySpec, json_schema, parse_reply
+from data_gen.prompts import Asking, Job, reask_messages
+from sciqa.config import LLMConfig
+from sciqa.schema import ANSWER, CONTEXT, ID, PROMPT, SOURCE, SOURCE_ID
 
 
 @dataclass
@@ -44,21 +37,59 @@ class Outcome:
     unanswered: str | None = None  # why no reply came: budget, request_failed
 
 
-def make_jobs(passages: pd.DataFrame, per_passage: int) -> list[Job]:
-    return [
-        Job(str(row[PASSAGE_ID]), str(row[TITLE]), str(row[TEXT]), sample)
-        for _, row in passages.iterrows()
-        for sample in range(per_passage)
-    ]
+@dataclass
+class Asked:
+    """What the ask step gives: an outcome per job, and what the manifest says of asking."""
+
+    outcomes: list[Outcome]
+    usage: dict[str, Any]
+    stopped: str | None  # why new requests stopped (--max-requests, --max-cost), or None
+    structured_output: dict[str, Any]
+
+    def rejections(self) -> list[dict[str, Any]]:
+        return [r for o in self.outcomes for r in o.rejections]
 
 
-def request_params(config: GenConfig, seed: int, job: Job) -> dict[str, Any]:
-    """Generation parameters; ``seed`` differs per sample so each has its own cache key."""
-    return {
-        "temperature": config.temperature,
-        "max_tokens": config.max_tokens,
-        "seed": seed + job.sample,
-    }
+async def ask_questions(
+    endpoint: Endpoint,
+    llm: LLMConfig,
+    cache: ReplyCache,
+    jobs: list[Job],
+    asking: Asking,
+    *,
+    batch: bool = False,
+) -> Asked:
+    """Ask ``endpoint`` for every job through ``cache`` (``batch``: the Batch API first)."""
+    gen = asking.gen
+    schema = json_schema(asking.letters, ReplySpec.from_config(gen))
+    budget = Budget(gen.max_requests, gen.max_cost)
+    client = ChatClient(
+        llm,
+        base_url=endpoint.base_url,
+        model=endpoint.model,
+        api_key=endpoint.api_key,
+        cache=cache,
+        budget=budget,
+        response_format=gen.response_format,
+        schema=schema,
+        backend=endpoint.backend,
+        concurrency=endpoint.concurrency,
+    )
+    try:
+        if endpoint.backend == "auto":
+            await client.detect_backend()
+        client.params = sampling(
+            client.backend,
+            presence_penalty=gen.presence_penalty,
+            frequency_penalty=gen.frequency_penalty,
+            repetition_penalty=gen.repetition_penalty,
+        )
+        if batch:
+            await run_batch(client, jobs, asking)
+        outcomes = await ask_all(client, jobs, asking)
+    finally:
+        await client.close()
+    return Asked(outcomes, client.usage.as_dict(), budget.stopped, client.structured_output())
 
 
 def reply_text(response: dict[str, Any]) -> tuple[str, str | None]:
@@ -68,19 +99,12 @@ def reply_text(response: dict[str, Any]) -> tuple[str, str | None]:
     return str(message.get("content") or ""), choices[0].get("finish_reason")
 
 
-async def ask(
-    client: ChatClient,
-    job: Job,
-    templates: Templates,
-    letters: list[str],
-    config: GenConfig,
-    seed: int,
-) -> Outcome:
+async def ask(client: ChatClient, job: Job, asking: Asking) -> Outcome:
     """One question for ``job``: the first valid reply within ``1 + reask_budget`` tries."""
     outcome = Outcome(job)
-    messages = render_messages(templates, job.title, job.text, letters)
-    params = request_params(config, seed, job)
-    for attempt in range(1 + config.reask_budget):
+    gen, letters = asking.gen, asking.letters
+    messages, params = asking.messages(job), asking.params(job)
+    for attempt in range(1 + gen.reask_budget):
         try:
             key, response = await client.complete(messages, params)
         except BudgetExhausted as exc:
@@ -93,15 +117,15 @@ async def ask(
         outcome.requests += 1
         text, finish = reply_text(response)
         if finish == "length":
-            detail = f"reply cut at max_tokens={config.max_tokens} (finish_reason length)"
+            detail = f"reply cut at max_tokens={gen.max_tokens} (finish_reason length)"
             outcome.rejections.append(_rejection(job, attempt, text, "finish_length", detail, key))
             return outcome
         try:
-            outcome.question = parse_reply(text, letters, ReplySpec.from_config(config))
+            outcome.question = parse_reply(text, letters, ReplySpec.from_config(gen))
             return outcome
         except Rejected as exc:
             outcome.rejections.append(_rejection(job, attempt, text, exc.reason, exc.detail, key))
-            messages = reask_messages(templates, messages, text, exc.detail, letters)
+            messages = reask_messages(asking.templates, messages, text, exc.detail, letters)
     return outcome
 
 
@@ -120,21 +144,14 @@ def _rejection(
     }
 
 
-async def ask_all(
-    client: ChatClient,
-    jobs: list[Job],
-    templates: Templates,
-    letters: list[str],
-    config: GenConfig,
-    seed: int,
-) -> list[Outcome]:
+async def ask_all(client: ChatClient, jobs: list[Job], asking: Asking) -> list[Outcome]:
     """Every job concurrently (the client limits what is in flight); order kept."""
     from tqdm.auto import tqdm
 
     progress = tqdm(total=len(jobs), desc="gen", unit="q", disable=None)
 
     async def one(job: Job) -> Outcome:
-        result = await ask(client, job, templates, letters, config, seed)
+        result = await ask(client, job, asking)
         progress.update()
         return result
 
@@ -163,3 +180,24 @@ def reply_counts(outcomes: list[Outcome]) -> dict[str, Any]:
         "rejected_by_reason": dict(reasons.most_common()),
         "unanswered": sum(o.unanswered is not None for o in outcomes),
     }
+
+
+def questions_frame(outcomes: list[Outcome], letters: list[str], source: str) -> pd.DataFrame:
+    """The valid replies as questions in the sciqa schema (``context`` = the passage)."""
+    rows = []
+    for outcome in outcomes:
+        question = outcome.question
+        if question is None:
+            continue
+        rows.append(
+            {
+                ID: outcome.job.question_id,
+                PROMPT: question.question,
+                **dict(zip(letters, question.options, strict=True)),
+                ANSWER: question.answer,
+                CONTEXT: outcome.job.text,
+                SOURCE: source,
+                SOURCE_ID: outcome.job.passage_id,
+            }
+        )
+    return pd.DataFrame(rows, columns=[ID, PROMPT, *letters, ANSWER, CONTEXT, SOURCE, SOURCE_ID])

@@ -1,10 +1,12 @@
-"""From valid questions to the ones worth keeping: no duplicates, no leaks into
-evaluation sets, answerable from the passage, not answerable without it, no shortcut
-(longest option, words shared with the question) that finds the answer without reading,
-and finally options shuffled so the answer letters are balanced; then the bias audit
-(:mod:`sciqa.audit`) of what is kept.
+"""The filter and audit steps: from valid questions to the ones worth keeping.
 
-Each step is switchable in config; every dropped question becomes a record
+:func:`postprocess` keeps no duplicates, no leaks into evaluation sets, questions
+answerable from the passage and not answerable without it, none that a shortcut
+(longest option, words shared with the question) answers without reading, and finally
+shuffles options so the answer letters are balanced. :func:`audit_frame` is the bias
+audit (:mod:`sciqa.evaluation.audit`) of a set of questions, for the manifest.
+
+Each filter is switchable in config; every dropped question becomes a record
 ``{"stage": "filter", "id", "reason", "detail", ...}`` for the rejects file.
 """
 
@@ -18,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from data_gen.scorers import Scorer
-from sciqa.audit import (
+from sciqa.config import GenConfig
+from sciqa.evaluation.audit import (
     PASSAGE_OVERLAP,
     answer_index,
     audit_questions,
@@ -26,8 +29,7 @@ from sciqa.audit import (
     context_passages,
     shortcut_flags,
 )
-from sciqa.chance import chance_map_at_3, tie_aware_ap
-from sciqa.config import GenConfig
+from sciqa.evaluation.chance import chance_map_at_3, tie_aware_ap
 from sciqa.schema import ANSWER, CONTEXT, ID, PROMPT, SOURCE_ID, option_letters
 
 Drops = list[dict[str, Any]]
@@ -270,11 +272,8 @@ def postprocess(
     scorer: Scorer | None = None,
     excluded: dict[str, pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, Drops, dict[str, Any]]:
-    """Run the enabled steps in order; return kept questions, drop records and counts."""
+    """Run the enabled filters in order; return kept questions, drop records and counts."""
     counts: dict[str, Any] = {"valid": len(frame), "letters_before": letter_counts(frame)}
-    # The writer's own shortcuts, before the filters pick: a small kept set (or none)
-    # says little, the replies say what the LLM does.
-    counts["audit_generated"] = audit_frame(frame, config, seed, "no valid replies")
     drops: Drops = []
     if config.dedup:
         frame, dropped = remove_duplicates(frame, encoder, config.near_dup_threshold)
@@ -295,5 +294,4 @@ def postprocess(
     counts["dropped_by_reason"] = dict(Counter(d["reason"] for d in drops).most_common())
     counts["kept"] = len(frame)
     counts["letters_after"] = letter_counts(frame)
-    counts["audit"] = audit_frame(frame, config, seed)
     return frame, drops, counts

@@ -1,6 +1,8 @@
-"""Render the chat messages for one passage from the templates file.
+"""What is asked: a job per question to write, its chat messages and its parameters.
 
-The templates (``configs/gen_prompts.yaml`` by default) hold ``system``, ``user``,
+Each job is one (passage, sample) pair; sample ``k`` of a passage differs from the others
+by its ``seed`` parameter, so every job has its own cache key. The messages are rendered
+from the templates file (``configs/gen_prompts.yaml`` by default): ``system``, ``user``,
 optional ``few_shot`` turns and the ``reask`` message sent after an invalid reply.
 """
 
@@ -10,16 +12,47 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from data_gen.parse import example_reply
-from sciqa.config import DEFAULT
+from data_gen.passages import PASSAGE_ID, TEXT, TITLE
+from sciqa.config import DEFAULT, GenConfig
 from sciqa.errors import SciqaError
 
 DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "configs" / "gen_prompts.yaml"
 REQUIRED = ("system", "user", "reask")
 
 Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Job:
+    passage_id: str
+    title: str
+    text: str
+    sample: int  # which of the passage's questions_per_passage
+
+    @property
+    def question_id(self) -> str:
+        return f"gen-{self.passage_id}-{self.sample}"
+
+
+def make_jobs(passages: pd.DataFrame, per_passage: int) -> list[Job]:
+    return [
+        Job(str(row[PASSAGE_ID]), str(row[TITLE]), str(row[TEXT]), sample)
+        for _, row in passages.iterrows()
+        for sample in range(per_passage)
+    ]
+
+
+def request_params(gen: GenConfig, seed: int, job: Job) -> dict[str, Any]:
+    """Generation parameters; ``seed`` differs per sample so each has its own cache key."""
+    return {
+        "temperature": gen.temperature,
+        "max_tokens": gen.max_tokens,
+        "seed": seed + job.sample,
+    }
 
 
 @dataclass(frozen=True)
@@ -96,3 +129,20 @@ def reask_messages(
         {"role": "assistant", "content": reply},
         {"role": "user", "content": _format(templates.reask, fields, "reask")},
     ]
+
+
+@dataclass(frozen=True)
+class Asking:
+    """What every request of one run shares: the templates, the option letters, the
+    ``gen`` section and the seed; a job's messages and parameters follow from it."""
+
+    templates: Templates
+    letters: list[str]
+    gen: GenConfig
+    seed: int
+
+    def messages(self, job: Job) -> list[Message]:
+        return render_messages(self.templates, job.title, job.text, self.letters)
+
+    def params(self, job: Job) -> dict[str, Any]:
+        return request_params(self.gen, self.seed, job)

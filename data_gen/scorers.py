@@ -1,6 +1,6 @@
 """Scorers behind the answerability and too-easy filters: option probabilities per question.
 
-``zero_shot`` (default) turns :func:`sciqa.zero_shot.option_scores` cosines into
+``zero_shot`` (default) turns :func:`sciqa.scoring.zero_shot.option_scores` cosines into
 probabilities with a temperature softmax; any other ``gen.scorer`` value is a
 ``sciqa train`` model directory (an ``AutoModelForMultipleChoice`` checkpoint + tokenizer)
 whose logits are soft-maxed. Heavy imports stay inside functions.
@@ -14,11 +14,11 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from sciqa.assets import resolve_model
-from sciqa.config import SciqaConfig
+from sciqa.assets.registry import resolve_model
+from sciqa.config import GenConfig
 from sciqa.errors import SciqaError
 from sciqa.metrics import softmax
-from sciqa.zero_shot import option_scores
+from sciqa.scoring.zero_shot import option_scores
 
 ZERO_SHOT = "zero_shot"
 
@@ -29,11 +29,24 @@ class Scorer(Protocol):
     def probabilities(self, frame: pd.DataFrame, *, use_context: bool) -> np.ndarray: ...
 
 
-def load_encoder(config: SciqaConfig) -> Any:
-    """The ``models.embedding`` sentence-transformers model, on CPU unless CUDA is there."""
+def needs_scorer(gen: GenConfig) -> bool:
+    """Whether a filter asks a scorer (answerability, too easy)."""
+    return gen.answerability_filter or gen.too_easy_filter
+
+
+def needs_encoder(gen: GenConfig, excluding: bool) -> bool:
+    """Whether gen embeds text: near-duplicates, leaks into ``excluding`` files, the
+    zero-shot scorer, or the embedding science filter."""
+    zero_shot = needs_scorer(gen) and gen.scorer == ZERO_SHOT
+    return gen.dedup or excluding or zero_shot or gen.science_filter == "embedding"
+
+
+def load_encoder(name: str) -> Any:
+    """The ``models.embedding`` sentence-transformers model ``name``, on CPU unless CUDA is
+    there."""
     from sentence_transformers import SentenceTransformer
 
-    source = resolve_model(config.models.embedding, "embedding")
+    source = resolve_model(name, "embedding")
     return SentenceTransformer(source.name_or_path)
 
 
@@ -71,7 +84,7 @@ class TrainedScorer:
         import torch
         from transformers import DataCollatorForMultipleChoice
 
-        from sciqa.mc_encoding import encode_questions
+        from sciqa.scoring.mc_encoding import encode_questions
 
         encoded = encode_questions(
             self.tokenizer,
@@ -88,7 +101,8 @@ class TrainedScorer:
         return softmax(np.concatenate(logits)) if logits else np.zeros((0, encoded.n_options))
 
 
-def make_scorer(config: SciqaConfig, encoder: Any) -> Scorer:
-    if config.gen.scorer == ZERO_SHOT:
-        return ZeroShotScorer(encoder, config.gen.scorer_temperature)
-    return TrainedScorer(config.gen.scorer)
+def make_scorer(gen: GenConfig, encoder: Any) -> Scorer:
+    """The scorer ``gen.scorer`` names (``zero_shot`` asks ``encoder``)."""
+    if gen.scorer == ZERO_SHOT:
+        return ZeroShotScorer(encoder, gen.scorer_temperature)
+    return TrainedScorer(gen.scorer)

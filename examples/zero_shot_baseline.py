@@ -12,12 +12,12 @@ import argparse
 
 from sentence_transformers import SentenceTransformer
 
-from sciqa.assets import resolve_model
+from sciqa.assets.registry import resolve_model
 from sciqa.config import load_config
 from sciqa.io import read_questions
 from sciqa.metrics import top3_letters
+from sciqa.scoring.zero_shot import option_scores
 from sciqa.submission import make_submission, write_submission
-from sciqa.zero_shot import option_scores
 
 
 def main() -> None:

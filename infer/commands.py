@@ -13,15 +13,26 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from infer.budget import Budget, parse_duration
+from infer.ensemble.combine import parse_weights
+from infer.ensemble.oof import fit_auto_weights
 from infer.errors import InferError
-from infer.models import check_letters, expand_model_dirs
-from sciqa.config import SciqaConfig
-from sciqa.io import read_questions, write_json
-from sciqa.runs import write_run_files
-from sciqa.schema import ANSWER, option_letters
+from infer.models import ModelSpec, check_letters, expand_model_dirs
+from infer.outputs import Results
+from infer.plan.budget import Budget, parse_duration
+from infer.plan.cascade import Cascade
+from infer.plan.planner import Planner
+from infer.plan.tta import rotations
+from infer.questions import Questions
+from sciqa.config import InferConfig, SciqaConfig
+from sciqa.io import write_json
+from sciqa.runs import SCORES, SUBMISSION
+
+if TYPE_CHECKING:
+    from infer.member import OpenMember
+
+FITTED = ("auto", "stack", "select")  # --weights fitted on the runs' oof.parquet
 
 log = logging.getLogger(__name__)
 
@@ -60,126 +71,66 @@ def run_infer(
     out_dir: Path,
     config: SciqaConfig,
     *,
-    weights: str | None = None,
-    time_budget: str | None = None,
-    tta: int | None = None,
     clock: Callable[[], float] = time.monotonic,
+    open_member: OpenMember | None = None,
 ) -> dict[str, Any]:
-    """Run the ensemble and write OUT_DIR; returns the scores/summary dict."""
+    """Run the ensemble and write OUT_DIR; returns the scores/summary dict.
+
+    ``open_member`` loads a member on its devices (default: its family's way,
+    :func:`infer.predictors.families.open_member`); tests pass a fake.
+    """
     _force_offline()
     _log_to_stderr()
     cfg = config.infer
-    weights = weights if weights is not None else cfg.weights
-    budget_text = time_budget if time_budget is not None else cfg.time_budget
-    passes = tta if tta is not None else cfg.tta
-    # Parse every argument before the clock starts or anything is loaded.
-    budget_seconds = parse_duration(budget_text) if budget_text else None
+    # Every argument is parsed before the clock starts or anything is loaded.
+    budget_seconds = parse_duration(cfg.time_budget) if cfg.time_budget else None
     budget = Budget(budget_seconds, cfg.budget_margin if budget_seconds else 0.0, clock)
-
-    frame = read_questions(questions)
-    letters = option_letters(frame.columns)
+    asked = Questions.read(questions)
     specs = expand_model_dirs(model_dirs, max_length=cfg.max_length, use_context=cfg.use_context)
-    check_letters(specs, letters, str(questions))
+    check_letters(specs, asked.letters, str(questions))
+    perms = rotations(len(asked.letters), cfg.tta)
+    fit_report = _set_weights(specs, asked.letters, cfg, config.seed)
 
-    from infer.ensemble import parse_weights
-    from infer.tta import rotations
-
-    perms = rotations(len(letters), passes)
-    fit_report = None
-    if weights in ("auto", "stack", "select"):
-        from infer.oof_weights import fit_auto_weights
-
-        values, fit_report = fit_auto_weights(
-            specs, letters, cfg.ensemble, cfg.weight_rounds, cfg.oof_labels,
-            method=weights, folds=cfg.weight_folds, seed=config.seed,
-        )  # fmt: skip
-    else:
-        values = parse_weights(weights, len(specs), [s.name for s in specs])
-    for spec, value in zip(specs, values, strict=True):
-        spec.weight = value
-
-    from infer import outputs
-    from infer.runner import Runner
-
-    labelled = ANSWER in frame.columns and frame[ANSWER].astype(bool).all()
-    answers = frame[ANSWER].tolist() if labelled else None
-
-    def summary(runner: Runner) -> dict[str, Any]:
-        rows = []
-        for spec in specs:
-            row: dict[str, Any] = {
-                "model": spec.name,
-                "path": str(spec.path),
-                "weight": spec.weight,
-            }
-            row.update(runner.runs.get(spec.name, {"status": "not run"}))
-            if spec.name in runner.logits and answers is not None:
-                row.update(outputs.score(runner.logits[spec.name], answers))
-            rows.append(row)
-        ensemble = runner.ensemble()
-        if ensemble is not None:
-            row = {"model": outputs.ENSEMBLE, "weight": None}
-            row["seconds"] = round(sum(r.get("seconds", 0) for r in runner.runs.values()), 2)
-            if answers is not None:
-                row.update(outputs.score(ensemble, answers))
-            rows.append(row)
-        result: dict[str, Any] = {
-            "questions": len(frame),
-            "options": len(letters),
-            "labelled": bool(labelled),
-            "ensemble_mode": cfg.ensemble,
-            "tta": len(perms),
-            "models": rows,
-            "weights_fit": fit_report,
-            "time_budget_seconds": budget_seconds,
-            "elapsed_seconds": round(budget.elapsed(), 2),
-            "plans": runner.plans,
-            "device": str(runner.device),
-            "devices": [str(d) for d in runner.devices],
-            "dtype": str(runner.dtype).replace("torch.", ""),
-        }
-        if runner.cascade is not None:
-            result["cascade"] = _cascade_report(runner, answers)
-        return result
-
-    def on_progress(runner: Runner) -> None:
-        # After every model: the manifest says what is done so far (a kill keeps it true).
-        write_run_files(out_dir, "infer", config, inputs=[questions], extra=summary(runner))
-
-    runner = Runner(
-        frame, letters, specs, cfg, out_dir, budget, perms,
-        outputs.questions_hash(frame, letters), on_progress, clock, config.causal_lm,
-    )  # fmt: skip
+    # Imported only now: they import transformers, which must see the offline switch.
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from infer.encodings import Encodings
+    from infer.member import Members
+    from infer.predictors import families
+    from infer.runner import Runner
+    from infer.summary import Manifest, Summary
+
+    loading = families.Loading.resolve(cfg, config.causal_lm, clock)
+    encodings = Encodings(asked, perms, cfg.batch_size, config.causal_lm)
+    members = Members(encodings, loading, out_dir, open_member or families.open_member)
+    planner = Planner(budget, len(perms), len(asked.ids), members.tokens)
+    results = Results(out_dir, asked.ids, specs, cfg.ensemble)
+    manifest = Manifest(out_dir, config, questions, Summary(asked, loading, fit_report))
+    runner = Runner(members, planner, results, Cascade.plan(specs, cfg), manifest.write)
     # Log lines print above the progress bars instead of being glued to them.
     with logging_redirect_tqdm(loggers=[logging.getLogger("infer")]):
         runner.run()
-    if not runner.written:
+    if not results.written:
         raise InferError(
-            f"no model finished within the time budget; {out_dir / outputs.SUBMISSION} "
+            f"no model finished within the time budget; {out_dir / SUBMISSION} "
             "was not written (raise --time-budget)"
         )
-    result = summary(runner)
-    if labelled:
-        write_json(result, out_dir / outputs.SCORES)
-    on_progress(runner)
+    result = manifest.summary(runner)
+    if asked.answers is not None:
+        write_json(result, out_dir / SCORES)
+    manifest.write(runner)
     return result
 
 
-def _cascade_report(runner: Any, answers: list[str] | None) -> dict[str, Any]:
-    from infer import outputs
-
-    info = runner.cascade
-    report = {k: info[k] for k in ("cheap", "expensive", "fraction", "escalated")}
-    if answers is not None:
-        rows = info["rows"]
-        final = runner.ensemble()
-        sub = [answers[i] for i in rows]
-        report["map_at_3_cheap_only"] = outputs.score(info["cheap_logits"], answers)["map_at_3"]
-        report["map_at_3_final"] = outputs.score(final, answers)["map_at_3"]
-        report["escalated_map_at_3_before"] = outputs.score(info["cheap_logits"][rows], sub).get(
-            "map_at_3"
-        )
-        report["escalated_map_at_3_after"] = outputs.score(final[rows], sub).get("map_at_3")
+def _set_weights(
+    specs: list[ModelSpec], letters: list[str], cfg: InferConfig, seed: int
+) -> dict | None:
+    """Give every member its ``infer.weights`` weight; the fit's report when the weights
+    are fitted on the runs' OOF predictions."""
+    if cfg.weights in FITTED:
+        values, report = fit_auto_weights(specs, letters, cfg, seed)
+    else:
+        values, report = parse_weights(cfg.weights, len(specs), [s.name for s in specs]), None
+    for spec, value in zip(specs, values, strict=True):
+        spec.weight = value
     return report

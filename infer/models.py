@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from infer.errors import InferError
-from sciqa.llm_assets import LLM_PREFIX, causal_lm_path, is_causal_lm
-from sciqa.llm_prompts import PromptSpec
+from sciqa.assets.llm import LLM_PREFIX, causal_lm_path, is_causal_lm
 from sciqa.runs import FOLD_METRICS, FOLD_PREFIX, MODEL_FORMAT, MODEL_INFO, OOF
+from sciqa.scoring.llm_prompts import PromptSpec
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 
@@ -40,16 +40,12 @@ class ModelSpec:
     run_dir: Path | None = None  # the sciqa train run it belongs to (holds oof.parquet)
     meta: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0
-    family: str = "mc"  # "mc" (AutoModelForMultipleChoice) or "causal_lm" (option scorer)
+    # "mc" (AutoModelForMultipleChoice) or "causal_lm" (option scorer); what that means
+    # for loading, encoding and caching it: infer.predictors.families
+    family: str = "mc"
     prompt: PromptSpec | None = None  # causal_lm: how it encodes; None = from config at load
     arg: str = ""  # the command-line argument it came from (infer.cascade_expensive)
     overrides: dict[str, str] = field(default_factory=dict)  # llm:NAME?key=value causal_lm keys
-
-    def encoding_key(self) -> tuple:
-        """What decides its inputs besides the tokenizer: equal keys share one encoding."""
-        if self.family == "causal_lm":
-            return ("causal_lm", repr(self.prompt), tuple(self.overrides.items()))
-        return ("mc", self.max_length, self.use_context)
 
     @property
     def weight_bytes(self) -> int:
@@ -123,8 +119,14 @@ def _llm_spec(arg: str) -> ModelSpec:
     label = target_name[len(LLM_PREFIX) :] or "default"
     name = "llm-" + (label if label == "default" else Path(label).name.removesuffix(".gguf"))
     name = "-".join([name, *overrides.values()])
-    return ModelSpec(path=Path(target), name=name, max_length=0, use_context=True,
-                     family="causal_lm", overrides=overrides)  # fmt: skip
+    return ModelSpec(
+        path=Path(target),
+        name=name,
+        max_length=0,
+        use_context=True,
+        family="causal_lm",
+        overrides=overrides,
+    )
 
 
 def _parse_overrides(arg: str, query: str) -> dict[str, str]:

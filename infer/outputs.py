@@ -16,27 +16,18 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from infer.ensemble.combine import combine, tta_mean
+from infer.models import ModelSpec
 from sciqa.io import atomic_path, write_json
 from sciqa.metrics import accuracy, map_at_3, top3_letters
-from sciqa.schema import CONTEXT, ID, PROMPT
+from sciqa.runs import ENSEMBLE, LOGIT_IDS, LOGITS, SUBMISSION
 from sciqa.submission import make_submission, write_submission
 
-LOGITS = "logits"
-ENSEMBLE = "ensemble"
-SUBMISSION = "submission.csv"
-SCORES = "scores.json"
-CACHE = "cache"
-
-
-def questions_hash(frame: pd.DataFrame, letters: list[str]) -> str:
-    """Hash of what the models see (ids, prompts, options, context), not of the labels."""
-    columns = [ID, PROMPT, *letters] + ([CONTEXT] if CONTEXT in frame.columns else [])
-    payload = frame[columns].astype(str).to_json(orient="values", force_ascii=False)
-    return hashlib.sha256(payload.encode()).hexdigest()
+CACHE = "cache"  # infer's own: per-pass logits for resuming
 
 
 def cache_path(out_dir: Path, name: str, key_parts: list[str]) -> Path:
@@ -50,7 +41,7 @@ def save_npy(array: np.ndarray, path: Path) -> None:
 
 
 def write_logits(out_dir: Path, ids: list[str], name: str, logits: np.ndarray) -> None:
-    ids_path = out_dir / LOGITS / "ids.json"
+    ids_path = out_dir / LOGITS / LOGIT_IDS
     if not ids_path.is_file() or json.loads(ids_path.read_text(encoding="utf-8")) != ids:
         write_json(ids, ids_path)
     save_npy(logits, out_dir / LOGITS / f"{name}.npy")
@@ -61,6 +52,38 @@ def write_predictions(out_dir: Path, ids: list[str], ensemble: np.ndarray) -> Pa
     if np.isnan(ensemble).any():
         raise ValueError("ensemble has unscored questions; cannot write a complete submission")
     return write_submission(make_submission(ids, top3_letters(ensemble)), out_dir / SUBMISSION)
+
+
+class Results:
+    """What the run has finished so far, written to OUT_DIR after every member.
+
+    A finished member's logits are written, then the ensemble of all finished members and
+    ``submission.csv`` (each file atomically), so killing the process at any moment
+    leaves a complete, valid submission of the members finished so far.
+    """
+
+    def __init__(self, out_dir: Path, ids: list[str], specs: list[ModelSpec], mode: str):
+        self.out_dir, self.ids, self.specs, self.mode = out_dir, ids, specs, mode
+        self.logits: dict[str, np.ndarray] = {}  # per member: its TTA passes averaged
+        self.records: dict[str, dict[str, Any]] = {}  # per member: status, passes, seconds...
+        self.written = False  # submission.csv holds a complete ensemble
+
+    def ensemble(self) -> np.ndarray | None:
+        """The weighted ensemble of the members finished so far (``infer.ensemble``)."""
+        done = [s for s in self.specs if s.name in self.logits]
+        if not done:
+            return None
+        return combine([self.logits[s.name] for s in done], [s.weight for s in done], self.mode)
+
+    def add(self, spec: ModelSpec, passes: list[np.ndarray]) -> None:
+        """A finished member: its logits, then the ensemble and the submission."""
+        self.logits[spec.name] = tta_mean(passes)
+        write_logits(self.out_dir, self.ids, spec.name, self.logits[spec.name])
+        ensemble = self.ensemble()
+        if ensemble is not None and not np.isnan(ensemble).any():
+            write_logits(self.out_dir, self.ids, ENSEMBLE, ensemble)
+            write_predictions(self.out_dir, self.ids, ensemble)
+            self.written = True
 
 
 def score(logits: np.ndarray, answers: list[str]) -> dict[str, float | int]:

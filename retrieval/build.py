@@ -6,7 +6,10 @@ Three ways to build (see :mod:`retrieval.index_dir` for the layout):
 * many machines: :func:`train_shared` once (only for factories that need training),
   :func:`build_shard` for each ``i/n`` in any job array, then :func:`merge_shards`.
 
-Every build removes the old manifest first and writes the new one last, so an
+Each reads the ``retrieval`` section plus the other values it needs, passed on their
+own: ``embedding`` (``models.embedding``), ``seed``, and ``write_run``, which writes a
+folder's ``config.yaml`` and ``manifest.json`` (the command binds it to its resolved
+config). Every build removes the old manifest first and writes the new one last, so an
 interrupted build never leaves a folder that loads as a complete index.
 """
 
@@ -14,9 +17,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -26,9 +30,18 @@ from retrieval.context import check_template
 from retrieval.corpus import read_corpus
 from retrieval.embed import embedding_dim, encode, encode_blocks, load_encoder
 from retrieval.errors import CorpusError, IndexDirError, RetrievalInputError
-from sciqa.config import SciqaConfig
+from sciqa.config import RetrievalConfig
 from sciqa.io import read_table, write_json, write_table
-from sciqa.runs import MANIFEST, file_digest, write_run_files
+from sciqa.runs import MANIFEST, file_digest
+
+
+class RunWriter(Protocol):
+    """Writes ``folder/config.yaml`` and then ``folder/manifest.json`` (``extra`` added):
+    :func:`sciqa.runs.write_run_files` bound to the command's resolved config."""
+
+    def __call__(
+        self, folder: Path, stage: str, *, inputs: Sequence[Path] = (), extra: dict[str, Any]
+    ) -> Path: ...
 
 
 @dataclass
@@ -41,8 +54,7 @@ class Corpus:
     n_articles: int
 
 
-def load_passages(corpus_path: Path, config: SciqaConfig) -> Corpus:
-    settings = config.retrieval
+def load_passages(corpus_path: Path, settings: RetrievalConfig) -> Corpus:
     check_template(settings.passage_template, "passage_template", ("title", "text"))
     articles, files = read_corpus(corpus_path)
     passages = chunk_corpus(
@@ -61,10 +73,9 @@ def _remove_manifest(folder: Path) -> None:
 
 
 def _embed_into(
-    index: Any, model: Any, texts: list[str], config: SciqaConfig, offset: int = 0
+    index: Any, model: Any, texts: list[str], settings: RetrievalConfig, offset: int = 0
 ) -> float:
     """Embed ``texts`` block by block into ``index`` (ids from ``offset``); seconds spent."""
-    settings = config.retrieval
     started = time.perf_counter()
     for start, vectors in encode_blocks(
         model,
@@ -78,12 +89,11 @@ def _embed_into(
     return time.perf_counter() - started
 
 
-def _trained_index(model: Any, texts: list[str], config: SciqaConfig) -> Any:
+def _trained_index(model: Any, texts: list[str], settings: RetrievalConfig, seed: int) -> Any:
     """An empty index from the factory, trained on a seeded sample when it needs it."""
-    settings = config.retrieval
     index = dense.new_index(embedding_dim(model), settings.faiss_factory)
     if dense.needs_training(index):
-        rows = dense.sample_rows(len(texts), settings.train_sample, config.seed)
+        rows = dense.sample_rows(len(texts), settings.train_sample, seed)
         sample = encode(
             model,
             [texts[i] for i in rows],
@@ -96,28 +106,35 @@ def _trained_index(model: Any, texts: list[str], config: SciqaConfig) -> Any:
     return index
 
 
-def _corpus_extra(corpus: Corpus, config: SciqaConfig, fingerprint: str) -> dict[str, Any]:
+def _fingerprint(
+    corpus: Corpus, settings: RetrievalConfig, embedding: str, seed: int
+) -> tuple[dict[str, Any], str]:
+    """The build settings (:func:`retrieval.index_dir.build_settings`) and their fingerprint
+    with the corpus."""
+    recipe = index_dir.build_settings(settings, embedding, seed)
+    return recipe, index_dir.fingerprint(recipe, corpus.digests)
+
+
+def _corpus_extra(corpus: Corpus, recipe: dict[str, Any], fingerprint: str) -> dict[str, Any]:
     return {
         "format": index_dir.FORMAT,
         "format_version": index_dir.FORMAT_VERSION,
         "fingerprint": fingerprint,
-        "settings": index_dir.build_settings(config),
+        "settings": recipe,
         "counts": {"articles": corpus.n_articles, "passages": len(corpus.passages)},
     }
 
 
-def _embedding_info(model: Any, config: SciqaConfig) -> dict[str, Any]:
-    settings = config.retrieval
+def _embedding_info(model: Any, embedding: str, settings: RetrievalConfig) -> dict[str, Any]:
     return {
-        "model": config.models.embedding,
+        "model": embedding,
         "dim": embedding_dim(model),
         "query_prefix": settings.query_prefix,
         "passage_prefix": settings.passage_prefix,
     }
 
 
-def _write_bm25(passages: pd.DataFrame, folder: Path, config: SciqaConfig) -> float:
-    settings = config.retrieval
+def _write_bm25(passages: pd.DataFrame, folder: Path, settings: RetrievalConfig) -> float:
     started = time.perf_counter()
     retriever = lexical.build(
         passage_texts(passages, settings.passage_template),
@@ -131,25 +148,31 @@ def _write_bm25(passages: pd.DataFrame, folder: Path, config: SciqaConfig) -> fl
     return time.perf_counter() - started
 
 
-def _check_enabled(config: SciqaConfig) -> None:
-    if not (config.retrieval.dense or config.retrieval.bm25):
+def _check_enabled(settings: RetrievalConfig) -> None:
+    if not (settings.dense or settings.bm25):
         raise RetrievalInputError(
             "retrieval.dense and retrieval.bm25 are both false: enable at least one"
         )
 
 
 def build_index(
-    corpus_path: Path, out: Path, config: SciqaConfig, *, force: bool = False
+    corpus_path: Path,
+    out: Path,
+    settings: RetrievalConfig,
+    *,
+    embedding: str,
+    seed: int,
+    write_run: RunWriter,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Build a complete index in ``out``; skipped when ``out`` already holds the same one.
 
     Returns the manifest (with ``"skipped": True`` when nothing was rebuilt).
     """
-    _check_enabled(config)
+    _check_enabled(settings)
     started = time.perf_counter()
-    corpus = load_passages(corpus_path, config)
-    settings = index_dir.build_settings(config)
-    fingerprint = index_dir.fingerprint(settings, corpus.digests)
+    corpus = load_passages(corpus_path, settings)
+    recipe, fingerprint = _fingerprint(corpus, settings, embedding, seed)
     existing = index_dir.read_manifest(out) if out.is_dir() else None
     if not force and existing and existing.get("fingerprint") == fingerprint:
         try:
@@ -161,26 +184,26 @@ def build_index(
 
     write_table(corpus.passages, out / index_dir.PASSAGES)
     files = [index_dir.PASSAGES]
-    extra = _corpus_extra(corpus, config, fingerprint)
+    extra = _corpus_extra(corpus, recipe, fingerprint)
     timings: dict[str, float] = {}
-    if config.retrieval.dense:
-        model = load_encoder(config)
-        texts = passage_texts(corpus.passages, config.retrieval.passage_template)
+    if settings.dense:
+        model = load_encoder(embedding, settings.device)
+        texts = passage_texts(corpus.passages, settings.passage_template)
         train_started = time.perf_counter()
-        index = _trained_index(model, texts, config)
+        index = _trained_index(model, texts, settings, seed)
         timings["train_s"] = time.perf_counter() - train_started
-        timings["embed_s"] = _embed_into(index, model, texts, config)
+        timings["embed_s"] = _embed_into(index, model, texts, settings)
         timings["passages_per_s"] = len(texts) / max(timings["embed_s"], 1e-9)
         dense.write(index, out / index_dir.DENSE)
         files.append(index_dir.DENSE)
-        extra["embedding"] = _embedding_info(model, config)
-        extra["faiss"] = {"factory": config.retrieval.faiss_factory, "ntotal": index.ntotal}
-    if config.retrieval.bm25:
-        timings["bm25_s"] = _write_bm25(corpus.passages, out, config)
+        extra["embedding"] = _embedding_info(model, embedding, settings)
+        extra["faiss"] = {"factory": settings.faiss_factory, "ntotal": index.ntotal}
+    if settings.bm25:
+        timings["bm25_s"] = _write_bm25(corpus.passages, out, settings)
         files.append(index_dir.BM25)
     timings["total_s"] = time.perf_counter() - started
     extra.update(files=index_dir.file_sizes(out, files), timings=timings)
-    write_run_files(out, "index", config, inputs=corpus.files, extra=extra)
+    write_run(out, "index", inputs=corpus.files, extra=extra)
     return index_dir.check_index(out)
 
 
@@ -203,17 +226,18 @@ def shard_bounds(n_rows: int, shard: int, n_shards: int) -> tuple[int, int]:
     return n_rows * shard // n_shards, n_rows * (shard + 1) // n_shards
 
 
-def train_shared(corpus_path: Path, out: Path, config: SciqaConfig) -> Path:
+def train_shared(
+    corpus_path: Path, out: Path, settings: RetrievalConfig, *, embedding: str, seed: int
+) -> Path:
     """Train the empty faiss index every shard adds into (``out/trained.faiss``)."""
-    corpus = load_passages(corpus_path, config)
-    model = load_encoder(config)
-    index = _trained_index(
-        model, passage_texts(corpus.passages, config.retrieval.passage_template), config
-    )
+    corpus = load_passages(corpus_path, settings)
+    model = load_encoder(embedding, settings.device)
+    texts = passage_texts(corpus.passages, settings.passage_template)
+    index = _trained_index(model, texts, settings, seed)
     out.mkdir(parents=True, exist_ok=True)
     _remove_manifest(out)
     dense.write(index, out / index_dir.TRAINED)
-    fingerprint = index_dir.fingerprint(index_dir.build_settings(config), corpus.digests)
+    _, fingerprint = _fingerprint(corpus, settings, embedding, seed)
     write_json({"fingerprint": fingerprint}, out / f"{index_dir.TRAINED}.json")
     return out / index_dir.TRAINED
 
@@ -236,37 +260,44 @@ def _shared_trained(out: Path, fingerprint: str, factory: str) -> Any:
 
 
 def build_shard(
-    corpus_path: Path, out: Path, config: SciqaConfig, shard: int, n_shards: int
+    corpus_path: Path,
+    out: Path,
+    settings: RetrievalConfig,
+    shard: int,
+    n_shards: int,
+    *,
+    embedding: str,
+    seed: int,
+    write_run: RunWriter,
 ) -> Path:
     """Embed rows ``shard_bounds(...)`` of the passages into ``out/shards/i-of-n/``."""
-    if not config.retrieval.dense:
+    if not settings.dense:
         raise RetrievalInputError(
             "--shard builds the dense index; BM25 alone needs no shards (drop --shard)"
         )
     started = time.perf_counter()
-    corpus = load_passages(corpus_path, config)
-    settings = index_dir.build_settings(config)
-    fingerprint = index_dir.fingerprint(settings, corpus.digests)
-    model = load_encoder(config)
-    index = dense.new_index(embedding_dim(model), config.retrieval.faiss_factory)
+    corpus = load_passages(corpus_path, settings)
+    recipe, fingerprint = _fingerprint(corpus, settings, embedding, seed)
+    model = load_encoder(embedding, settings.device)
+    index = dense.new_index(embedding_dim(model), settings.faiss_factory)
     if dense.needs_training(index):
-        index = _shared_trained(out, fingerprint, config.retrieval.faiss_factory)
+        index = _shared_trained(out, fingerprint, settings.faiss_factory)
     lo, hi = shard_bounds(len(corpus.passages), shard, n_shards)
     folder = index_dir.shard_dir(out, shard, n_shards)
     folder.mkdir(parents=True, exist_ok=True)
     _remove_manifest(folder)
     part = corpus.passages.iloc[lo:hi]
     write_table(part, folder / index_dir.PASSAGES)
-    texts = passage_texts(part, config.retrieval.passage_template)
-    embed_s = _embed_into(index, model, texts, config, offset=lo)
+    texts = passage_texts(part, settings.passage_template)
+    embed_s = _embed_into(index, model, texts, settings, offset=lo)
     dense.write(index, folder / index_dir.DENSE)
-    extra = _corpus_extra(corpus, config, fingerprint)
+    extra = _corpus_extra(corpus, recipe, fingerprint)
     extra.update(
         shard={"index": shard, "of": n_shards, "rows": [lo, hi]},
-        embedding=_embedding_info(model, config),
+        embedding=_embedding_info(model, embedding, settings),
         timings={"embed_s": embed_s, "total_s": time.perf_counter() - started},
     )
-    return write_run_files(folder, "index-shard", config, inputs=corpus.files, extra=extra)
+    return write_run(folder, "index-shard", inputs=corpus.files, extra=extra)
 
 
 def _shard_manifests(out: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -293,7 +324,7 @@ def _shard_manifests(out: Path) -> list[tuple[Path, dict[str, Any]]]:
     return found
 
 
-def merge_shards(out: Path, config: SciqaConfig) -> dict[str, Any]:
+def merge_shards(out: Path, settings: RetrievalConfig, *, write_run: RunWriter) -> dict[str, Any]:
     """Merge ``out/shards/*`` into one complete index in ``out``."""
     started = time.perf_counter()
     shards = _shard_manifests(out)
@@ -318,15 +349,15 @@ def merge_shards(out: Path, config: SciqaConfig) -> dict[str, Any]:
     files = [index_dir.PASSAGES, index_dir.DENSE]
     if (out / dense.IVF_DATA).exists():
         files.append(dense.IVF_DATA)
-    timings = {"bm25_s": _write_bm25(passages, out, config) if config.retrieval.bm25 else 0.0}
-    if config.retrieval.bm25:
+    timings = {"bm25_s": _write_bm25(passages, out, settings) if settings.bm25 else 0.0}
+    if settings.bm25:
         files.append(index_dir.BM25)
     timings["merge_s"] = time.perf_counter() - started
     extra = {
         key: first[key]
         for key in ("format", "format_version", "fingerprint", "settings", "counts", "embedding")
     }
-    extra["settings"] = {**extra["settings"], "bm25": config.retrieval.bm25}
+    extra["settings"] = {**extra["settings"], "bm25": settings.bm25}
     ntotal = int(dense.read(out / index_dir.DENSE, mmap=True).ntotal)
     extra.update(
         faiss={"factory": first["settings"]["faiss_factory"], "ntotal": ntotal},
@@ -335,5 +366,5 @@ def merge_shards(out: Path, config: SciqaConfig) -> dict[str, Any]:
         files=index_dir.file_sizes(out, files),
         timings=timings,
     )
-    write_run_files(out, "index-merge", config, extra=extra)
+    write_run(out, "index-merge", extra=extra)
     return index_dir.check_index(out)

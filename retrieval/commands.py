@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from retrieval.context import build_context, queries, token_counter
 from retrieval.corpus import default_corpus_path
 from retrieval.errors import RetrievalInputError
 from retrieval.search import BM25, DENSE, Retriever
-from sciqa.assets import resolve_corpus, resolve_model
+from sciqa.assets.registry import resolve_corpus, resolve_model
 from sciqa.config import DEFAULT, SciqaConfig
 from sciqa.io import read_questions, write_questions, write_table
 from sciqa.runs import MANIFEST, write_run_files
@@ -22,13 +24,14 @@ from sciqa.schema import CONTEXT, ID
 AUDIT_SUFFIX = ".retrieval.parquet"
 
 
-def corpus_path(corpus: Path | None, config: SciqaConfig) -> Path:
-    """CORPUS argument, else ``data.corpus`` (``default`` = the packaged sample)."""
+def corpus_path(corpus: Path | None, configured: str) -> Path:
+    """CORPUS argument, else ``configured`` (``data.corpus``; ``default`` = the packaged
+    sample)."""
     if corpus is not None:
         return corpus
-    if config.data.corpus == DEFAULT:
+    if configured == DEFAULT:
         return default_corpus_path()
-    return resolve_corpus(config.data.corpus)
+    return resolve_corpus(configured)
 
 
 def run_index(
@@ -44,17 +47,24 @@ def run_index(
     """Build (or train / shard / merge) an index; returns a one-line summary."""
     if sum([shard is not None, train, merge]) > 1:
         raise RetrievalInputError("use only one of --shard, --train and --merge")
+    settings, write_run = config.retrieval, functools.partial(write_run_files, config=config)
     if merge:
-        manifest = build.merge_shards(out, config)
+        manifest = build.merge_shards(out, settings, write_run=write_run)
         return f"{out}: merged {manifest['shards']} shards, {_counts(manifest)}"
-    path = corpus_path(corpus, config)
+    path = corpus_path(corpus, config.data.corpus)
+    embedding, seed = config.models.embedding, config.seed
     if train:
-        return f"{build.train_shared(path, out, config)}: trained; now build the shards"
+        trained = build.train_shared(path, out, settings, embedding=embedding, seed=seed)
+        return f"{trained}: trained; now build the shards"
     if shard is not None:
         i, n = build.parse_shard(shard)
-        build.build_shard(path, out, config, i, n)
+        build.build_shard(
+            path, out, settings, i, n, embedding=embedding, seed=seed, write_run=write_run
+        )
         return f"{index_dir.shard_dir(out, i, n)}: shard {i}/{n} done"
-    manifest = build.build_index(path, out, config, force=force)
+    manifest = build.build_index(
+        path, out, settings, embedding=embedding, seed=seed, write_run=write_run, force=force
+    )
     if manifest.get("skipped"):
         return f"{out}: up to date ({_counts(manifest)}); --force rebuilds it"
     seconds = manifest["timings"]["total_s"]
@@ -71,12 +81,13 @@ def _counts(manifest: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _measure(config: SciqaConfig) -> Any:
-    if config.retrieval.context_unit == "chars":
+def _measure(unit: str, backbone: str) -> Callable[[str], int]:
+    """How ``retrieval.context_budget`` is counted: characters, or ``backbone``'s tokens."""
+    if unit == "chars":
         return len
     from transformers import AutoTokenizer
 
-    source = resolve_model(config.models.backbone, "backbone")
+    source = resolve_model(backbone, "backbone")
     tokenizer = AutoTokenizer.from_pretrained(
         source.name_or_path, **source.from_pretrained_kwargs()
     )
@@ -107,34 +118,35 @@ def audit_table(ids: list[str], hits: list[list[Any]], retriever: Retriever) -> 
 
 
 def attach_context(
-    frame: pd.DataFrame, retriever: Retriever, k: int
+    frame: pd.DataFrame, retriever: Retriever, k: int, *, backbone: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``frame`` with ``context`` set from the top ``k`` passages, and the audit table."""
-    config = retriever.config
-    hits = retriever.search(queries(frame, config.retrieval.query_template), top=k)
+    """``frame`` with ``context`` set from the top ``k`` passages, and the audit table.
+
+    With ``retrieval.context_unit = tokens`` the budget counts ``backbone``'s tokens
+    (``models.backbone``, the model that will read the context)."""
+    settings = retriever.settings
+    hits = retriever.search(queries(frame, settings.query_template), top=k)
     texts = retriever.texts([[hit.row for hit in question] for question in hits])
-    measure = _measure(config)
-    budget = config.retrieval.context_budget
+    measure = _measure(settings.context_unit, backbone)
+    budget = settings.context_budget
     frame = frame.copy()
     frame[CONTEXT] = [build_context(t, budget, measure) for t in texts]
     return frame, audit_table(frame[ID].tolist(), hits, retriever)
 
 
-def run_retrieve(
-    questions: Path, index: Path, out: Path, config: SciqaConfig, k: int | None
-) -> str:
+def run_retrieve(questions: Path, index: Path, out: Path, config: SciqaConfig) -> str:
     """``sciqa retrieve``: write OUT (questions + context) and its audit parquet."""
     started = time.perf_counter()
-    k = config.retrieval.k if k is None else k
-    if k < 1:
-        raise RetrievalInputError(f"--k {k}: must be at least 1 passage per question")
+    k = config.retrieval.k  # >= 1: the config checks it
     frame = read_questions(questions)
-    retriever = Retriever.open(index, config)
+    retriever = Retriever.open(
+        index, config.retrieval, embedding=config.models.embedding, reranker=config.models.reranker
+    )
     if k > len(retriever.passages):
         raise RetrievalInputError(
             f"--k {k}: the index {index} holds only {len(retriever.passages)} passages"
         )
-    frame, audit = attach_context(frame, retriever, k)
+    frame, audit = attach_context(frame, retriever, k, backbone=config.models.backbone)
     write_questions(frame, out)
     write_table(audit, audit_path(out))
     seconds = time.perf_counter() - started

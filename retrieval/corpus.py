@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from retrieval.errors import CorpusError
-from sciqa.assets import CORPUS as PACKAGED_CORPUS
-from sciqa.assets import packaged_path, packaged_wikipedia
+from sciqa.assets.registry import CORPUS as PACKAGED_CORPUS
+from sciqa.assets.registry import packaged_path, packaged_wikipedia
 from sciqa.io import FORMATS, read_table
 
 ARTICLE_ID = "article_id"

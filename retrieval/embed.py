@@ -16,23 +16,22 @@ from typing import Any
 import numpy as np
 
 from retrieval.errors import IndexDirError
-from sciqa.assets import resolve_model
-from sciqa.config import SciqaConfig
+from sciqa.assets.registry import resolve_model
+from sciqa.config import RetrievalConfig
 
 
-def load_encoder(config: SciqaConfig) -> Any:
-    """The ``models.embedding`` sentence-transformers model, on ``retrieval.device``.
+def load_encoder(name: str, device: str | None) -> Any:
+    """The sentence-transformers model ``name`` (``models.embedding``) on ``device``
+    (``retrieval.device``).
 
     Loaded once per process: index, retrieve and the benchmark ask for it repeatedly.
     """
-    source = resolve_model(config.models.embedding, "embedding")
+    source = resolve_model(name, "embedding")
     try:
-        return _cached_encoder(source.name_or_path, config.retrieval.device)
+        return _cached_encoder(source.name_or_path, device)
     except OSError as exc:
         reason = str(exc).strip().splitlines()[0]
-        raise IndexDirError(
-            f"models.embedding = {config.models.embedding!r} cannot be loaded: {reason}"
-        ) from None
+        raise IndexDirError(f"models.embedding = {name!r} cannot be loaded: {reason}") from None
 
 
 @functools.lru_cache(maxsize=2)
@@ -115,8 +114,7 @@ def encode_blocks(
             model.stop_multi_process_pool(pool)
 
 
-def encode_queries(model: Any, queries: Sequence[str], config: SciqaConfig) -> np.ndarray:
-    settings = config.retrieval
+def encode_queries(model: Any, queries: Sequence[str], settings: RetrievalConfig) -> np.ndarray:
     return encode(
         model,
         queries,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import IndexDirError
-from sciqa.config import SciqaConfig
+from sciqa.config import RetrievalConfig
 from sciqa.runs import MANIFEST
 
 FORMAT = "sciqa-retrieval-index"
@@ -53,13 +53,14 @@ BUILD_KEYS = (
 )
 
 
-def build_settings(config: SciqaConfig) -> dict[str, Any]:
-    """What a build depends on besides the corpus: the model and the BUILD_KEYS."""
-    settings = config.retrieval.model_dump(mode="json")
+def build_settings(settings: RetrievalConfig, embedding: str, seed: int) -> dict[str, Any]:
+    """What a build depends on besides the corpus: the model (``models.embedding``), the
+    ``seed`` and the BUILD_KEYS of ``settings``."""
+    values = settings.model_dump(mode="json")
     return {
-        "embedding_model": config.models.embedding,
-        "seed": config.seed,
-        **{key: settings[key] for key in BUILD_KEYS},
+        "embedding_model": embedding,
+        "seed": seed,
+        **{key: values[key] for key in BUILD_KEYS},
     }
 
 
@@ -136,14 +137,15 @@ def check_index(index_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def check_model(manifest: dict[str, Any], config: SciqaConfig, index_dir: Path) -> None:
-    """The configured embedding model must be the one the index was built with."""
+def check_model(manifest: dict[str, Any], embedding: str, index_dir: Path) -> None:
+    """The configured embedding model (``models.embedding``) must be the one the index was
+    built with."""
     built = manifest["embedding"]["model"]
-    if built != config.models.embedding:
+    if built != embedding:
         raise IndexDirError(
             f"{index_dir}: built with models.embedding = {built!r} "
             f"(dim {manifest['embedding']['dim']}), but the config says "
-            f"{config.models.embedding!r}; use --set models.embedding={built} or rebuild "
+            f"{embedding!r}; use --set models.embedding={built} or rebuild "
             "the index with the new model"
         )
 

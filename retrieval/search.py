@@ -1,8 +1,8 @@
 """Search an index folder: dense and/or BM25 candidates, fused, optionally reranked.
 
-``Retriever.open(Path("runs/demo/index"), load_config()).search(["Which gas do plants
-absorb? oxygen carbon dioxide"], top=3)`` gives three :class:`~retrieval.fusion.Hit` s,
-best first, whose ``row`` indexes ``passages.parquet``.
+``Retriever.open(Path("runs/demo/index"), RetrievalConfig(), embedding="default")
+.search(["Which gas do plants absorb? oxygen carbon dioxide"], top=3)`` gives three
+:class:`~retrieval.fusion.Hit` s, best first, whose ``row`` indexes ``passages.parquet``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from retrieval.embed import embedding_dim, encode_queries, load_encoder
 from retrieval.errors import IndexDirError, RetrievalInputError
 from retrieval.fusion import Hit, fuse
 from retrieval.rerank import load_reranker, rerank_scores
-from sciqa.config import SciqaConfig
+from sciqa.config import RetrievalConfig
 from sciqa.io import read_table
 
 DENSE, BM25 = "dense", "bm25"
@@ -33,7 +33,7 @@ class Retriever:
     """A loaded index plus the models that query it."""
 
     folder: Path
-    config: SciqaConfig
+    settings: RetrievalConfig
     manifest: dict[str, Any]
     passages: pd.DataFrame
     faiss_index: Any = None
@@ -43,18 +43,26 @@ class Retriever:
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, folder: Path, config: SciqaConfig) -> Retriever:
-        """Check the folder and load what ``retrieval.dense``/``bm25`` ask for."""
-        settings = config.retrieval
+    def open(
+        cls,
+        folder: Path,
+        settings: RetrievalConfig,
+        *,
+        embedding: str,
+        reranker: str | None = None,
+    ) -> Retriever:
+        """Check the folder and load what ``retrieval.dense``/``bm25`` ask for: the
+        ``embedding`` model (``models.embedding``) for dense search, the cross-encoder
+        ``reranker`` (``models.reranker``) when one is named."""
         if not (settings.dense or settings.bm25):
             raise RetrievalInputError(
                 "retrieval.dense and retrieval.bm25 are both false: enable at least one"
             )
         manifest = index_dir.check_index(folder)
         passages = read_table(folder / index_dir.PASSAGES)
-        retriever = cls(folder, config, manifest, passages)
+        retriever = cls(folder, settings, manifest, passages)
         if settings.dense:
-            retriever._load_dense()
+            retriever._load_dense(embedding)
         if settings.bm25:
             if index_dir.BM25 not in manifest.get("files", {}):
                 raise IndexDirError(
@@ -62,21 +70,21 @@ class Retriever:
                     "rebuild it or use --set retrieval.bm25=false"
                 )
             retriever.bm25 = lexical.load(folder / index_dir.BM25, mmap=settings.mmap)
-        if config.models.reranker:
-            retriever.reranker = load_reranker(config.models.reranker, settings.device)
+        if reranker:
+            retriever.reranker = load_reranker(reranker, settings.device)
         return retriever
 
-    def _load_dense(self) -> None:
+    def _load_dense(self, embedding: str) -> None:
         if index_dir.DENSE not in self.manifest.get("files", {}):
             raise IndexDirError(
                 f"{self.folder}: index has no dense part (built with retrieval.dense = false); "
                 "rebuild it or use --set retrieval.dense=false"
             )
-        index_dir.check_model(self.manifest, self.config, self.folder)
-        settings = self.config.retrieval
+        index_dir.check_model(self.manifest, embedding, self.folder)
+        settings = self.settings
         self.faiss_index = dense.read(self.folder / index_dir.DENSE, mmap=settings.mmap)
         dense.set_search_params(self.faiss_index, settings.nprobe, settings.ef_search)
-        self.encoder = load_encoder(self.config)
+        self.encoder = load_encoder(embedding, settings.device)
         index_dir.check_dim(self.manifest, embedding_dim(self.encoder), self.folder)
         if self.faiss_index.d != self.manifest["embedding"]["dim"]:
             raise IndexDirError(
@@ -85,9 +93,9 @@ class Retriever:
             )
 
     def _dense_hits(self, queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        settings = self.config.retrieval
+        settings = self.settings
         started = time.perf_counter()
-        vectors = encode_queries(self.encoder, queries, self.config)
+        vectors = encode_queries(self.encoder, queries, settings)
         self._tick("encode_s", started)
         started = time.perf_counter()
         parts = [
@@ -111,15 +119,14 @@ class Retriever:
         return scores, np.where(np.isnan(scores), -1, rows)
 
     def _k(self, name: str) -> int:
-        settings = self.config.retrieval
-        return settings.dense_candidates if name == DENSE else settings.bm25_candidates
+        return self.settings.dense_candidates if name == DENSE else self.settings.bm25_candidates
 
     def _tick(self, key: str, started: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - started
 
     def search(self, queries: Sequence[str], top: int) -> list[list[Hit]]:
         """The ``top`` best hits per query, fused (and reranked when a reranker is set)."""
-        settings = self.config.retrieval
+        settings = self.settings
         ranked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if self.faiss_index is not None:
             scores, rows = self._dense_hits(queries)
@@ -139,7 +146,7 @@ class Retriever:
         return [h[:top] for h in hits]
 
     def _rerank(self, queries: Sequence[str], hits: list[list[Hit]]) -> list[list[Hit]]:
-        settings = self.config.retrieval
+        settings = self.settings
         started = time.perf_counter()
         heads = [h[: settings.rerank_candidates] for h in hits]
         texts = self.texts([[hit.row for hit in head] for head in heads])

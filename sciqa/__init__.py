@@ -24,7 +24,7 @@ _EXPORTS = {
     "read_submission": "sciqa.submission",
     "write_submission": "sciqa.submission",
     "make_submission": "sciqa.submission",
-    "score_submission": "sciqa.evaluate",
+    "score_submission": "sciqa.evaluation.evaluate",
     "load_config": "sciqa.config",
     "SciqaConfig": "sciqa.config",
     "SciqaError": "sciqa.errors",

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sciqa.config_sources import apply_override, describe, flag_overrides, read_file
 from sciqa.errors import ConfigError
 
 DEFAULT = "default"
@@ -32,9 +33,7 @@ class ModelsConfig(_Section):
     otherwise a local directory or a Hugging Face Hub name."""
 
     embedding: str = DEFAULT  # sentence-transformers encoder for retrieval
-    backbone: str = (
-        DEFAULT  # AutoModelForMultipleChoice checkpoint, e.g. microsoft/deberta-v3-large
-    )
+    backbone: str = DEFAULT  # AutoModelForMultipleChoice checkpoint, e.g. deberta-v3-large
     llm: str = DEFAULT  # instruction-following LLM that writes questions in data_gen
     reranker: str | None = None  # optional cross-encoder over fused retrieval hits; None = off
 
@@ -232,7 +231,7 @@ class GenConfig(_Section):
     scorer: str = "zero_shot"  # zero_shot = models.embedding cosines, or a train model dir
     scorer_temperature: float = Field(0.05, gt=0)  # softmax temperature on zero-shot cosines
     batch_poll_seconds: float = Field(30.0, gt=0)  # --batch: seconds between status polls
-    # Bias audit of the kept questions (sciqa/audit.py, docs/audit.md); also `sciqa audit`.
+    # Bias audit of the kept questions (sciqa/evaluation/audit.py, docs/audit.md); `sciqa audit`.
     audit_action: Literal["report", "drop", "rebalance"] = "report"  # flagged: count/drop/trim
     audit_shortcuts: list[Literal["longest", "question_overlap", "passage_overlap"]] = [
         "longest",
@@ -318,68 +317,22 @@ class SciqaConfig(_Section):
     pack: PackConfig = PackConfig()
 
 
-def _read_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        if path.suffix.lower() == ".toml":
-            return tomllib.loads(path.read_text(encoding="utf-8"))
-        if path.suffix.lower() in {".yaml", ".yml"}:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            if data is None:
-                return {}
-            if not isinstance(data, dict):
-                raise ConfigError(f"{path}: top level must be a mapping of sections")
-            return data
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        reason = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {reason}") from None
-    raise ConfigError(f"{path}: config must be .toml, .yaml or .yml")
-
-
-def _apply_override(data: dict[str, Any], override: str) -> None:
-    key, sep, raw = override.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {override!r}: expected section.key=value")
-    # Scalars stay strings for pydantic to coerce ("7" -> int for an int field, but a
-    # model named "1.0" stays "1.0"); only lists/mappings need parsing.
-    raw = raw.strip()
-    value: Any = raw
-    if raw and raw[0] in "[{":
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {override!r}: value is not a valid list/mapping") from None
-    *parents, leaf = key.strip().split(".")
-    node = data
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {override!r}: {part!r} is a value, not a section")
-        node = child
-    node[leaf] = value
-
-
-def _describe(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "<root>"
-    if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key {where!r}; run `sciqa config` to see the valid keys"
-    return f"{source}: {where}: {first['msg']}"
-
-
 def load_config(
-    path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None
+    path: str | os.PathLike[str] | None = None,
+    overrides: list[str] | None = None,
+    flags: Mapping[str, tuple[str, Any]] | None = None,
 ) -> SciqaConfig:
-    """Defaults, then ``path`` (TOML/YAML), then each ``overrides`` item in order."""
-    data = _read_file(Path(path)) if path is not None else {}
-    for override in overrides or []:
-        _apply_override(data, override)
+    """Defaults, then ``path`` (TOML/YAML), then each ``overrides`` item in order, then the
+    command's ``flags`` ({flag: (config key, value)}, see :func:`flag_overrides`): the one
+    place where a command line changes the config, before it is validated."""
+    data = read_file(Path(path)) if path is not None else {}
+    for override in [*(overrides or []), *flag_overrides(flags)]:
+        apply_override(data, override)
     source = str(path) if path is not None else "config"
     try:
         return SciqaConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        raise ConfigError(describe(exc, source, flags or {})) from None
 
 
 def dump_config(config: SciqaConfig) -> str:

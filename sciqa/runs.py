@@ -28,6 +28,12 @@ MODEL_INFO = "sciqa_model.json"  # in a fold: how its inputs were encoded
 MODEL_FORMAT = "sciqa-mc/1"  # MODEL_INFO's "format"; a reader refuses any other
 FOLD_METRICS = "metrics.json"  # written last in a fold: its presence marks it finished
 OOF = "oof.parquet"  # out-of-fold logits (id, fold, one column per letter, answer)
+# The infer -> eval/report/pack contract: a sciqa infer OUT_DIR.
+SUBMISSION = "submission.csv"  # id,prediction (top-3 letters, Kaggle format)
+SCORES = "scores.json"  # MAP@3 / accuracy per member and ensemble (labelled questions)
+LOGITS = "logits"  # LOGITS/<member>.npy: (n, n_options) float32, rows in LOGIT_IDS order
+LOGIT_IDS = "ids.json"  # LOGITS/LOGIT_IDS: the question ids of every row
+ENSEMBLE = "ensemble"  # LOGITS/ENSEMBLE.npy: the weighted ensemble; a reserved member name
 # Libraries whose versions change results; absent ones are simply left out.
 TRACKED_LIBRARIES = (
     "sciqa",

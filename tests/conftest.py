@@ -6,7 +6,12 @@ import pytest
 
 @pytest.fixture
 def questions() -> pd.DataFrame:
-    """Three valid labelled questions in the Kaggle layout."""
+    """Three valid labelled questions in the Kaggle layout.
+
+    Hand-written, not ``tests.builders.make_questions``: tests depend on the exact data
+    (ids "0", "1", "2" and answers A, B, B in expected messages and scores, the NA-like
+    options "None" and "NA" a round trip must keep, the first prompt's text in a query).
+    """
     return pd.DataFrame(
         {
             "id": ["0", "1", "2"],
@@ -29,19 +34,3 @@ def pytest_configure(config):
     # Tests never download: a model that is not packaged must fail, not fetch.
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
-
-@pytest.fixture
-def kill_after_checkpoint(monkeypatch):
-    """Make ``sciqa train`` die (KeyboardInterrupt) right after its first checkpoint is
-    saved, as a killed job would; calling the returned function lets training finish."""
-    from train.trainer import LengthGroupedTrainer
-
-    original = LengthGroupedTrainer._save_checkpoint
-
-    def save_then_die(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(LengthGroupedTrainer, "_save_checkpoint", save_then_die)
-    return lambda: monkeypatch.setattr(LengthGroupedTrainer, "_save_checkpoint", original)

@@ -2,8 +2,8 @@
 
 ``models.backbone = llm:<default|path|Hub name>`` (or a folder whose config is a
 ``*ForCausalLM``) takes this path. Questions are encoded by
-:func:`sciqa.llm_prompts.encode_for_llm` with the ``causal_lm`` section, every option's
-whole sequence is scored by :func:`sciqa.llm_scoring.full_scores` (cloze log-probability,
+:func:`sciqa.scoring.llm_prompts.encode_for_llm` with the ``causal_lm`` section, every option's
+whole sequence is scored by :func:`sciqa.scoring.llm_scoring.full_scores` (cloze log-probability,
 letter logit or yes-minus-no) and the loss is cross-entropy over a question's option
 scores. Infer re-encodes with the saved ``PromptSpec`` and scores with the same module, so
 a fold's out-of-fold logits are what infer computes for those questions.
@@ -21,17 +21,17 @@ from typing import Any
 import pandas as pd
 import torch
 
-from sciqa.config import DEFAULT, SciqaConfig, TrainConfig
-from sciqa.errors import AssetError, ConfigError
-from sciqa.llm_assets import (
+from sciqa.assets.llm import (
     causal_lm_path,
     load_causal_lm,
     load_causal_tokenizer,
     quantization_kwargs,
 )
-from sciqa.llm_prompts import PromptSpec, encode_for_llm
-from sciqa.llm_scoring import ScoreHead, collate_full, full_features, full_scores
+from sciqa.config import DEFAULT, CausalLMConfig, TrainConfig
+from sciqa.errors import AssetError, ConfigError
 from sciqa.schema import ID
+from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm
+from sciqa.scoring.llm_scoring import ScoreHead, collate_full, full_features, full_scores
 from train.dataset import Split
 from train.model import mergeable, resolve_precision
 from train.trainer import LengthGroupedTrainer
@@ -56,9 +56,8 @@ def causal_backbone_path(name: str) -> str | None:
         raise AssetError(f"models.backbone = {name!r}: {reason}") from None
 
 
-def check_settings(config: SciqaConfig) -> None:
-    """Refuse train/causal_lm settings this path cannot honour, before any work."""
-    train, causal = config.train, config.causal_lm
+def check_settings(train: TrainConfig, causal: CausalLMConfig) -> None:
+    """Refuse ``train``/``causal_lm`` settings this path cannot honour, before any work."""
     if train.freeze_layers:
         raise ConfigError(
             f"train.freeze_layers = {train.freeze_layers}: freezing layers is for encoder "
@@ -127,23 +126,33 @@ class CausalBackend:
     family = FAMILY
 
     def __init__(
-        self, path: str, config: SciqaConfig, frame: pd.DataFrame, letters: list[str]
+        self,
+        path: str,
+        frame: pd.DataFrame,
+        letters: list[str],
+        *,
+        backbone: str,
+        train: TrainConfig,
+        causal_lm: CausalLMConfig,
     ) -> None:
-        check_settings(config)
-        train, defaults = config.train, type(config.train)()
+        """``path``: what to load for ``models.backbone = backbone``
+        (:func:`causal_backbone_path`); ``frame``: the training questions."""
+        check_settings(train, causal_lm)
+        defaults = TrainConfig()
         if (train.max_length, train.use_context) != (defaults.max_length, defaults.use_context):
             log.warning(
                 "train.max_length/use_context shape encoder inputs; a causal LM reads "
                 "causal_lm.max_length=%d and causal_lm.use_context=%s",
-                config.causal_lm.max_length,
-                config.causal_lm.use_context,
+                causal_lm.max_length,
+                causal_lm.use_context,
             )
         self.path = path
-        self.config = config
+        self.train = train
+        self.causal_lm = causal_lm
         self.letters = letters
-        self.name = config.models.backbone
+        self.name = backbone
         self.tokenizer = load_causal_tokenizer(path)
-        self.spec = PromptSpec.from_config(config.causal_lm, self.tokenizer, self.name)
+        self.spec = PromptSpec.from_config(causal_lm, self.tokenizer, self.name)
         # One question is enough to find the letter / yes-no token ids, and to fail now if
         # the tokenizer splits them (LLMPromptError) rather than after the run dir is written.
         probe = encode_for_llm(
@@ -151,7 +160,7 @@ class CausalBackend:
         )
         self.head = ScoreHead.of(probe)
         # A 4/8-bit base cannot take merged weights without rounding them away.
-        self.adapter_only = config.causal_lm.load_in != "none"
+        self.adapter_only = causal_lm.load_in != "none"
 
     def encode(self, frame: pd.DataFrame, name: str) -> Split:
         spec = self.spec
@@ -174,19 +183,17 @@ class CausalBackend:
         return Split(frame[ID].astype(str).tolist(), full_features(enc), enc.lengths)
 
     def load_model(self) -> Any:
-        causal = self.config.causal_lm
         # fp32 master weights whatever the checkpoint's dtype; bf16 comes from autocast.
         model = load_causal_lm(
             self.path,
             dtype=torch.float32,
-            load_in=causal.load_in,
-            device_map=causal.device_map,
+            load_in=self.causal_lm.load_in,
+            device_map=self.causal_lm.device_map,
         )
-        train = self.config.train
-        if train.freeze_embeddings:  # tied models freeze their output head with it
+        if self.train.freeze_embeddings:  # tied models freeze their output head with it
             model.get_input_embeddings().requires_grad_(False)
-        if train.lora:
-            model = add_causal_lora(model, train, quantized=self.adapter_only)
+        if self.train.lora:
+            model = add_causal_lora(model, self.train, quantized=self.adapter_only)
         return model
 
     def fold_options(self) -> dict[str, Any]:

@@ -8,14 +8,14 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
-from sciqa.config import SciqaConfig
+from sciqa.config import CausalLMConfig, SciqaConfig, TrainConfig
 from sciqa.errors import SciqaError
 from sciqa.io import read_questions
 from sciqa.runs import file_digest, write_run_files
@@ -72,25 +72,29 @@ def load_labelled(path: Path, letters: list[str] | None = None) -> pd.DataFrame:
 
 
 def fingerprint(
-    config: SciqaConfig,
-    folds: int,
+    train: TrainConfig,
+    backbone: str,
+    seed: int,
     questions: Path,
     valid: Path | None,
     *,
-    causal: bool = False,
+    causal_lm: CausalLMConfig | None = None,
 ) -> dict[str, Any]:
-    train = config.train.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED))
+    """What the trained models depend on; a run dir resumes only with the same.
+
+    ``causal_lm`` is given for causal-LM runs only: encoder runs keep their fingerprint
+    and still resume."""
     stamp = {
-        "train": train,
-        "backbone": config.models.backbone,
-        "seed": config.seed,
-        "folds": folds,
+        "train": train.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED)),
+        "backbone": backbone,
+        "seed": seed,
+        "folds": train.folds,
         "questions": file_digest(questions),
         "valid": file_digest(valid) if valid is not None else None,
     }
-    if causal:  # only then: encoder runs keep their fingerprint and still resume
+    if causal_lm is not None:
         exclude = set(CAUSAL_NOT_FINGERPRINTED)
-        stamp["causal_lm"] = config.causal_lm.model_dump(mode="json", exclude=exclude)
+        stamp["causal_lm"] = causal_lm.model_dump(mode="json", exclude=exclude)
     return stamp
 
 
@@ -114,12 +118,43 @@ def split_rows(
     ]
 
 
+@dataclass
+class TrainData:
+    """A run's labelled questions (and ``--valid`` file), split into its folds."""
+
+    questions: Path
+    valid: Path | None
+    frame: pd.DataFrame
+    valid_frame: pd.DataFrame | None
+    letters: list[str]
+    splits: list[tuple[pd.DataFrame, pd.DataFrame]]  # (train, valid) rows per fold
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [self.questions] + ([self.valid] if self.valid is not None else [])
+
+    @property
+    def labels(self) -> pd.DataFrame:
+        """Every labelled row an out-of-fold logit can belong to."""
+        if self.valid_frame is None:
+            return self.frame
+        return pd.concat([self.frame, self.valid_frame])
+
+
+def load_data(questions: Path, valid: Path | None, folds: int, seed: int) -> TrainData:
+    """Read and check the questions (and the ``--valid`` file) and split them into folds."""
+    frame = load_labelled(questions)
+    letters = option_letters(frame.columns)
+    valid_frame = load_labelled(valid, letters) if valid is not None else None
+    splits = split_rows(frame, folds, valid_frame, seed, str(questions))
+    return TrainData(questions, valid, frame, valid_frame, letters, splits)
+
+
 def run_train(
     questions: Path,
     out: Path,
     config: SciqaConfig,
     *,
-    folds: int | None = None,
     fold: int | None = None,
     valid: Path | None = None,
     overwrite: bool = False,
@@ -130,15 +165,12 @@ def run_train(
     _log_to_stderr()
     from train.trackers import check_trackers
 
-    check_trackers(config.train.report_to)  # before anything is loaded or written
-    folds = config.train.folds if folds is None else folds
-    if folds < 1:
-        raise SciqaError(f"--folds {folds}: must be at least 1")
-    plan = fold_plan(folds, fold)
-    frame = load_labelled(questions)
-    letters = option_letters(frame.columns)
-    valid_frame = load_labelled(valid, letters) if valid is not None else None
-    splits = split_rows(frame, folds, valid_frame, config.seed, str(questions))
+    train, backbone, seed = config.train, config.models.backbone, config.seed
+    check_trackers(train.report_to)  # before anything is loaded or written
+    if train.folds < 1:
+        raise SciqaError(f"train.folds (--folds) = {train.folds}: must be at least 1")
+    plan = fold_plan(train.folds, fold)
+    data = load_data(questions, valid, train.folds, seed)
 
     import torch
 
@@ -146,66 +178,96 @@ def run_train(
     state = PartialState(cpu=not torch.cuda.is_available())
     print_ = log.info if state.is_main_process else log.debug
     with state.main_process_first():  # llm:default converts its GGUF once, on rank 0
-        backend = make_backend(config, frame, letters)
-    stamp = fingerprint(config, folds, questions, valid, causal=backend.family == "causal_lm")
-    inputs = [questions] + ([valid] if valid is not None else [])
-    with state.main_process_first():
-        # Rank 0 checks and writes first; the others then see its fingerprint and agree.
-        layout.check_run_dir(out, stamp, overwrite=overwrite and state.is_main_process)
-        if state.is_main_process:
-            if overwrite:
-                layout.clear_run_dir(out)
-            extra = {
-                "fingerprint": stamp,
-                "family": backend.family,
-                "n_questions": len(frame),
-                "folds": folds,
-            }
-            write_run_files(out, "train", config, inputs=inputs, extra=extra)
+        backend = make_backend(
+            data.frame, data.letters, backbone=backbone, train=train, causal_lm=config.causal_lm
+        )
+    causal_lm = config.causal_lm if backend.family == "causal_lm" else None
+    stamp = fingerprint(train, backbone, seed, questions, valid, causal_lm=causal_lm)
+    head = {"fingerprint": stamp, "family": backend.family, "n_questions": len(data.frame)}
+    _open_run(out, config, data, head, state, overwrite=overwrite)
 
     trained = []
     for index in plan:
         if layout.is_finished(out, index):
             print_("fold %d: finished already (%s), skipped", index, layout.fold_dir(out, index))
             continue
-        trained.append(train_one(index, splits[index], config, backend, letters, out, state))
+        trained.append(
+            train_one(index, data, backend, out, state, train=train, seed=seed, backbone=backbone)
+        )
         state.wait_for_everyone()
 
     if state.is_main_process:
-        oof = layout.collect_oof(out)
-        labels = pd.concat([frame, valid_frame]) if valid_frame is not None else frame
-        folds_done = {f: layout.read_metrics(out, f) for f in layout.finished_folds(out)}
-        oof_score = oof_scores(oof, labels, letters)
-        extra = {
-            "fingerprint": stamp,
-            "family": backend.family,
-            "n_questions": len(frame),
-            "n_valid_file": len(valid_frame) if valid_frame is not None else None,
-            "folds": folds,
-            "finished_folds": sorted(folds_done),
-            "oof_rows": 0 if oof is None else len(oof),
-            "oof": oof_score,
-            "world_size": state.num_processes,
-            "device": str(state.device),
-            "fold_metrics": {str(f): _summary(m) for f, m in folds_done.items()},
-        }
-        write_run_files(out, "train", config, inputs=inputs, extra=extra)
-        print(summary_table(folds_done, oof_score, folds))
+        _finish_run(out, config, data, head, state)
     return trained
 
 
-def make_backend(config: SciqaConfig, frame: pd.DataFrame, letters: list[str]) -> FoldBackend:
-    """The causal-LM backend when ``models.backbone`` is one (``llm:...`` or a folder whose
-    config is ``*ForCausalLM``), else the multiple-choice encoder one; either checks its
-    settings here, before the run dir is touched."""
+def make_backend(
+    frame: pd.DataFrame,
+    letters: list[str],
+    *,
+    backbone: str,
+    train: TrainConfig,
+    causal_lm: CausalLMConfig,
+) -> FoldBackend:
+    """The causal-LM backend when ``backbone`` (``models.backbone``) is one (``llm:...`` or
+    a folder whose config is ``*ForCausalLM``), else the multiple-choice encoder one;
+    either checks its settings here, before the run dir is touched."""
     from train.causal import CausalBackend, causal_backbone_path
 
-    path = causal_backbone_path(config.models.backbone)
+    path = causal_backbone_path(backbone)
     if path is not None:
-        return CausalBackend(path, config, frame, letters)
+        return CausalBackend(
+            path, frame, letters, backbone=backbone, train=train, causal_lm=causal_lm
+        )
     from train.model import EncoderBackend
 
-    return EncoderBackend(config, letters)
+    return EncoderBackend(letters, backbone=backbone, train=train)
+
+
+def _open_run(
+    out: Path,
+    config: SciqaConfig,
+    data: TrainData,
+    head: dict[str, Any],
+    state: Any,
+    *,
+    overwrite: bool,
+) -> None:
+    """Refuse an ``out`` that holds another run (unless ``overwrite``: then clear it), and
+    write the manifest with the fingerprint before any fold starts."""
+    with state.main_process_first():
+        # Rank 0 checks and writes first; the others then see its fingerprint and agree.
+        stamp = head["fingerprint"]
+        layout.check_run_dir(out, stamp, overwrite=overwrite and state.is_main_process)
+        if state.is_main_process:
+            if overwrite:
+                layout.clear_run_dir(out)
+            extra = {**head, "folds": config.train.folds}
+            write_run_files(out, "train", config, inputs=data.inputs, extra=extra)
+
+
+def _finish_run(
+    out: Path, config: SciqaConfig, data: TrainData, head: dict[str, Any], state: Any
+) -> None:
+    """Rank 0, after the folds: ``oof.parquet`` from every finished fold, the final
+    manifest and the summary table on stdout."""
+    folds = config.train.folds
+    oof = layout.collect_oof(out)
+    folds_done = {f: layout.read_metrics(out, f) for f in layout.finished_folds(out)}
+    oof_score = oof_scores(oof, data.labels, data.letters)
+    extra = {
+        **head,
+        "n_valid_file": len(data.valid_frame) if data.valid_frame is not None else None,
+        "folds": folds,
+        "finished_folds": sorted(folds_done),
+        "oof_rows": 0 if oof is None else len(oof),
+        "oof": oof_score,
+        "world_size": state.num_processes,
+        "device": str(state.device),
+        "fold_metrics": {str(f): _summary(m) for f, m in folds_done.items()},
+    }
+    write_run_files(out, "train", config, inputs=data.inputs, extra=extra)
+    print(summary_table(folds_done, oof_score, folds))
 
 
 def _log_to_stderr() -> None:
@@ -257,21 +319,25 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def train_one(
     index: int,
-    split: tuple[pd.DataFrame, pd.DataFrame],
-    config: SciqaConfig,
+    data: TrainData,
     backend: FoldBackend,
-    letters: list[str],
     out: Path,
     state: Any,
+    *,
+    train: TrainConfig,
+    seed: int,
+    backbone: str,
 ) -> dict[str, Any]:
-    """Encode, train, save and score one fold; rank 0 writes its directory."""
+    """Encode, train, save and score fold ``index`` of ``data``; rank 0 writes its directory.
+
+    ``backbone`` (``models.backbone``) is recorded in the fold's ``sciqa_model.json``."""
     from transformers import set_seed
 
     from train.trackers import tracking_env
     from train.trainer import train_fold
 
-    train_cfg = config.train
-    train_frame, valid_frame = split
+    train_frame, valid_frame = data.splits[index]
+    letters = data.letters
     fold_dir = layout.fold_dir(out, index)
     label = f"fold {index}"
     train_split = backend.encode(train_frame, f"{label} train")
@@ -279,49 +345,40 @@ def train_one(
     if state.is_main_process:
         log.info("%s: %d train / %d valid questions", label, len(train_split), len(valid_split))
 
-    set_seed(config.seed)  # a new head (or LoRA) starts the same in every process
+    set_seed(seed)  # a new head (or LoRA) starts the same in every process
     model = backend.load_model()
     started = time.perf_counter()
-    with tracking_env(train_cfg.report_to, out, label.replace(" ", "_")):
+    with tracking_env(train.report_to, out, label.replace(" ", "_")):
         outcome = train_fold(
             model,
             backend.tokenizer,
             train_split,
             valid_split,
-            train=train_cfg,
+            train=train,
             letters=letters,
             output_dir=fold_dir / layout.CHECKPOINTS,
-            seed=config.seed,
+            seed=seed,
             label=label,
             **backend.fold_options(),
         )
     metrics = {"fold": index, **outcome.metrics, "wall_seconds": time.perf_counter() - started}
     if outcome.is_main:
         backend.save(outcome.model, fold_dir)
-        layout.write_model_info(
-            fold_dir,
-            {
-                "n_options": len(letters),
-                "letters": letters,
-                "fold": index,
-                "backbone": config.models.backbone,
-                **backend.model_info(),  # family, max_length, use_context (+ prompt)
-            },
-        )
-        oof = layout.oof_frame(
-            valid_split.ids, index, outcome.valid_logits, letters, valid_frame[ANSWER].tolist()
-        )
-        from sciqa.io import write_json, write_table
-
-        write_table(oof, fold_dir / layout.FOLD_OOF)
-        shutil.rmtree(fold_dir / layout.CHECKPOINTS, ignore_errors=True)
-        write_json(metrics, fold_dir / layout.FOLD_METRICS)  # last: marks the fold finished
-        log.info(
-            "%s: MAP@3 %.4f  accuracy %.4f  best epoch %s  %.0fs",
-            label,
-            metrics["map_at_3"],
-            metrics["accuracy"],
-            metrics["best_epoch"],
-            metrics["wall_seconds"],
-        )
+        info = {"n_options": len(letters), "letters": letters, "fold": index, "backbone": backbone}
+        info.update(backend.model_info())  # family, max_length, use_context (+ prompt)
+        answers = valid_frame[ANSWER].tolist()
+        oof = layout.oof_frame(valid_split.ids, index, outcome.valid_logits, letters, answers)
+        layout.finish_fold(fold_dir, info, oof, metrics)
+        _log_fold(label, metrics)
     return metrics
+
+
+def _log_fold(label: str, metrics: dict[str, Any]) -> None:
+    log.info(
+        "%s: MAP@3 %.4f  accuracy %.4f  best epoch %s  %.0fs",
+        label,
+        metrics["map_at_3"],
+        metrics["accuracy"],
+        metrics["best_epoch"],
+        metrics["wall_seconds"],
+    )

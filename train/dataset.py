@@ -1,6 +1,6 @@
 """Questions -> features for ``DataCollatorForMultipleChoice``, with their lengths.
 
-The encoding itself is :func:`sciqa.mc_encoding.encode_questions`, shared with ``infer``
+The encoding itself is :func:`sciqa.scoring.mc_encoding.encode_questions`, shared with ``infer``
 so both stages feed the model identical inputs.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from sciqa.mc_encoding import encode_questions
 from sciqa.schema import ID
+from sciqa.scoring.mc_encoding import encode_questions
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForMultipleChoice, AutoTokenizer, PreTrainedModel
 
-from sciqa.assets import ModelSource, resolve_model
-from sciqa.config import SciqaConfig, TrainConfig
+from sciqa.assets.registry import ModelSource, resolve_model
+from sciqa.config import TrainConfig
 from sciqa.errors import ConfigError, SciqaError
 from train.dataset import Split, encode_split
 
@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def backbone_source(config: SciqaConfig) -> ModelSource:
-    """Where ``models.backbone`` points: the packaged MiniLM, a directory or a Hub name."""
-    return resolve_model(config.models.backbone, "backbone")
+def backbone_source(name: str) -> ModelSource:
+    """Where ``models.backbone = name`` points: the packaged MiniLM, a directory or a Hub
+    name."""
+    return resolve_model(name, "backbone")
 
 
 def _unreachable(name: str, exc: Exception) -> SciqaError:
@@ -163,26 +164,25 @@ class EncoderBackend:
 
     family = "mc"
 
-    def __init__(self, config: SciqaConfig, letters: list[str]) -> None:
-        resolve_precision(config.train.precision)  # fail before any work on a GPU-only setting
-        self.config = config
+    def __init__(self, letters: list[str], *, backbone: str, train: TrainConfig) -> None:
+        resolve_precision(train.precision)  # fail before any work on a GPU-only setting
+        self.train = train
         self.letters = letters
-        self.source = backbone_source(config)
+        self.source = backbone_source(backbone)
         self.tokenizer = load_tokenizer(self.source)
 
     def encode(self, frame: Any, name: str) -> Split:
-        train = self.config.train
         return encode_split(
             self.tokenizer,
             frame,
-            max_length=train.max_length,
-            use_context=train.use_context,
+            max_length=self.train.max_length,
+            use_context=self.train.use_context,
             letters=self.letters,
             name=name,
         )
 
     def load_model(self) -> Any:
-        return load_backbone(self.source, self.config.train)
+        return load_backbone(self.source, self.train)
 
     def fold_options(self) -> dict[str, Any]:
         return {}  # train_fold's defaults: the stock Trainer loss and the MC collator
@@ -191,9 +191,8 @@ class EncoderBackend:
         save_model_dir(model, self.tokenizer, directory)
 
     def model_info(self) -> dict[str, Any]:
-        train = self.config.train
         return {
             "family": self.family,
-            "max_length": train.max_length,
-            "use_context": train.use_context,
+            "max_length": self.train.max_length,
+            "use_context": self.train.use_context,
         }

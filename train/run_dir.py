@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from sciqa.errors import SciqaError
-from sciqa.io import read_table, write_table
+from sciqa.io import read_table, write_json, write_table
 from sciqa.runs import CONFIG, FOLD_METRICS, FOLD_PREFIX, MANIFEST, MODEL_FORMAT, MODEL_INFO, OOF
 from sciqa.schema import ANSWER, ID
 
@@ -104,9 +104,19 @@ def clear_run_dir(run_dir: Path) -> None:
 
 
 def write_model_info(directory: Path, info: dict[str, Any]) -> None:
-    from sciqa.io import write_json
-
     write_json({"format": MODEL_FORMAT, **info}, directory / MODEL_INFO)
+
+
+def finish_fold(
+    directory: Path, info: dict[str, Any], oof: pd.DataFrame, metrics: dict[str, Any]
+) -> None:
+    """Complete a fold whose model is saved in ``directory``: its ``sciqa_model.json`` and
+    ``oof.parquet``, its checkpoints removed, and ``metrics.json`` last, which marks the
+    fold finished."""
+    write_model_info(directory, info)
+    write_table(oof, directory / FOLD_OOF)
+    shutil.rmtree(directory / CHECKPOINTS, ignore_errors=True)
+    write_json(metrics, directory / FOLD_METRICS)  # last: marks the fold finished
 
 
 def oof_frame(

@@ -8,6 +8,7 @@ world-process-zero only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from train.model import resolve_precision
 
 log = logging.getLogger(__name__)
 METRIC = "map_at_3"
+Evaluation = tuple[np.ndarray, dict[str, float]]  # one evaluation's logits and metrics
 
 
 class LengthGroupedTrainer(Trainer):
@@ -167,25 +169,15 @@ def train_fold(
     """
     run_name = label.replace(" ", "_")  # the trackers' name for this fold
     args = training_arguments(train, output_dir, seed, cpu_bf16=cpu_bf16, run_name=run_name)
-    evaluations: list[tuple[np.ndarray, dict[str, float]]] = []  # this process's, in order
-    compute = metrics_for(letters)
-
-    def compute_and_keep(prediction: EvalPrediction) -> dict[str, float]:
-        metrics = compute(prediction)
-        evaluations.append((np.asarray(prediction.predictions, dtype=np.float64), metrics))
-        return metrics
-
-    if collator is None:
-        pad8 = 8 if (args.bf16 or args.fp16) else None  # tensor cores like multiples of 8
-        collator = DataCollatorForMultipleChoice(tokenizer, pad_to_multiple_of=pad8)
+    evaluations: list[Evaluation] = []  # this process's, in order
     trainer = trainer_class(
         model=model,
         args=args,
-        data_collator=collator,
+        data_collator=collator if collator is not None else _mc_collator(tokenizer, args),
         train_dataset=train_split.features,
         eval_dataset=valid_split.features,
         processing_class=tokenizer,
-        compute_metrics=compute_and_keep,
+        compute_metrics=_metrics_keeping(letters, evaluations),
         callbacks=[
             EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience),
             EvalLine(label),
@@ -193,31 +185,12 @@ def train_fold(
         train_lengths=train_split.lengths if train.group_by_length else None,
         **(trainer_kwargs or {}),
     )
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if last:
-        log.info("%s: resuming from %s", label, last)
+    last = _resume_point(output_dir, label)
     result = trainer.train(resume_from_checkpoint=last)
-    history = [
-        {
-            "epoch": entry["epoch"],
-            "eval_loss": entry["eval_loss"],
-            METRIC: entry[f"eval_{METRIC}"],
-            "accuracy": entry["eval_accuracy"],
-        }
-        for entry in trainer.state.log_history
-        if f"eval_{METRIC}" in entry
-    ]
+    history = eval_history(trainer.state.log_history)
     best = max(history, key=lambda e: e[METRIC]) if history else None
-    kept = _best_evaluation(history, evaluations, resumed=last is not None)
-    if kept is not None:
-        # The best epoch's weights are the ones loaded now: its evaluation already holds
-        # the validation logits, so the validation set is not scored a second time.
-        logits = kept
-        scores = {METRIC: best[METRIC], "accuracy": best["accuracy"], "loss": best["eval_loss"]}
-    else:
-        prediction = trainer.predict(valid_split.features)
-        logits = np.asarray(prediction.predictions, dtype=np.float64)
-        scores = {k: prediction.metrics[f"test_{k}"] for k in (METRIC, "accuracy", "loss")}
+    kept = best_evaluation(history, evaluations, resumed=last is not None)
+    logits, scores = _valid_scores(trainer, valid_split, best, kept)
     metrics = {
         METRIC: scores[METRIC],
         "accuracy": scores["accuracy"],
@@ -235,14 +208,74 @@ def train_fold(
     return FoldOutcome(metrics, logits, trainer.model, trainer.is_world_process_zero())
 
 
-def _best_evaluation(
+def _mc_collator(tokenizer: Any, args: TrainingArguments) -> DataCollatorForMultipleChoice:
+    """The multiple-choice collator; bf16/fp16 pad to multiples of 8 (tensor cores like them)."""
+    pad8 = 8 if (args.bf16 or args.fp16) else None
+    return DataCollatorForMultipleChoice(tokenizer, pad_to_multiple_of=pad8)
+
+
+def _resume_point(output_dir: Path, label: str) -> str | None:
+    """The last ``checkpoint-*`` under ``output_dir`` (said in the log), or None."""
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last:
+        log.info("%s: resuming from %s", label, last)
+    return last
+
+
+def _metrics_keeping(
+    letters: list[str], evaluations: list[Evaluation]
+) -> Callable[[EvalPrediction], dict[str, float]]:
+    """:func:`metrics_for` that also appends each evaluation's logits to ``evaluations``."""
+    compute = metrics_for(letters)
+
+    def compute_and_keep(prediction: EvalPrediction) -> dict[str, float]:
+        metrics = compute(prediction)
+        evaluations.append((np.asarray(prediction.predictions, dtype=np.float64), metrics))
+        return metrics
+
+    return compute_and_keep
+
+
+def eval_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Epoch, eval loss, MAP@3 and accuracy of each evaluation in the Trainer's log."""
+    return [
+        {
+            "epoch": entry["epoch"],
+            "eval_loss": entry["eval_loss"],
+            METRIC: entry[f"eval_{METRIC}"],
+            "accuracy": entry["eval_accuracy"],
+        }
+        for entry in log_history
+        if f"eval_{METRIC}" in entry
+    ]
+
+
+def _valid_scores(
+    trainer: Trainer,
+    valid_split: Split,
+    best: dict[str, Any] | None,
+    kept: np.ndarray | None,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """The loaded (best) model's validation logits and its MAP@3, accuracy and loss: those
+    of the ``best`` evaluation when its logits were ``kept``, else predicted again."""
+    if kept is not None and best is not None:
+        # The best epoch's weights are the ones loaded now: its evaluation already holds
+        # the validation logits, so the validation set is not scored a second time.
+        return kept, {METRIC: best[METRIC], "accuracy": best["accuracy"], "loss": best["eval_loss"]}
+    prediction = trainer.predict(valid_split.features)
+    logits = np.asarray(prediction.predictions, dtype=np.float64)
+    return logits, {k: prediction.metrics[f"test_{k}"] for k in (METRIC, "accuracy", "loss")}
+
+
+def best_evaluation(
     history: list[dict[str, Any]],
-    evaluations: list[tuple[np.ndarray, dict[str, float]]],
+    evaluations: list[Evaluation],
     *,
     resumed: bool,
 ) -> np.ndarray | None:
     """The logits of the evaluation whose checkpoint ``load_best_model_at_end`` loaded, when
-    this process ran every evaluation; ``None`` means: predict again."""
+    this process ran every evaluation (``evaluations``, in the order of ``history``);
+    ``None`` means: predict again."""
     if resumed or not history or len(evaluations) != len(history):
         return None
     # The Trainer keeps the first of equal best scores (it replaces only on a strict gain).

@@ -1,0 +1,1 @@
+"""``sciqa report``: ``data`` (what the page shows), ``plots`` (matplotlib PNGs), ``html``."""
