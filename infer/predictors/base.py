@@ -17,11 +17,13 @@ This module needs no torch.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from tqdm.auto import tqdm
 
 
 class Interrupted(Exception):
@@ -93,6 +95,56 @@ class Predictor(Protocol):
         return []  # one device's predictor keeps no count: its ShardedPredictor does
 
     def close(self) -> None: ...
+
+
+class BatchedPredictor(Predictor):
+    """One model on one device, batch by batch: the loop the encoder and causal
+    predictors share.
+
+    ``logits`` takes the questions longest first, :attr:`unit` at a time, has
+    :meth:`score_batch` score them and puts the scores back in question order (NaN for
+    the rows not asked for); ``on_batch`` sees each batch's padded tokens and the seconds
+    since :meth:`score_batch` started its clock (``clock``).
+    """
+
+    clock: Callable[[], float]
+
+    @property
+    def unit(self) -> int:
+        """Questions per call of :meth:`score_batch`, timed as one batch."""
+        return self.batch_size
+
+    @abstractmethod
+    def n_options(self, features: Any) -> int: ...
+
+    @abstractmethod
+    def score_batch(
+        self, features: Any, lengths: list[int], rows: np.ndarray
+    ) -> tuple[np.ndarray, int, float]:
+        """``(len(rows), n_options)`` scores of ``rows``, the padded tokens they took,
+        and the clock's reading when the timed part began."""
+
+    def logits(
+        self,
+        features: Any,
+        lengths: list[int],
+        *,
+        rows: np.ndarray | None = None,
+        desc: str = "",
+        on_batch: OnBatch | None = None,
+    ) -> np.ndarray:
+        """``(n, n_options)`` float32 scores; rows not in ``rows`` are NaN."""
+        out = np.full((len(lengths), self.n_options(features)), np.nan, dtype=np.float32)
+        order = length_order(lengths, rows)
+        with tqdm(total=len(order), desc=desc, unit="q", leave=False) as bar:
+            for start in range(0, len(order), self.unit):
+                chunk = order[start : start + self.unit]
+                scores, tokens, began = self.score_batch(features, lengths, chunk)
+                out[chunk] = scores
+                bar.update(len(chunk))
+                if on_batch is not None:
+                    on_batch(BatchTiming(len(chunk), tokens, self.clock() - began))
+        return out
 
 
 def length_order(lengths: list[int], rows: np.ndarray | None = None) -> np.ndarray:

@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from infer.errors import InferError
-from infer.predictors.base import BatchTiming, OnBatch, Predictor, length_order
+from infer.predictors.base import BatchedPredictor
 from sciqa.config import CausalLMConfig
 from sciqa.errors import SciqaError
 from sciqa.scoring.llm_prompts import LLMEncoded
@@ -82,7 +81,7 @@ def load_llm(
     return model.eval()
 
 
-class CausalPredictor(Predictor):
+class CausalPredictor(BatchedPredictor):
     """A loaded causal LM; ``logits`` takes an :class:`LLMEncoded` as its features."""
 
     def __init__(
@@ -96,11 +95,6 @@ class CausalPredictor(Predictor):
         self.model, self.pad_id, self.batch_size = model, pad_id, batch_size
         self.prefix_cache, self.clock = prefix_cache, clock
 
-    @property
-    def unit(self) -> int:
-        """Questions scored per call of :meth:`_score`, timed as one batch."""
-        return self.batch_size
-
     def _score(self, enc: LLMEncoded, rows: list[int], head: ScoreHead) -> torch.Tensor:
         return score_rows(self.model, enc, rows, head, self.pad_id, prefix_cache=self.prefix_cache)
 
@@ -112,34 +106,20 @@ class CausalPredictor(Predictor):
             scores = self._score(enc, rows, head)
         return scores
 
-    def logits(
-        self,
-        features: LLMEncoded,
-        lengths: list[int],
-        *,
-        rows: np.ndarray | None = None,
-        desc: str = "",
-        on_batch: OnBatch | None = None,
-    ) -> np.ndarray:
-        """``(n, n_options)`` float32 scores; rows not in ``rows`` are NaN."""
-        head = ScoreHead.of(features)
-        n_options = features.n_options
-        out = np.full((len(features), n_options), np.nan, dtype=np.float32)
-        order = length_order(lengths, rows)
-        with tqdm(total=len(order), desc=desc, unit="q", leave=False) as bar:
-            for start in range(0, len(order), self.unit):
-                chunk = order[start : start + self.unit]
-                began = self.clock()
-                out[chunk] = self._scores(features, chunk.tolist(), head).numpy()
-                if self.model.device.type == "cuda":
-                    torch.cuda.synchronize(self.model.device)
-                bar.update(len(chunk))
-                if on_batch is not None:
-                    # Same unit as the encoder path (questions x options x longest), so the
-                    # budget's seconds-per-token transfers between model families.
-                    tokens = len(chunk) * n_options * max(lengths[i] for i in chunk)
-                    on_batch(BatchTiming(len(chunk), tokens, self.clock() - began))
-        return out
+    def n_options(self, features: LLMEncoded) -> int:
+        return features.n_options
+
+    def score_batch(
+        self, features: LLMEncoded, lengths: list[int], rows: np.ndarray
+    ) -> tuple[np.ndarray, int, float]:
+        began = self.clock()
+        scores = self._scores(features, rows.tolist(), ScoreHead.of(features)).numpy()
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)
+        # Same unit as the encoder path (questions x options x longest), so the budget's
+        # seconds-per-token transfers between model families.
+        tokens = len(rows) * features.n_options * max(lengths[i] for i in rows)
+        return scores, tokens, began
 
     def close(self) -> None:
         device = self.model.device

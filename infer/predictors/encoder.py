@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoModelForMultipleChoice, AutoTokenizer
 
 from infer.errors import InferError
-from infer.predictors.base import BatchTiming, OnBatch, Predictor, length_order
+from infer.predictors.base import BatchedPredictor
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ def pad_batch(tokenizer: Any, features: list[dict[str, Any]], multiple_of: int |
     return {key: value.view(len(features), n_options, -1) for key, value in batch.items()}
 
 
-class EncoderPredictor(Predictor):
+class EncoderPredictor(BatchedPredictor):
     """One loaded multiple-choice model and its tokenizer (:class:`Predictor`)."""
 
     def __init__(
@@ -99,35 +98,19 @@ class EncoderPredictor(Predictor):
             logits = self.model(**batch).logits.float()
         return logits
 
-    def logits(
-        self,
-        features: list[dict[str, Any]],
-        lengths: list[int],
-        *,
-        rows: np.ndarray | None = None,
-        desc: str = "",
-        on_batch: OnBatch | None = None,
-    ) -> np.ndarray:
-        """``(n, n_options)`` float32 logits; rows not in ``rows`` are NaN."""
-        n_options = len(features[0]["input_ids"])
-        out = np.full((len(features), n_options), np.nan, dtype=np.float32)
-        order = length_order(lengths, rows)
-        with (
-            torch.inference_mode(),
-            tqdm(total=len(order), desc=desc, unit="q", leave=False) as bar,
-        ):
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                batch = pad_batch(self.tokenizer, [features[i] for i in chunk], self.multiple_of)
-                began = self.clock()
-                out[chunk] = self._forward(batch).cpu().numpy()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                bar.update(len(chunk))
-                if on_batch is not None:
-                    tokens = int(batch["input_ids"].numel())
-                    on_batch(BatchTiming(len(chunk), tokens, self.clock() - began))
-        return out
+    def n_options(self, features: list[dict[str, Any]]) -> int:
+        return len(features[0]["input_ids"])
+
+    def score_batch(
+        self, features: list[dict[str, Any]], lengths: list[int], rows: np.ndarray
+    ) -> tuple[np.ndarray, int, float]:
+        with torch.inference_mode():
+            batch = pad_batch(self.tokenizer, [features[i] for i in rows], self.multiple_of)
+            began = self.clock()
+            scores = self._forward(batch).cpu().numpy()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return scores, int(batch["input_ids"].numel()), began
 
     def close(self) -> None:
         """Drop the model so the next one has the memory (one model at a time)."""
