@@ -60,13 +60,3 @@ def fold_indices(
                 "lower --folds or add questions"
             )
         yield train, valid
-
-
-def fold_table(
-    frame: pd.DataFrame, folds: int, *, seed: int, source: str = "questions"
-) -> np.ndarray:
-    """Fold number of every row (its validation fold)."""
-    assignment = np.full(len(frame), -1, dtype=int)
-    for fold, (_, valid) in enumerate(fold_indices(frame, folds, seed=seed, source=source)):
-        assignment[valid] = fold
-    return assignment

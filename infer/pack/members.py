@@ -250,7 +250,3 @@ def _point_to_base(meta_file: Path, base_dest: str) -> None:
     meta: dict[str, Any] = json.loads(meta_file.read_text(encoding="utf-8"))
     meta["base"] = base_dest
     meta_file.write_text(json.dumps(meta), encoding="utf-8")
-
-
-def folder_bytes(paths: list[Path]) -> int:
-    return sum(p.stat().st_size for p in paths)
