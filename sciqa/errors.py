@@ -1,5 +1,12 @@
 """Errors that the CLI turns into one-line messages instead of tracebacks."""
 
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
 
 class SciqaError(Exception):
     """Bad input or configuration that the user can fix; the message says what to do."""
@@ -15,3 +22,29 @@ class ConfigError(SciqaError, ValueError):
 
 class AssetError(SciqaError, RuntimeError):
     """A default offline model or corpus cannot be found."""
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(SciqaError, OSError):
+    """A write ran out of space: a user-fixable fault, reported as one line."""
+
+    @classmethod
+    def at(cls, path: str | os.PathLike[str]) -> DiskFullError:
+        return cls(f"{path}: no space left on device ({free_space(path)}); {FREE_HINT}")
+
+
+FREE_HINT = "free some space (or write elsewhere) and rerun: finished work is kept"
+
+
+def free_space(path: str | os.PathLike[str]) -> str:
+    """``"1.2 GB free on /data"`` for the filesystem holding ``path``."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return "free space unknown"
+    return f"{usage.free / 1e9:.2f} GB free on {folder}"

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from sciqa.errors import SciqaError
+from sciqa.errors import DISK_FULL, DiskFullError, SciqaError
 
 app = typer.Typer(
     help="sciqa: generate, retrieve, train and infer on 5-option science questions.",
@@ -59,6 +59,13 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except SciqaError as exc:
             typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except OSError as exc:
+            # A full disk is the user's to fix wherever the write happened (a library's
+            # save_pretrained as much as our own files): one line, not a traceback.
+            if exc.errno not in DISK_FULL:
+                raise
+            typer.echo(f"error: {DiskFullError.at(exc.filename or Path.cwd())}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
