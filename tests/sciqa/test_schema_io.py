@@ -137,6 +137,15 @@ def test_rows_with_fewer_options_are_one_problem_with_the_rule(questions):
     )
 
 
+def test_a_directory_is_not_a_table(tmp_path):
+    with pytest.raises(SciqaError) as info:
+        read_table(tmp_path)
+    assert str(info.value) == f"{tmp_path}: is a directory, expected a .csv/.parquet/.jsonl file"
+    (tmp_path / "q.csv").mkdir()
+    with pytest.raises(SciqaError, match=r"q\.csv: is a directory"):
+        read_questions(tmp_path / "q.csv")
+
+
 def test_missing_answer_value_is_only_an_error_when_labels_are_required(tmp_path, questions):
     questions.loc[1, "answer"] = ""
     path = write_table(questions, tmp_path / "q.csv")
