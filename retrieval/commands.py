@@ -17,7 +17,7 @@ from retrieval.errors import RetrievalInputError
 from retrieval.search import BM25, DENSE, Retriever
 from sciqa.assets.registry import resolve_corpus, resolve_model
 from sciqa.config import DEFAULT, SciqaConfig
-from sciqa.io import read_questions, write_questions, write_table
+from sciqa.io import read_questions, table_format, write_questions, write_table
 from sciqa.runs import MANIFEST, write_run_files
 from sciqa.schema import CONTEXT, ID
 
@@ -137,6 +137,7 @@ def attach_context(
 def run_retrieve(questions: Path, index: Path, out: Path, config: SciqaConfig) -> str:
     """``sciqa retrieve``: write OUT (questions + context) and its audit parquet."""
     started = time.perf_counter()
+    table_format(out)  # a bad --out suffix fails now, not after the whole retrieval
     k = config.retrieval.k  # >= 1: the config checks it
     frame = read_questions(questions)
     retriever = Retriever.open(

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sciqa.config_sources import apply_override, describe, flag_overrides, read_file
 from sciqa.errors import ConfigError
@@ -83,35 +90,58 @@ class RetrievalConfig(_Section):
     context_unit: Literal["chars", "tokens"] = "chars"  # tokens = of models.backbone's tokenizer
     query_batch: int = Field(256, ge=1)  # queries searched per batch
 
+    @model_validator(mode="after")
+    def _consistent(self) -> RetrievalConfig:
+        # Each of these would otherwise run, silently: an endless or empty chunking, or
+        # fewer than k passages per question.
+        if self.chunk_overlap >= self.chunk_words:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_words "
+                f"({self.chunk_words}); lower retrieval.chunk_overlap"
+            )
+        if self.min_chunk_words > self.chunk_words:
+            raise ValueError(
+                f"min_chunk_words ({self.min_chunk_words}) is more than chunk_words "
+                f"({self.chunk_words}): every passage would be dropped; lower it"
+            )
+        used = {"dense_candidates": self.dense_candidates} if self.dense else {}
+        used |= {"bm25_candidates": self.bm25_candidates} if self.bm25 else {}
+        if used and self.k > max(used.values()):
+            fused = ", ".join(f"{key} {value}" for key, value in used.items())
+            raise ValueError(
+                f"k ({self.k}) is more than the hits fused ({fused}); raise those or lower k"
+            )
+        return self
+
 
 class TrainConfig(_Section):
     """``sciqa train``."""
 
-    folds: int = 5  # k of the k-fold split (stratified by answer, grouped by source_id)
-    max_length: int = 256  # tokens per (question + context, option) pair; only context is cut
+    folds: int = Field(5, ge=1)  # k of the k-fold split (stratified by answer, by source_id)
+    max_length: int = Field(256, ge=8)  # tokens per (question + context, option); context is cut
     use_context: bool = True  # put the `context` column after the question when present
-    epochs: float = 2.0  # passes over the training rows per fold
-    learning_rate: float = 3e-5  # AdamW peak lr (Kaggle DeBERTa-v3-large: 5e-6 .. 2e-5)
+    epochs: float = Field(2.0, gt=0)  # passes over the training rows per fold
+    learning_rate: float = Field(3e-5, gt=0)  # AdamW peak lr (Kaggle DeBERTa-v3-large: 5e-6..2e-5)
     lr_scheduler: str = "linear"  # transformers scheduler name: linear, cosine, constant, ...
-    warmup_ratio: float = 0.1  # share of the optimiser steps spent warming up
-    batch_size: int = 8  # questions per device per step (each holds n_options sequences)
-    eval_batch_size: int = 16  # questions per device per evaluation step
-    grad_accum: int = 1  # gradient accumulation steps
-    weight_decay: float = 0.01  # AdamW weight decay
-    max_grad_norm: float = 1.0  # gradient clipping
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)  # share of the steps warming up (>= 1 = steps)
+    batch_size: int = Field(8, ge=1)  # questions per device per step (each n_options sequences)
+    eval_batch_size: int = Field(16, ge=1)  # questions per device per evaluation step
+    grad_accum: int = Field(1, ge=1)  # gradient accumulation steps
+    weight_decay: float = Field(0.01, ge=0)  # AdamW weight decay
+    max_grad_norm: float = Field(1.0, ge=0)  # gradient clipping; 0 = none
     precision: str = "auto"  # auto (bf16 on a bf16 GPU, else fp32), fp32, bf16 or fp16 (GPU only)
     gradient_checkpointing: bool = False  # recompute activations: less memory, slower steps
     freeze_embeddings: bool = False  # keep the embedding layer fixed
-    freeze_layers: int = 0  # keep the first N encoder layers fixed
+    freeze_layers: int = Field(0, ge=0)  # keep the first N encoder layers fixed
     lora: bool = False  # train LoRA adapters (peft) instead of all weights; merged on save
-    lora_r: int = 16  # LoRA rank
-    lora_alpha: int = 32  # LoRA scaling numerator
-    lora_dropout: float = 0.1  # dropout on the LoRA path
+    lora_r: int = Field(16, ge=1)  # LoRA rank
+    lora_alpha: int = Field(32, ge=1)  # LoRA scaling numerator
+    lora_dropout: float = Field(0.1, ge=0, lt=1)  # dropout on the LoRA path
     lora_target_modules: list[str] | None = None  # None = peft's default for the architecture
     group_by_length: bool = True  # batch questions of similar length: less padding
-    early_stopping_patience: int = 2  # evaluations without a MAP@3 gain before stopping
-    logging_steps: int = 50  # optimiser steps between loss log lines
-    dataloader_workers: int = 0  # DataLoader worker processes
+    early_stopping_patience: int = Field(2, ge=1)  # evaluations without a MAP@3 gain, then stop
+    logging_steps: int = Field(50, ge=1)  # optimiser steps between loss log lines
+    dataloader_workers: int = Field(0, ge=0)  # DataLoader worker processes
     report_to: list[str] = ["none"]  # HF Trainer trackers: tensorboard, mlflow ([track] extra)
 
     @field_validator("report_to", mode="before")
@@ -206,7 +236,7 @@ class GenConfig(_Section):
     science_filter: Literal["off", "keywords", "embedding"] = "keywords"  # passage filter
     science_keywords: list[str] = SCIENCE_KEYWORDS  # any of these in title/text = science
     science_seed_questions: list[str] = SCIENCE_SEEDS  # for science_filter = embedding
-    science_min_similarity: float = 0.25  # embedding filter: cosine to nearest seed question
+    science_min_similarity: float = Field(0.25, ge=-1, le=1)  # embedding filter: cosine to a seed
     prompts: str = DEFAULT  # templates YAML; default = configs/gen_prompts.yaml
     response_format: Literal["json_schema", "json_object", "text"] = "json_schema"  # first try
     temperature: float = Field(1.0, ge=0)  # sampling temperature sent to the LLM
@@ -273,7 +303,7 @@ class LLMConfig(_Section):
     backoff_max: float = Field(60.0, ge=0)  # longest single backoff in seconds
     price_input_per_1k: float = Field(0.0, ge=0)  # USD per 1k prompt tokens (0.00015 4o-mini)
     price_output_per_1k: float = Field(0.0, ge=0)  # USD per 1k completion tokens (0.0006)
-    server_port: int = Field(0, ge=0)  # embedded server port; 0 = a free one
+    server_port: int = Field(0, ge=0, le=65535)  # embedded server port; 0 = a free one
     server_startup_timeout: float = Field(600.0, gt=0)  # seconds to wait for /health
     server_cache_dir: Path | None = None  # converted GGUF folder; None = ~/.cache/sciqa/llm
     server: Literal["vllm", "transformers"] = "vllm"  # embedded engine (transformers: no batching)
@@ -305,7 +335,7 @@ class PackConfig(_Section):
 
 class SciqaConfig(_Section):
     runs_dir: Path = Path("runs")  # every run writes runs/<stage>/<name>/
-    seed: int = 42  # one seed for folds, sampling and model init
+    seed: int = Field(42, ge=0, le=2**32 - 1)  # one seed for folds, sampling and model init
     models: ModelsConfig = ModelsConfig()
     data: DataConfig = DataConfig()
     retrieval: RetrievalConfig = RetrievalConfig()

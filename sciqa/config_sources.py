@@ -67,12 +67,14 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 def describe(error: ValidationError, source: str, flags: Mapping[str, tuple[str, Any]]) -> str:
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "<root>"
+    # Our validators' messages are whole sentences; pydantic's prefix only adds noise.
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key {where!r}; run `sciqa config` to see the valid keys"
     for flag, (key, value) in flags.items():
         if key == where and value is not None:
-            return f"{flag} {value}: {key}: {first['msg']}"
-    return f"{source}: {where}: {first['msg']}"
+            return f"{flag} {value}: {key}: {message}"
+    return f"{source}: {where}: {message}"
 
 
 def flag_overrides(flags: Mapping[str, tuple[str, Any]] | None) -> list[str]:

@@ -24,6 +24,8 @@ FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "js
 
 def table_format(path: str | os.PathLike[str]) -> str:
     """Format name for ``path``'s suffix; raises naming the supported suffixes."""
+    if Path(path).is_dir():  # else a folder reads as "unsupported file type ''"
+        raise SciqaError(f"{path}: is a directory, expected a .csv/.parquet/.jsonl file")
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         supported = ", ".join(sorted(FORMATS))

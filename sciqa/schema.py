@@ -36,6 +36,7 @@ SOURCE_ID = "source_id"
 REQUIRED = (ID, PROMPT)
 OPTIONAL = (ANSWER, CONTEXT, SOURCE, SOURCE_ID)
 MIN_OPTIONS = 2
+_SHOWN_ROWS = 3  # rows named in a message about many rows
 
 
 def option_letters(columns: list[str] | pd.Index) -> list[str]:
@@ -78,9 +79,49 @@ def describe_missing(missing: list[str], columns: list[str] | pd.Index) -> str:
     return f"missing column(s) {', '.join(repr(c) for c in missing)}; found {found}"
 
 
+def _skipped_letters(columns: list[str], letters: list[str]) -> str | None:
+    """Columns A, B, D (no C): option_letters stops at B, so D would be dropped silently."""
+    stray = [c for c in string.ascii_uppercase if c in columns and c not in letters]
+    if not stray:
+        return None
+    found = sorted({*letters, *stray})
+    gaps = [c for c in string.ascii_uppercase if c < found[-1] and c not in found]
+    return (
+        f"option columns {', '.join(found)} skip {', '.join(gaps)}; options must be "
+        f"A, B, C, ... without gaps: rename or add column {gaps[0]}"
+    )
+
+
+def _empty_options(frame: pd.DataFrame, letters: list[str]) -> str | None:
+    """One problem for every row with an empty option, not one per cell: a file mixing
+    4- and 5-option questions would otherwise show its first of many empty cells."""
+    blank = frame[letters].map(_is_blank)
+    rows = blank.index[blank.any(axis=1)]
+    if not len(rows):
+        return None
+    shown = []
+    for pos in rows[:_SHOWN_ROWS]:
+        empty = [repr(c) for c in letters if blank.at[pos, c]]
+        cells = f"column{'s' * (len(empty) > 1)} {', '.join(empty)}"
+        shown.append(f"{describe_row(pos, frame[ID].iat[pos])}, {cells}")
+    rule = (
+        f"every question needs all {len(letters)} options {letters[0]}-{letters[-1]} "
+        "(one option count per file): fill the empty cells, or put the questions with "
+        "fewer options in their own file without the unused columns"
+    )
+    if len(rows) == 1:
+        return f"{shown[0]}: empty option{'s' * int(blank.loc[rows[0]].sum() > 1)}; {rule}"
+    more = ", ..." if len(rows) > _SHOWN_ROWS else ""
+    return f"{len(rows)} of {len(frame)} rows have empty options ({'; '.join(shown)}{more}); {rule}"
+
+
 def _problems(frame: pd.DataFrame, require_answer: bool) -> Iterator[str]:
     columns = list(frame.columns)
     letters = option_letters(columns)
+    skipped = _skipped_letters(columns, letters)
+    if skipped is not None:
+        yield skipped
+        return
     missing = [c for c in REQUIRED if c not in columns]
     if len(letters) < MIN_OPTIONS:
         missing += [c for c in "AB"[len(letters) :]]
@@ -96,10 +137,12 @@ def _problems(frame: pd.DataFrame, require_answer: bool) -> Iterator[str]:
     def row(position: int) -> str:
         return describe_row(position, frame[ID].iat[position])
 
-    for column in (ID, PROMPT, *letters):
+    for column in (ID, PROMPT):
         for pos in frame.index[frame[column].map(_is_blank)]:
-            what = "option" if column in letters else "value"
-            yield f"{row(pos)}, column '{column}': empty {what}"
+            yield f"{row(pos)}, column '{column}': empty value"
+    empty_options = _empty_options(frame, letters)
+    if empty_options is not None:
+        yield empty_options
 
     ids = frame[ID].astype(str)
     first_seen: dict[str, int] = {}

@@ -59,6 +59,17 @@ def fold_plan(folds: int, only: int | None) -> list[int]:
     return [only]
 
 
+def check_valid(folds: int, has_valid: bool) -> None:
+    """``--valid FILE`` goes with ``--folds 1`` and only with it."""
+    if folds == 1 and not has_valid:
+        raise SciqaError("--folds 1 trains on everything and needs --valid FILE to validate on")
+    if folds > 1 and has_valid:
+        raise SciqaError(
+            f"--valid FILE goes with --folds 1 (a full fit); the {folds} folds validate on "
+            "their own rows: drop --valid or use --folds 1"
+        )
+
+
 def load_labelled(path: Path, letters: list[str] | None = None) -> pd.DataFrame:
     """A schema-valid questions file where every row has an answer."""
     frame = read_questions(path, require_answer=True)
@@ -102,14 +113,9 @@ def split_rows(
     frame: pd.DataFrame, folds: int, valid: pd.DataFrame | None, seed: int, source: str
 ) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
     """``(train_frame, valid_frame)`` per fold; ``--folds 1`` trains on all of ``frame``."""
-    if folds == 1:
-        if valid is None:
-            raise SciqaError("--folds 1 trains on everything and needs --valid FILE to validate on")
-        return [(frame, valid)]
+    check_valid(folds, valid is not None)
     if valid is not None:
-        raise SciqaError(
-            "--valid FILE goes with --folds 1 (a full fit); k folds validate on their own rows"
-        )
+        return [(frame, valid)]
     from train.folds import fold_indices
 
     return [
@@ -160,18 +166,19 @@ def run_train(
     overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Train the planned folds into ``out``; returns the metrics of the folds trained now."""
+    train, backbone, seed = config.train, config.models.backbone, config.seed
+    # The argument and data checks come before torch/transformers, which take seconds to
+    # import: a wrong flag or file fails at once.
+    plan = fold_plan(train.folds, fold)
+    check_valid(train.folds, valid is not None)
+    data = load_data(questions, valid, train.folds, seed)
+
     from accelerate import PartialState
 
     _log_to_stderr()
     from train.trackers import check_trackers
 
-    train, backbone, seed = config.train, config.models.backbone, config.seed
-    check_trackers(train.report_to)  # before anything is loaded or written
-    if train.folds < 1:
-        raise SciqaError(f"train.folds (--folds) = {train.folds}: must be at least 1")
-    plan = fold_plan(train.folds, fold)
-    data = load_data(questions, valid, train.folds, seed)
-
+    check_trackers(train.report_to)  # before any model is loaded or file written
     import torch
 
     # Joins the torchrun/accelerate process group when there is one (gloo on CPU).

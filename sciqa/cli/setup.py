@@ -79,8 +79,9 @@ def benchmark(
 ) -> None:
     """Export a real labelled science MCQ set (shipped offline) in the sciqa schema."""
     from sciqa.assets.question_sets import benchmark_questions
-    from sciqa.io import write_questions
+    from sciqa.io import table_format, write_questions
 
+    table_format(out)  # a bad suffix fails before the questions are built
     frame, dropped = benchmark_questions(name)
     write_questions(frame, out, require_answer=True)
     note = f" ({dropped} with another option count left out)" if dropped else ""

@@ -149,9 +149,10 @@ def train(
 ) -> None:
     """Fine-tune a multiple-choice model over k folds (resumes an interrupted run)."""
     from sciqa.config import load_config
-    from train.commands import run_train
 
     cfg = load_config(config, set_, {"--folds": ("train.folds", folds)})
+    from train.commands import run_train  # imports torch only after its own checks
+
     run_train(questions, out, cfg, fold=fold, valid=valid, overwrite=overwrite)
 
 

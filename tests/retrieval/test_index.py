@@ -304,7 +304,8 @@ def test_retrieve_bad_inputs(built: Path, tmp_path: Path) -> None:
             (good, "--index", built, "--k", "0"),
             "--k 0: retrieval.k: Input should be greater than or equal to 1",
         ),
-        ((good, "--index", built, "--k", "999"), "holds only"),
+        ((good, "--index", built, "--k", "999"), "k (999) is more than the hits fused"),
+        ((good, "--index", built, "--k", "999", "--set", "retrieval.bm25_candidates=999"), "holds"),
         ((good, "--index", tmp_path), "not a complete sciqa index"),
         ((good, "--index", tmp_path / "nope"), "no such index folder"),
     ]

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from sciqa.config import SciqaConfig, dump_config, load_config
@@ -63,3 +65,59 @@ def test_missing_or_unknown_config_file(tmp_path):
     (tmp_path / "c.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"must be \.toml, \.yaml or \.yml"):
         load_config(tmp_path / "c.json")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.max_length=0", r"config: train\.max_length: .*greater than or equal to 8"),
+        ("train.folds=0", r"train\.folds: .*greater than or equal to 1"),
+        ("train.epochs=0", r"train\.epochs: .*greater than 0"),
+        ("train.learning_rate=-1e-5", r"train\.learning_rate: .*greater than 0"),
+        ("train.warmup_ratio=1", r"train\.warmup_ratio: .*less than 1"),
+        ("train.batch_size=0", r"train\.batch_size: "),
+        ("train.eval_batch_size=0", r"train\.eval_batch_size: "),
+        ("train.grad_accum=0", r"train\.grad_accum: "),
+        ("train.weight_decay=-0.1", r"train\.weight_decay: "),
+        ("train.max_grad_norm=-1", r"train\.max_grad_norm: "),
+        ("train.freeze_layers=-1", r"train\.freeze_layers: "),
+        ("train.lora_r=0", r"train\.lora_r: "),
+        ("train.lora_alpha=0", r"train\.lora_alpha: "),
+        ("train.lora_dropout=1", r"train\.lora_dropout: "),
+        ("train.early_stopping_patience=0", r"train\.early_stopping_patience: "),
+        ("train.logging_steps=0", r"train\.logging_steps: "),
+        ("train.dataloader_workers=-1", r"train\.dataloader_workers: "),
+        ("seed=-1", r"config: seed: .*greater than or equal to 0"),
+        ("gen.science_min_similarity=2", r"gen\.science_min_similarity: .*less than or equal to 1"),
+        ("llm.server_port=70000", r"llm\.server_port: .*less than or equal to 65535"),
+        (
+            "retrieval.chunk_overlap=200",
+            r"config: retrieval: chunk_overlap \(200\) must be smaller than chunk_words \(200\); "
+            r"lower retrieval\.chunk_overlap$",
+        ),
+        ("retrieval.min_chunk_words=201", r"retrieval: min_chunk_words \(201\) is more than"),
+        (
+            "retrieval.k=51",
+            r"retrieval: k \(51\) is more than the hits fused \(dense_candidates 50, "
+            r"bm25_candidates 50\); raise those or lower k$",
+        ),
+    ],
+)
+def test_out_of_range_settings_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(None, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_k_is_checked_against_the_retrievers_in_use():
+    assert load_config(None, ["retrieval.k=60", "retrieval.dense_candidates=60"]).retrieval.k == 60
+    with pytest.raises(ConfigError, match=r"k \(60\) is more than the hits fused \(bm25_cand"):
+        load_config(None, ["retrieval.k=60", "retrieval.dense_candidates=60", "retrieval.dense=no"])
+
+
+def test_bounds_keep_the_shipped_configs_and_defaults_valid():
+    root = Path(__file__).resolve().parents[2]
+    for path in sorted((root / "configs").glob("*.*")):
+        if path.name != "gen_prompts.yaml":  # generation prompts, not a config
+            load_config(path)
+    assert load_config(None, ["train.warmup_ratio=0", "train.max_grad_norm=0"]).train.folds == 5

@@ -83,7 +83,8 @@ def test_number_of_options_comes_from_the_data(questions):
         ),
         (
             lambda f: f.assign(C=["x", "  ", "y"]),
-            r"q\.csv: row 2, id=1, column 'C': empty option$",
+            r"q\.csv: row 2, id=1, column 'C': empty option; every question needs all 5 "
+            r"options A-E \(one option count per file\)",
         ),
         (
             lambda f: f.assign(id=["0", "1", "0"]),
@@ -108,6 +109,41 @@ def test_bad_files_fail_with_one_line_naming_file_row_and_column(
     with pytest.raises(SchemaError, match=message) as info:
         read_questions(path)
     assert "\n" not in str(info.value)
+
+
+def test_option_columns_with_a_gap_name_the_missing_letter(questions):
+    skipping = questions.drop(columns="C").assign(answer=["A", "C", "D"])
+    with pytest.raises(SchemaError) as info:
+        validate_questions(skipping, "q.csv")
+    assert str(info.value) == (
+        "q.csv: option columns A, B, D, E skip C; options must be A, B, C, ... without gaps: "
+        "rename or add column C"
+    )
+    with pytest.raises(SchemaError, match=r"option columns B, C, D, E skip A;"):
+        validate_questions(questions.drop(columns="A"))
+
+
+def test_rows_with_fewer_options_are_one_problem_with_the_rule(questions):
+    mixed = pd.concat([questions] * 8, ignore_index=True).assign(id=[str(i) for i in range(24)])
+    mixed.loc[1::2, "E"] = ""  # 12 rows have 4 options, 12 have 5
+    mixed.loc[3, "D"] = None
+    with pytest.raises(SchemaError) as info:
+        validate_questions(mixed, "q.csv")
+    assert str(info.value) == (
+        "q.csv: 12 of 24 rows have empty options (row 2, id=1, column 'E'; row 4, id=3, "
+        "columns 'D', 'E'; row 6, id=5, column 'E', ...); every question needs all 5 options "
+        "A-E (one option count per file): fill the empty cells, or put the questions with "
+        "fewer options in their own file without the unused columns"
+    )
+
+
+def test_a_directory_is_not_a_table(tmp_path):
+    with pytest.raises(SciqaError) as info:
+        read_table(tmp_path)
+    assert str(info.value) == f"{tmp_path}: is a directory, expected a .csv/.parquet/.jsonl file"
+    (tmp_path / "q.csv").mkdir()
+    with pytest.raises(SciqaError, match=r"q\.csv: is a directory"):
+        read_questions(tmp_path / "q.csv")
 
 
 def test_missing_answer_value_is_only_an_error_when_labels_are_required(tmp_path, questions):

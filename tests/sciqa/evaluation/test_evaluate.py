@@ -50,6 +50,18 @@ def test_letters_outside_the_options_are_errors(questions):
             pd.DataFrame({"id": ["1", "2"], "prediction": ["A", "b,c"]}),
             r"row 2, id=2, column 'prediction': 'b,c' is not an option letter",
         ),
+        (
+            pd.DataFrame({"id": ["1", "2"], "prediction": ["A", "A A A"]}),
+            r"row 2, id=2, column 'prediction': 'A A A' repeats 'A'; give each letter once",
+        ),
+        (
+            pd.DataFrame({"id": ["1", "2"], "prediction": ["A B C D", "A"]}),
+            r"row 1, id=1, column 'prediction': 'A B C D' has 4 letters; give at most 3",
+        ),
+        (
+            pd.DataFrame({"id": ["1", "2"], "prediction": ["C", " "]}),
+            r"row 2, id=2, column 'prediction': empty prediction; give 1 to 3 option letters",
+        ),
     ],
 )
 def test_bad_submissions_fail_naming_row_and_column(tmp_path, frame, message):
@@ -58,8 +70,15 @@ def test_bad_submissions_fail_naming_row_and_column(tmp_path, frame, message):
         read_submission(path)
 
 
-def test_empty_prediction_is_allowed_and_scores_zero(tmp_path, questions):
-    labels = validate_questions(questions, require_answer=True)
-    path = write_submission(make_submission(["0", "1", "2"], ["A", "", "B"]), tmp_path / "s.csv")
+def test_one_to_three_distinct_letters_are_valid(tmp_path, questions):
+    labels = validate_questions(questions, require_answer=True)  # answers A, B, B
+    predictions = ["A", "C B", "E D B"]
+    path = write_submission(make_submission(["0", "1", "2"], predictions), tmp_path / "s.csv")
     result = score_submission(read_submission(path), labels)
-    assert result.map_at_3 == pytest.approx(2 / 3)
+    assert result.map_at_3 == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+
+
+def test_an_empty_prediction_is_refused_when_written(tmp_path):
+    with pytest.raises(SchemaError, match=r"s\.csv: row 2, id=1, column 'prediction': empty"):
+        write_submission(make_submission(["0", "1"], ["A", ""]), tmp_path / "s.csv")
+    assert not (tmp_path / "s.csv").exists()
