@@ -67,9 +67,8 @@ def test_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, caplog):
 
 def test_lock_is_reentrant_per_run_only_after_release(tmp_path):
     out = tmp_path / "out"
-    with outdir.OutLock(out):
-        with pytest.raises(outdir.OutLocked):
-            outdir.OutLock(out).acquire()
+    with outdir.OutLock(out), pytest.raises(outdir.OutLocked):
+        outdir.OutLock(out).acquire()
     with outdir.OutLock(out):
         pass
 
