@@ -158,6 +158,16 @@ def _fresh(corpus: Path, tmp_path: Path, *overrides: str) -> Path:
     return out
 
 
+def test_out_holding_other_files_is_refused_not_replaced(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    code, output = _cli("index", corpus, "--out", out, *_sets(*RETRIEVAL_SMALL))
+    _one_line_error(code, output, f"{out}: holds 'notes.txt'", "new or empty folder")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    _no_leftovers(out)
+
+
 def test_damaged_manifest_is_rebuilt_not_reported(built: Path, corpus: Path) -> None:
     (built / "manifest.json").write_text("{not json")
     assert "up to date" not in run_index(corpus, built, make_config(*RETRIEVAL_SMALL))
