@@ -224,6 +224,7 @@ def build_index(
     Returns the manifest (with ``"skipped": True`` when nothing was rebuilt).
     """
     _check_enabled(settings)
+    out = index_dir.real_dir(out)
     with OutLock(out):
         started = time.perf_counter()
         index_dir.check_replaceable(out)

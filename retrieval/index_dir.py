@@ -103,6 +103,12 @@ def shard_counts(index_dir: Path) -> list[int]:
     return sorted({int(m.group(2)) for m in found if m})
 
 
+def real_dir(index_dir: Path) -> Path:
+    """``index_dir``, or the folder it links to: a build swaps that folder and keeps the
+    link (an index linked onto a bigger disk stays there)."""
+    return index_dir.resolve() if index_dir.is_symlink() else index_dir
+
+
 def check_replaceable(index_dir: Path) -> None:
     """A build replaces the whole folder: refuse one that holds anything else than an
     index (``--out .`` or a folder of the user's own files would be lost)."""

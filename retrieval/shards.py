@@ -225,6 +225,7 @@ def _merge_dense(out: Path, staging: Path, shards: list[Path], first: dict[str, 
 
 def merge_shards(out: Path, settings: RetrievalConfig, *, write_run: RunWriter) -> dict[str, Any]:
     """Merge ``out/shards/*`` into one complete index in ``out``."""
+    out = index_dir.real_dir(out)
     with OutLock(out), contextlib.ExitStack() as shard_locks:
         started = time.perf_counter()
         index_dir.check_replaceable(out)

@@ -168,6 +168,15 @@ def test_out_holding_other_files_is_refused_not_replaced(corpus: Path, tmp_path:
     _no_leftovers(out)
 
 
+def test_rebuild_through_a_link_keeps_the_link(built: Path, corpus: Path, tmp_path: Path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(built)
+    run_index(corpus, link, make_config(*RETRIEVAL_SMALL, OTHER))
+    assert link.is_symlink() and link.resolve() == built
+    assert _results(link, OTHER) == _results(built, OTHER)
+    _no_leftovers(built)
+
+
 def test_damaged_manifest_is_rebuilt_not_reported(built: Path, corpus: Path) -> None:
     (built / "manifest.json").write_text("{not json")
     assert "up to date" not in run_index(corpus, built, make_config(*RETRIEVAL_SMALL))
@@ -238,7 +247,7 @@ def test_killed_shard_is_not_merged_and_a_rerun_of_it_completes(
     assert not any(p.name.startswith(".") for p in (out / "shards").iterdir())
 
 
-def test_shard_jobs_of_one_out_run_at_once_but_merge_waits_for_them(
+def test_shard_jobs_of_one_out_run_at_once_and_merge_refuses_while_one_is_written(
     corpus: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "idx"
