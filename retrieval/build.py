@@ -3,21 +3,27 @@
 Three ways to build (see :mod:`retrieval.index_dir` for the layout):
 
 * one machine: :func:`build_index` does everything;
-* many machines: :func:`train_shared` once (only for factories that need training),
-  :func:`build_shard` for each ``i/n`` in any job array, then :func:`merge_shards`.
+* many machines (:mod:`retrieval.shards`): ``train_shared`` once (only for factories that
+  need training), ``build_shard`` for each ``i/n`` in any job array, then ``merge_shards``.
 
 Each reads the ``retrieval`` section plus the other values it needs, passed on their
 own: ``embedding`` (``models.embedding``), ``seed``, and ``write_run``, which writes a
 folder's ``config.yaml`` and ``manifest.json`` (the command binds it to its resolved
-config). Every build removes the old manifest first and writes the new one last, so an
-interrupted build never leaves a folder that loads as a complete index.
+config).
+
+Nothing is lost to a failed rebuild: the corpus, the model and the faiss factory are
+checked before OUT is touched, the new index is built whole in ``.OUT.partial`` with its
+manifest written last, and :func:`sciqa.outdir.publish` swaps it in only then. A kill or
+an error at any point leaves the previous index in OUT, complete and usable. One build
+writes an OUT at a time (:class:`sciqa.outdir.OutLock`).
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,8 +37,9 @@ from retrieval.corpus import read_corpus
 from retrieval.embed import embedding_dim, encode, encode_blocks, load_encoder
 from retrieval.errors import CorpusError, IndexDirError, RetrievalInputError
 from sciqa.config import RetrievalConfig
-from sciqa.io import read_table, write_json, write_table
-from sciqa.runs import MANIFEST, file_digest
+from sciqa.io import write_table
+from sciqa.outdir import OutLock, fresh_partial, publish
+from sciqa.runs import file_digest
 
 
 class RunWriter(Protocol):
@@ -68,11 +75,20 @@ def load_passages(corpus_path: Path, settings: RetrievalConfig) -> Corpus:
     return Corpus(passages, files, [file_digest(f) for f in files], len(articles))
 
 
-def _remove_manifest(folder: Path) -> None:
-    (folder / MANIFEST).unlink(missing_ok=True)
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """An empty ``.OUT.partial`` to build the next ``out`` in, published when the block
+    ends; on an error it is removed and ``out`` is left as it was."""
+    staging = fresh_partial(out)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish(staging, out)
 
 
-def _embed_into(
+def embed_into(
     index: Any, model: Any, texts: list[str], settings: RetrievalConfig, offset: int = 0
 ) -> float:
     """Embed ``texts`` block by block into ``index`` (ids from ``offset``); seconds spent."""
@@ -89,9 +105,16 @@ def _embed_into(
     return time.perf_counter() - started
 
 
-def _trained_index(model: Any, texts: list[str], settings: RetrievalConfig, seed: int) -> Any:
-    """An empty index from the factory, trained on a seeded sample when it needs it."""
-    index = dense.new_index(embedding_dim(model), settings.faiss_factory)
+def empty_index(model: Any, settings: RetrievalConfig) -> Any:
+    """An empty index from ``retrieval.faiss_factory`` (a bad string fails here, before
+    anything is written)."""
+    return dense.new_index(embedding_dim(model), settings.faiss_factory)
+
+
+def train_index(
+    index: Any, model: Any, texts: list[str], settings: RetrievalConfig, seed: int
+) -> Any:
+    """``index``, trained on a seeded sample of ``texts`` when its factory needs it."""
     if dense.needs_training(index):
         rows = dense.sample_rows(len(texts), settings.train_sample, seed)
         sample = encode(
@@ -106,7 +129,7 @@ def _trained_index(model: Any, texts: list[str], settings: RetrievalConfig, seed
     return index
 
 
-def _fingerprint(
+def fingerprint_of(
     corpus: Corpus, settings: RetrievalConfig, embedding: str, seed: int
 ) -> tuple[dict[str, Any], str]:
     """The build settings (:func:`retrieval.index_dir.build_settings`) and their fingerprint
@@ -115,7 +138,7 @@ def _fingerprint(
     return recipe, index_dir.fingerprint(recipe, corpus.digests)
 
 
-def _corpus_extra(corpus: Corpus, recipe: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+def corpus_extra(corpus: Corpus, recipe: dict[str, Any], fingerprint: str) -> dict[str, Any]:
     return {
         "format": index_dir.FORMAT,
         "format_version": index_dir.FORMAT_VERSION,
@@ -125,7 +148,7 @@ def _corpus_extra(corpus: Corpus, recipe: dict[str, Any], fingerprint: str) -> d
     }
 
 
-def _embedding_info(model: Any, embedding: str, settings: RetrievalConfig) -> dict[str, Any]:
+def embedding_info(model: Any, embedding: str, settings: RetrievalConfig) -> dict[str, Any]:
     return {
         "model": embedding,
         "dim": embedding_dim(model),
@@ -134,7 +157,7 @@ def _embedding_info(model: Any, embedding: str, settings: RetrievalConfig) -> di
     }
 
 
-def _write_bm25(passages: pd.DataFrame, folder: Path, settings: RetrievalConfig) -> float:
+def write_bm25(passages: pd.DataFrame, folder: Path, settings: RetrievalConfig) -> float:
     started = time.perf_counter()
     retriever = lexical.build(
         passage_texts(passages, settings.passage_template),
@@ -155,6 +178,37 @@ def _check_enabled(settings: RetrievalConfig) -> None:
         )
 
 
+def _existing_fingerprint(out: Path) -> str | None:
+    try:
+        manifest = index_dir.read_manifest(out) if out.is_dir() else None
+    except IndexDirError:
+        return None  # a damaged manifest: rebuild
+    return manifest.get("fingerprint") if manifest else None
+
+
+def _write_parts(
+    folder: Path, corpus: Corpus, model: Any, index: Any, settings: RetrievalConfig, seed: int
+) -> tuple[list[str], dict[str, float]]:
+    """Passages, then the dense and BM25 parts asked for, into ``folder``; their file
+    names and timings."""
+    write_table(corpus.passages, folder / index_dir.PASSAGES)
+    files = [index_dir.PASSAGES]
+    timings: dict[str, float] = {}
+    if index is not None:
+        texts = passage_texts(corpus.passages, settings.passage_template)
+        train_started = time.perf_counter()
+        train_index(index, model, texts, settings, seed)
+        timings["train_s"] = time.perf_counter() - train_started
+        timings["embed_s"] = embed_into(index, model, texts, settings)
+        timings["passages_per_s"] = len(texts) / max(timings["embed_s"], 1e-9)
+        dense.write(index, folder / index_dir.DENSE)
+        files.append(index_dir.DENSE)
+    if settings.bm25:
+        timings["bm25_s"] = write_bm25(corpus.passages, folder, settings)
+        files.append(index_dir.BM25)
+    return files, timings
+
+
 def build_index(
     corpus_path: Path,
     out: Path,
@@ -170,201 +224,26 @@ def build_index(
     Returns the manifest (with ``"skipped": True`` when nothing was rebuilt).
     """
     _check_enabled(settings)
-    started = time.perf_counter()
-    corpus = load_passages(corpus_path, settings)
-    recipe, fingerprint = _fingerprint(corpus, settings, embedding, seed)
-    existing = index_dir.read_manifest(out) if out.is_dir() else None
-    if not force and existing and existing.get("fingerprint") == fingerprint:
-        try:
-            return {**index_dir.check_index(out), "skipped": True}
-        except IndexDirError:
-            pass  # damaged: rebuild below
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_manifest(out)
-
-    write_table(corpus.passages, out / index_dir.PASSAGES)
-    files = [index_dir.PASSAGES]
-    extra = _corpus_extra(corpus, recipe, fingerprint)
-    timings: dict[str, float] = {}
-    if settings.dense:
-        model = load_encoder(embedding, settings.device)
-        texts = passage_texts(corpus.passages, settings.passage_template)
-        train_started = time.perf_counter()
-        index = _trained_index(model, texts, settings, seed)
-        timings["train_s"] = time.perf_counter() - train_started
-        timings["embed_s"] = _embed_into(index, model, texts, settings)
-        timings["passages_per_s"] = len(texts) / max(timings["embed_s"], 1e-9)
-        dense.write(index, out / index_dir.DENSE)
-        files.append(index_dir.DENSE)
-        extra["embedding"] = _embedding_info(model, embedding, settings)
-        extra["faiss"] = {"factory": settings.faiss_factory, "ntotal": index.ntotal}
-    if settings.bm25:
-        timings["bm25_s"] = _write_bm25(corpus.passages, out, settings)
-        files.append(index_dir.BM25)
-    timings["total_s"] = time.perf_counter() - started
-    extra.update(files=index_dir.file_sizes(out, files), timings=timings)
-    write_run(out, "index", inputs=corpus.files, extra=extra)
-    return index_dir.check_index(out)
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"3/8"`` -> ``(3, 8)``; shards are numbered from 0."""
-    head, sep, tail = text.partition("/")
-    try:
-        shard, n_shards = int(head), int(tail)
-    except ValueError:
-        shard, n_shards = -1, 0
-    if not sep or n_shards < 1 or not 0 <= shard < n_shards:
-        raise RetrievalInputError(
-            f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. --shard 0/4"
-        )
-    return shard, n_shards
-
-
-def shard_bounds(n_rows: int, shard: int, n_shards: int) -> tuple[int, int]:
-    """Contiguous row range of one shard; the shards cover every row exactly once."""
-    return n_rows * shard // n_shards, n_rows * (shard + 1) // n_shards
-
-
-def train_shared(
-    corpus_path: Path, out: Path, settings: RetrievalConfig, *, embedding: str, seed: int
-) -> Path:
-    """Train the empty faiss index every shard adds into (``out/trained.faiss``)."""
-    corpus = load_passages(corpus_path, settings)
-    model = load_encoder(embedding, settings.device)
-    texts = passage_texts(corpus.passages, settings.passage_template)
-    index = _trained_index(model, texts, settings, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_manifest(out)
-    dense.write(index, out / index_dir.TRAINED)
-    _, fingerprint = _fingerprint(corpus, settings, embedding, seed)
-    write_json({"fingerprint": fingerprint}, out / f"{index_dir.TRAINED}.json")
-    return out / index_dir.TRAINED
-
-
-def _shared_trained(out: Path, fingerprint: str, factory: str) -> Any:
-    path = out / index_dir.TRAINED
-    if not path.is_file():
-        raise IndexDirError(
-            f"{out}: retrieval.faiss_factory = {factory!r} needs training; run "
-            f"`sciqa index CORPUS --out {out} --train` once before the shards"
-        )
-    meta_path = path.with_name(f"{index_dir.TRAINED}.json")
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-    if meta.get("fingerprint") != fingerprint:
-        raise IndexDirError(
-            f"{path}: trained for another corpus or settings; re-run `sciqa index CORPUS "
-            f"--out {out} --train` with the same corpus and config as the shards"
-        )
-    return dense.read(path, mmap=False)
-
-
-def build_shard(
-    corpus_path: Path,
-    out: Path,
-    settings: RetrievalConfig,
-    shard: int,
-    n_shards: int,
-    *,
-    embedding: str,
-    seed: int,
-    write_run: RunWriter,
-) -> Path:
-    """Embed rows ``shard_bounds(...)`` of the passages into ``out/shards/i-of-n/``."""
-    if not settings.dense:
-        raise RetrievalInputError(
-            "--shard builds the dense index; BM25 alone needs no shards (drop --shard)"
-        )
-    started = time.perf_counter()
-    corpus = load_passages(corpus_path, settings)
-    recipe, fingerprint = _fingerprint(corpus, settings, embedding, seed)
-    model = load_encoder(embedding, settings.device)
-    index = dense.new_index(embedding_dim(model), settings.faiss_factory)
-    if dense.needs_training(index):
-        index = _shared_trained(out, fingerprint, settings.faiss_factory)
-    lo, hi = shard_bounds(len(corpus.passages), shard, n_shards)
-    folder = index_dir.shard_dir(out, shard, n_shards)
-    folder.mkdir(parents=True, exist_ok=True)
-    _remove_manifest(folder)
-    part = corpus.passages.iloc[lo:hi]
-    write_table(part, folder / index_dir.PASSAGES)
-    texts = passage_texts(part, settings.passage_template)
-    embed_s = _embed_into(index, model, texts, settings, offset=lo)
-    dense.write(index, folder / index_dir.DENSE)
-    extra = _corpus_extra(corpus, recipe, fingerprint)
-    extra.update(
-        shard={"index": shard, "of": n_shards, "rows": [lo, hi]},
-        embedding=_embedding_info(model, embedding, settings),
-        timings={"embed_s": embed_s, "total_s": time.perf_counter() - started},
-    )
-    return write_run(folder, "index-shard", inputs=corpus.files, extra=extra)
-
-
-def _shard_manifests(out: Path) -> list[tuple[Path, dict[str, Any]]]:
-    folders = sorted((out / index_dir.SHARDS).glob("*-of-*"))
-    if not folders:
-        raise IndexDirError(f"{out}: no shards to merge; build them with --shard i/n first")
-    n_shards = int(folders[0].name.split("-of-")[1])
-    found = []
-    for shard in range(n_shards):
-        folder = index_dir.shard_dir(out, shard, n_shards)
-        manifest = index_dir.read_manifest(folder) if folder.is_dir() else None
-        if manifest is None:
-            raise IndexDirError(
-                f"{folder}: shard {shard}/{n_shards} is missing or unfinished; run "
-                f"`sciqa index CORPUS --out {out} --shard {shard}/{n_shards}`"
-            )
-        found.append((folder, manifest))
-    prints = {m["fingerprint"] for _, m in found}
-    if len(prints) > 1:
-        raise IndexDirError(
-            f"{out}: shards were built from different corpora or settings; rebuild them "
-            "all with the same corpus and config"
-        )
-    return found
-
-
-def merge_shards(out: Path, settings: RetrievalConfig, *, write_run: RunWriter) -> dict[str, Any]:
-    """Merge ``out/shards/*`` into one complete index in ``out``."""
-    started = time.perf_counter()
-    shards = _shard_manifests(out)
-    first = shards[0][1]
-    _remove_manifest(out)
-    passages = pd.concat([read_table(f / index_dir.PASSAGES) for f, _ in shards], ignore_index=True)
-    passages["chunk"] = passages["chunk"].astype("int64")
-    if len(passages) != first["counts"]["passages"]:
-        raise IndexDirError(
-            f"{out}: shards hold {len(passages)} passages, the corpus has "
-            f"{first['counts']['passages']}; rebuild the missing shards"
-        )
-    write_table(passages, out / index_dir.PASSAGES)
-    trained = out / index_dir.TRAINED
-    if not trained.is_file():  # Flat and other untrained factories: start from empty
-        empty = dense.new_index(first["embedding"]["dim"], first["settings"]["faiss_factory"])
-        trained = out / f".{index_dir.TRAINED}.empty"
-        dense.write(empty, trained)
-    dense.merge(trained, [f / index_dir.DENSE for f, _ in shards], out / index_dir.DENSE)
-    if trained.name.endswith(".empty"):
-        trained.unlink()
-    files = [index_dir.PASSAGES, index_dir.DENSE]
-    if (out / dense.IVF_DATA).exists():
-        files.append(dense.IVF_DATA)
-    timings = {"bm25_s": _write_bm25(passages, out, settings) if settings.bm25 else 0.0}
-    if settings.bm25:
-        files.append(index_dir.BM25)
-    timings["merge_s"] = time.perf_counter() - started
-    extra = {
-        key: first[key]
-        for key in ("format", "format_version", "fingerprint", "settings", "counts", "embedding")
-    }
-    extra["settings"] = {**extra["settings"], "bm25": settings.bm25}
-    ntotal = int(dense.read(out / index_dir.DENSE, mmap=True).ntotal)
-    extra.update(
-        faiss={"factory": first["settings"]["faiss_factory"], "ntotal": ntotal},
-        shards=len(shards),
-        corpus_inputs=first.get("inputs", []),
-        files=index_dir.file_sizes(out, files),
-        timings=timings,
-    )
-    write_run(out, "index-merge", extra=extra)
-    return index_dir.check_index(out)
+    out = index_dir.real_dir(out)
+    with OutLock(out):
+        started = time.perf_counter()
+        index_dir.check_replaceable(out)
+        corpus = load_passages(corpus_path, settings)
+        recipe, fingerprint = fingerprint_of(corpus, settings, embedding, seed)
+        if not force and _existing_fingerprint(out) == fingerprint:
+            try:
+                return {**index_dir.check_index(out), "skipped": True}
+            except IndexDirError:
+                pass  # damaged: rebuild below
+        model = load_encoder(embedding, settings.device) if settings.dense else None
+        index = empty_index(model, settings) if settings.dense else None
+        extra = corpus_extra(corpus, recipe, fingerprint)
+        with staged(out) as staging:
+            files, timings = _write_parts(staging, corpus, model, index, settings, seed)
+            if index is not None:
+                extra["embedding"] = embedding_info(model, embedding, settings)
+                extra["faiss"] = {"factory": settings.faiss_factory, "ntotal": index.ntotal}
+            timings["total_s"] = time.perf_counter() - started
+            extra.update(files=index_dir.file_sizes(staging, files), timings=timings)
+            write_run(staging, "index", inputs=corpus.files, extra=extra)
+        return index_dir.check_index(out)

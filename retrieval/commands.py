@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from retrieval import build, index_dir
+from retrieval import build, index_dir, shards
 from retrieval.context import build_context, queries, token_counter
 from retrieval.corpus import default_corpus_path
 from retrieval.errors import RetrievalInputError
@@ -18,6 +18,7 @@ from retrieval.search import BM25, DENSE, Retriever
 from sciqa.assets.registry import resolve_corpus, resolve_model
 from sciqa.config import DEFAULT, SciqaConfig
 from sciqa.io import read_questions, table_format, write_questions, write_table
+from sciqa.outdir import OutLock, check_out_dir, check_out_file
 from sciqa.runs import MANIFEST, write_run_files
 from sciqa.schema import CONTEXT, ID
 
@@ -45,20 +46,21 @@ def run_index(
     force: bool = False,
 ) -> str:
     """Build (or train / shard / merge) an index; returns a one-line summary."""
+    check_out_dir(out)
     if sum([shard is not None, train, merge]) > 1:
         raise RetrievalInputError("use only one of --shard, --train and --merge")
     settings, write_run = config.retrieval, functools.partial(write_run_files, config=config)
     if merge:
-        manifest = build.merge_shards(out, settings, write_run=write_run)
+        manifest = shards.merge_shards(out, settings, write_run=write_run)
         return f"{out}: merged {manifest['shards']} shards, {_counts(manifest)}"
     path = corpus_path(corpus, config.data.corpus)
     embedding, seed = config.models.embedding, config.seed
     if train:
-        trained = build.train_shared(path, out, settings, embedding=embedding, seed=seed)
+        trained = shards.train_shared(path, out, settings, embedding=embedding, seed=seed)
         return f"{trained}: trained; now build the shards"
     if shard is not None:
-        i, n = build.parse_shard(shard)
-        build.build_shard(
+        i, n = shards.parse_shard(shard)
+        shards.build_shard(
             path, out, settings, i, n, embedding=embedding, seed=seed, write_run=write_run
         )
         return f"{index_dir.shard_dir(out, i, n)}: shard {i}/{n} done"
@@ -136,8 +138,13 @@ def attach_context(
 
 def run_retrieve(questions: Path, index: Path, out: Path, config: SciqaConfig) -> str:
     """``sciqa retrieve``: write OUT (questions + context) and its audit parquet."""
+    table_format(check_out_file(out))  # a bad --out fails before the index is loaded
+    with OutLock(out):
+        return _retrieve(questions, index, out, config)
+
+
+def _retrieve(questions: Path, index: Path, out: Path, config: SciqaConfig) -> str:
     started = time.perf_counter()
-    table_format(out)  # a bad --out suffix fails now, not after the whole retrieval
     k = config.retrieval.k  # >= 1: the config checks it
     frame = read_questions(questions)
     retriever = Retriever.open(

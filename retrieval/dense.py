@@ -8,10 +8,18 @@ Sharded builds follow faiss's ``contrib/ondisk`` recipe: train one empty index, 
 shard add its vectors (with their global row numbers as ids) into its own file, then
 ``merge_ondisk`` the inverted lists into one ``.ivfdata`` file that is memory-mapped at
 search time. Flat indexes merge with ``merge_from``.
+
+A full disk is one line, not a faiss traceback: :func:`write` reads faiss's "write
+error ... (No space left on device)", and :func:`merge` checks the room for the merged
+inverted lists first, because ``merge_ondisk`` grows its file by ``ftruncate`` and writes
+through a memory map, where a full disk kills the process with SIGBUS instead of raising.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +27,17 @@ from typing import Any
 import numpy as np
 
 from retrieval.errors import IndexDirError, RetrievalInputError
+from retrieval.index_dir import IVF_DATA
+from sciqa.errors import DISK_FULL, FREE_HINT, DiskFullError, free_space
 from sciqa.io import atomic_path
 
-IVF_DATA = "dense.ivfdata"
+# faiss prefixes its messages with the C++ function and source line; users need the rest.
+_FAISS_PREFIX = re.compile(r"^Error in .*? at \S+:\d+: ")
+
+
+def _reason(exc: RuntimeError) -> str:
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return _FAISS_PREFIX.sub("", lines[-1])[:300]
 
 
 def new_index(dim: int, factory: str) -> Any:
@@ -31,10 +47,9 @@ def new_index(dim: int, factory: str) -> Any:
     try:
         return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1][:200]
         raise RetrievalInputError(
             f"retrieval.faiss_factory = {factory!r} is not a valid faiss factory string "
-            f"for dimension {dim}: {reason}"
+            f"for dimension {dim}: {_reason(exc)}"
         ) from None
 
 
@@ -76,7 +91,29 @@ def write(index: Any, path: Path) -> None:
     import faiss
 
     with atomic_path(path) as tmp:
-        faiss.write_index(index, str(tmp))
+        try:
+            faiss.write_index(index, str(tmp))
+        except RuntimeError as exc:
+            raise _write_error(exc, path) from None
+
+
+def _write_error(exc: RuntimeError, path: Path) -> Exception:
+    """faiss reports a failed ``fwrite`` as a RuntimeError ending in ``(strerror)``."""
+    reason = _reason(exc)
+    if any(os.strerror(code) in reason for code in DISK_FULL):
+        return DiskFullError.at(path)
+    return IndexDirError(f"{path}: cannot write the faiss index ({reason})")
+
+
+def _check_room(shards: Sequence[Path], ivfdata: Path) -> None:
+    """The merged lists take about what the shards' files take; refuse before faiss
+    starts writing them through a memory map (a full disk there is a SIGBUS)."""
+    need = sum(s.stat().st_size for s in shards)
+    if shutil.disk_usage(ivfdata.parent).free < need:
+        raise DiskFullError(
+            f"{ivfdata}: not enough space for the merged inverted lists (about "
+            f"{need / 1e9:.2f} GB needed, {free_space(ivfdata)}); {FREE_HINT}"
+        )
 
 
 def read(path: Path, *, mmap: bool) -> Any:
@@ -93,9 +130,8 @@ def read(path: Path, *, mmap: bool) -> Any:
     try:
         return faiss.read_index(str(path), flags)
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1][:200]
         raise IndexDirError(
-            f"{path}: cannot read the faiss index ({reason}); rebuild it with `sciqa index`"
+            f"{path}: cannot read the faiss index ({_reason(exc)}); rebuild it with `sciqa index`"
         ) from None
 
 
@@ -120,8 +156,12 @@ def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
-def merge(trained: Path, shards: Sequence[Path], out: Path) -> None:
-    """One index from shard files: ``merge_ondisk`` for IVF, ``merge_from`` otherwise."""
+def merge(trained: Path, shards: Sequence[Path], out: Path, *, final: Path | None = None) -> None:
+    """One index from shard files: ``merge_ondisk`` for IVF, ``merge_from`` otherwise.
+
+    ``final``: where ``out`` will be once its folder is published (default ``out``); an
+    IVF index records its ``.ivfdata`` path beside it.
+    """
     import faiss
 
     index = read(trained, mmap=False)
@@ -129,11 +169,12 @@ def merge(trained: Path, shards: Sequence[Path], out: Path) -> None:
         from faiss.contrib.ondisk import merge_ondisk
 
         ivfdata = out.parent / IVF_DATA
+        _check_room(shards, ivfdata)
         with atomic_path(ivfdata) as tmp_data:
             merge_ondisk(index, [str(s) for s in shards], str(tmp_data))
         # The index points at the .ivfdata by path; re-point it at the final name.
         invlists = faiss.extract_index_ivf(index).invlists
-        faiss.downcast_InvertedLists(invlists).filename = str(ivfdata)
+        faiss.downcast_InvertedLists(invlists).filename = str((final or out).parent / IVF_DATA)
         write(index, out)
         return
     for shard in shards:

@@ -12,20 +12,30 @@
       trained.faiss       sharded builds only: the trained, empty index
       shards/00003-of-00008/{passages.parquet, dense.faiss, manifest.json}
 
-An index without ``manifest.json`` is incomplete and is never loaded; a build removes
-the old manifest before it touches anything else.
+An index without ``manifest.json`` is incomplete and is never loaded. A build never
+writes into a folder readers may be using: it builds the next one in a hidden sibling
+(``.INDEX_DIR.partial/``, ``shards/.00003-of-00008.partial/``) and swaps it in whole once
+its manifest is written (:func:`sciqa.outdir.publish`), so the previous index stays
+usable until then and a killed build leaves only that hidden sibling, cleared by the next
+run. Hidden names in ``INDEX_DIR`` and ``shards/`` (``.partial``, ``.lock``) are never
+read as shards or index files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from retrieval.errors import IndexDirError
 from sciqa.config import RetrievalConfig
-from sciqa.runs import MANIFEST
+from sciqa.errors import SciqaError
+from sciqa.io import read_table
+from sciqa.runs import CONFIG, MANIFEST
 
 FORMAT = "sciqa-retrieval-index"
 FORMAT_VERSION = 1
@@ -34,6 +44,12 @@ DENSE = "dense.faiss"
 BM25 = "bm25"
 TRAINED = "trained.faiss"
 SHARDS = "shards"
+TRAINED_META = f"{TRAINED}.json"  # the fingerprint the shards check trained.faiss by
+IVF_DATA = "dense.ivfdata"
+# Every name a build of any kind leaves in INDEX_DIR (hidden names are its temp files).
+INDEX_NAMES = frozenset(
+    {PASSAGES, DENSE, IVF_DATA, BM25, CONFIG, MANIFEST, TRAINED, TRAINED_META, SHARDS}
+)
 # Settings that change the index contents; anything else is query-time only.
 BUILD_KEYS = (
     "chunk_words",
@@ -70,8 +86,44 @@ def fingerprint(settings: dict[str, Any], corpus_digests: list[str]) -> str:
     return f"sha256:{hashlib.sha256(blob.encode()).hexdigest()}"
 
 
+_SHARD_NAME = re.compile(r"(\d{5})-of-(\d{5})")
+
+
 def shard_dir(index_dir: Path, shard: int, n_shards: int) -> Path:
     return index_dir / SHARDS / f"{shard:05d}-of-{n_shards:05d}"
+
+
+def shard_counts(index_dir: Path) -> list[int]:
+    """The ``n`` of every ``i-of-n`` shard folder in ``index_dir/shards``, sorted (a
+    build's hidden ``.partial`` and ``.lock`` siblings are not shards)."""
+    folder = index_dir / SHARDS
+    if not folder.is_dir():
+        return []
+    found = (_SHARD_NAME.fullmatch(p.name) for p in folder.iterdir() if p.is_dir())
+    return sorted({int(m.group(2)) for m in found if m})
+
+
+def real_dir(index_dir: Path) -> Path:
+    """``index_dir``, or the folder it links to: a build swaps that folder and keeps the
+    link (an index linked onto a bigger disk stays there)."""
+    return index_dir.resolve() if index_dir.is_symlink() else index_dir
+
+
+def check_replaceable(index_dir: Path) -> None:
+    """A build replaces the whole folder: refuse one that holds anything else than an
+    index (``--out .`` or a folder of the user's own files would be lost)."""
+    if not index_dir.is_dir():
+        return
+    foreign = sorted(
+        p.name for p in index_dir.iterdir() if p.name not in INDEX_NAMES and p.name[0] != "."
+    )
+    if foreign:
+        shown = ", ".join(repr(name) for name in foreign[:3])
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise IndexDirError(
+            f"{index_dir}: holds {shown}{more}, which a sciqa index does not; a build "
+            "replaces the whole folder, so give --out a new or empty folder"
+        )
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -135,6 +187,17 @@ def check_index(index_dir: Path) -> dict[str, Any]:
                 f"rebuild it with `sciqa index --out {index_dir}`"
             )
     return manifest
+
+
+def read_passages(index_dir: Path) -> pd.DataFrame:
+    """``passages.parquet`` of a checked index; an unreadable one means a damaged index."""
+    path = index_dir / PASSAGES
+    try:
+        return read_table(path)
+    except SciqaError as exc:
+        raise IndexDirError(
+            f"{exc}; the index is damaged, rebuild it with `sciqa index --out {index_dir}`"
+        ) from None
 
 
 def check_model(manifest: dict[str, Any], embedding: str, index_dir: Path) -> None:

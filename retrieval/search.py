@@ -23,7 +23,6 @@ from retrieval.errors import IndexDirError, RetrievalInputError
 from retrieval.fusion import Hit, fuse
 from retrieval.rerank import load_reranker, rerank_scores
 from sciqa.config import RetrievalConfig
-from sciqa.io import read_table
 
 DENSE, BM25 = "dense", "bm25"
 
@@ -59,7 +58,7 @@ class Retriever:
                 "retrieval.dense and retrieval.bm25 are both false: enable at least one"
             )
         manifest = index_dir.check_index(folder)
-        passages = read_table(folder / index_dir.PASSAGES)
+        passages = index_dir.read_passages(folder)
         retriever = cls(folder, settings, manifest, passages)
         if settings.dense:
             retriever._load_dense(embedding)

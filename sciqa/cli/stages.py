@@ -99,6 +99,9 @@ def index(
 ) -> None:
     """Chunk a corpus and index it: faiss (dense) + BM25, ready for `sciqa retrieve`."""
     from sciqa.config import load_config
+    from sciqa.outdir import check_out_dir
+
+    check_out_dir(out)
 
     cfg = load_config(config, set_)
     from retrieval.commands import run_index
@@ -120,6 +123,9 @@ def retrieve(
 ) -> None:
     """Attach the top-k passages (dense + BM25, fused) as `context` to each question."""
     from sciqa.config import load_config
+    from sciqa.outdir import check_out_file
+
+    check_out_file(out)
 
     cfg = load_config(config, set_, {"--k": ("retrieval.k", k)})
     from retrieval.commands import run_retrieve

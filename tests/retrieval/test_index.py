@@ -225,21 +225,19 @@ def test_index_checks(built: Path, tmp_path: Path) -> None:
         _open(built, make_config(*RETRIEVAL_SMALL))
 
 
-def test_interrupted_build_never_loads_as_complete(
-    built: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+def test_interrupted_first_build_leaves_nothing_that_loads(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(lexical, "build", crash)
+    out = tmp_path / "new"
     with pytest.raises(KeyboardInterrupt):
-        run_index(
-            corpus,
-            built,
-            make_config(*RETRIEVAL_SMALL, "retrieval.chunk_words=25"),
-        )
-    with pytest.raises(IndexDirError, match="not a complete sciqa index"):
-        _open(built, make_config(*RETRIEVAL_SMALL))
+        run_index(corpus, out, make_config(*RETRIEVAL_SMALL))
+    with pytest.raises(IndexDirError, match="no such index folder"):
+        _open(out, make_config(*RETRIEVAL_SMALL))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wiki.jsonl"]  # no .new.partial
 
 
 def test_reranker_reorders_the_fused_candidates(built: Path, tmp_path: Path) -> None:
