@@ -70,7 +70,11 @@ def test_retrieve_checks_out_before_reading_the_index(refused_fast, labelled, tm
     (tmp_path / "folder").mkdir()
     out = tmp_path / out
     stderr = refused_fast("retrieve", labelled, "--index", tmp_path / "no-index", "--out", out)
-    expected = "is a directory, expected" if out.is_dir() else "unsupported file type '.txt'"
+    expected = (
+        "--out is an existing folder; give a file path"
+        if out.is_dir()
+        else "unsupported file type '.txt'"
+    )
     assert stderr.startswith(f"error: {out}: {expected}")
 
 
