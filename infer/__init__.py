@@ -4,6 +4,7 @@
 ``sciqa pack`` (:mod:`infer.pack`). Each layer imports only the ones below it:
 
 - ``commands`` (``run_infer``: the named steps) over ``summary`` (manifest and scores),
+  ``takeover`` (the run id; OUT_DIR taken over from the run before it, ``previous/``),
   ``runner`` (the loop over members, outputs after each), ``member`` (one member's
   passes: cached, or loaded and scored within the plan) and ``encodings`` (tokenizers and
   encoded questions, shared between folds); these import torch.

@@ -7,13 +7,18 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from infer.ensemble.combine import parse_weights
 from infer.ensemble.oof import fit_auto_weights
@@ -26,11 +31,15 @@ from infer.plan.planner import Planner
 from infer.plan.tta import rotations
 from infer.questions import Questions
 from sciqa.config import InferConfig, SciqaConfig
+from sciqa.errors import SciqaError
 from sciqa.io import write_json
-from sciqa.runs import SCORES, SUBMISSION
+from sciqa.outdir import OutLock, check_out_dir
+from sciqa.runs import FINISHED, SCORES, STOPPED, SUBMISSION
 
 if TYPE_CHECKING:
     from infer.member import OpenMember
+    from infer.runner import Runner
+    from infer.summary import Manifest
 
 FITTED = ("auto", "stack", "select")  # --weights fitted on the runs' oof.parquet
 
@@ -65,6 +74,18 @@ def _force_offline() -> None:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
+@dataclass
+class _Job:
+    """What the arguments ask for, parsed and checked before anything is loaded."""
+
+    questions: Path
+    asked: Questions
+    specs: list[ModelSpec]
+    perms: list[np.ndarray]
+    budget: Budget
+    fit_report: dict | None
+
+
 def run_infer(
     questions: Path,
     model_dirs: list[str],
@@ -81,6 +102,7 @@ def run_infer(
     """
     _force_offline()
     _log_to_stderr()
+    check_out_dir(out_dir)
     cfg = config.infer
     # Every argument is parsed before the clock starts or anything is loaded.
     budget_seconds = parse_duration(cfg.time_budget) if cfg.time_budget else None
@@ -90,7 +112,20 @@ def run_infer(
     check_letters(specs, asked.letters, str(questions))
     perms = rotations(len(asked.letters), cfg.tta)
     fit_report = _set_weights(specs, asked.letters, cfg, config.seed)
+    job = _Job(questions, asked, specs, perms, budget, fit_report)
+    with _out_lock(out_dir):
+        return _run(job, out_dir, config, clock, open_member)
 
+
+def _run(
+    job: _Job,
+    out_dir: Path,
+    config: SciqaConfig,
+    clock: Callable[[], float],
+    open_member: OpenMember | None,
+) -> dict[str, Any]:
+    """The members, run into OUT_DIR (which this run holds the lock of)."""
+    cfg, asked = config.infer, job.asked
     # Imported only now: they import transformers, which must see the offline switch.
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -99,27 +134,71 @@ def run_infer(
     from infer.predictors import families
     from infer.runner import Runner
     from infer.summary import Manifest, Summary
+    from infer.takeover import RunId, take_over
 
     loading = families.Loading.resolve(cfg, config.causal_lm, clock)
-    encodings = Encodings(asked, perms, cfg.batch_size, config.causal_lm)
+    encodings = Encodings(asked, job.perms, cfg.batch_size, config.causal_lm)
     members = Members(encodings, loading, out_dir, open_member or families.open_member)
-    planner = Planner(budget, len(perms), len(asked.ids), members.tokens)
-    results = Results(out_dir, asked.ids, specs, cfg.ensemble)
-    manifest = Manifest(out_dir, config, questions, Summary(asked, loading, fit_report))
-    runner = Runner(members, planner, results, Cascade.plan(specs, cfg), manifest.write)
-    # Log lines print above the progress bars instead of being glued to them.
-    with logging_redirect_tqdm(loggers=[logging.getLogger("infer")]):
-        runner.run()
-    if not results.written:
-        raise InferError(
-            f"no model finished within the time budget; {out_dir / SUBMISSION} "
-            "was not written (raise --time-budget)"
-        )
-    result = manifest.summary(runner)
-    if asked.answers is not None:
-        write_json(result, out_dir / SCORES)
-    manifest.write(runner)
+    planner = Planner(job.budget, len(job.perms), len(asked.ids), members.tokens)
+    results = Results(out_dir, asked.ids, job.specs, cfg.ensemble)
+    run_id = RunId.of(job.questions, job.specs, members, cfg)
+    summary = Summary(asked, loading, job.fit_report)
+    manifest = Manifest(out_dir, config, job.questions, summary, run_id)
+
+    def take_over_out_dir(runner: Runner) -> None:
+        take_over(out_dir, run_id)
+        manifest.write(runner)
+
+    cascade = Cascade.plan(job.specs, cfg)
+    runner = Runner(members, planner, results, cascade, manifest.write, take_over_out_dir)
+    try:
+        # Log lines print above the progress bars instead of being glued to them.
+        with logging_redirect_tqdm(loggers=[logging.getLogger("infer")]):
+            runner.run()
+        if not results.written:
+            raise InferError(
+                f"no model finished within the time budget; {out_dir / SUBMISSION} "
+                "was not written (raise --time-budget)"
+            )
+        result = manifest.summary(runner)
+        if asked.answers is not None:
+            write_json(result, out_dir / SCORES)
+        manifest.write(runner, FINISHED)
+    except BaseException:
+        if runner.output_started:
+            _mark_stopped(manifest, runner)
+        raise
     return result
+
+
+def _mark_stopped(manifest: Manifest, runner: Runner) -> None:
+    """Say in the manifest that the run ended early, if the disk still lets us."""
+    try:
+        manifest.write(runner, STOPPED)
+    except (OSError, SciqaError) as exc:
+        log.warning("%s: could not mark the run stopped (%s)", manifest.out_dir, exc)
+
+
+@contextlib.contextmanager
+def _out_lock(out_dir: Path) -> Iterator[None]:
+    """One writer per OUT_DIR; where its parent is read-only (the lock file goes beside
+    OUT_DIR, e.g. /kaggle/.working.lock), the run goes on unguarded, with a warning."""
+    lock = OutLock(out_dir)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        log.warning(
+            "%s: cannot create %s (%s); running without a guard against a second writer",
+            out_dir,
+            lock.path,
+            exc.strerror,
+        )
+    try:
+        yield
+    finally:
+        lock.release()  # nothing to do when it was not taken
 
 
 def _set_weights(

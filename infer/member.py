@@ -43,7 +43,8 @@ class Members:
     def cache_key(self, spec: ModelSpec) -> PassKey:
         model = [self.encodings.questions.hash, spec.fingerprint()]
         inputs = family_of(spec).cache_inputs(spec, self.loading)
-        return PassKey(self.out_dir, spec.name, model, inputs)
+        n_questions = len(self.encodings.questions.ids)
+        return PassKey(self.out_dir, spec.name, model, inputs, n_questions)
 
     def open(self, spec: ModelSpec, tokenizer: Any) -> Predictor:
         """``spec`` loaded on its devices."""

@@ -9,6 +9,7 @@
     OUT_DIR/scores.json             MAP@3 / accuracy per model and ensemble (labelled input)
     OUT_DIR/config.yaml, manifest.json
     OUT_DIR/cache/                  per-pass logits keyed by questions+model+pass (resume)
+    OUT_DIR/previous/               the files above but cache/ of the run before (takeover)
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ Order: the cascade's cheap members first (they score every question), then the o
 by weight, highest first, so a budget cut drops the least important work. After every
 finished member the ensemble logits and ``submission.csv`` are rewritten atomically
 (:class:`~infer.outputs.Results`), so killing the process at any moment leaves a
-complete, valid submission of the members finished so far. A member's passes come from
-the logits cache when a previous run scored them (:mod:`infer.member`).
+complete, valid submission of the members finished so far. Just before the first of
+them, the run takes OUT_DIR over from the run before it (:mod:`infer.takeover`). A
+member's passes come from the logits cache when a previous run scored them
+(:mod:`infer.member`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ log = logging.getLogger(__name__)
 
 class Runner:
     """Runs the members of ``results`` in the ``cascade``'s order, re-planned by the
-    ``planner``, and calls ``on_progress(self)`` after each finished member.
+    ``planner``; calls ``on_first_output(self)`` once, before the first finished member's
+    outputs are written, and ``on_progress(self)`` after each finished member.
 
     ``results``, ``planner`` (its plans) and ``cascade`` (its escalation) are what the
     run has done so far.
@@ -39,9 +42,12 @@ class Runner:
         results: Results,
         cascade: Cascade,
         on_progress: Callable[[Runner], None],
+        on_first_output: Callable[[Runner], None] = lambda runner: None,
     ):
         self.members, self.planner, self.results = members, planner, results
         self.cascade, self.on_progress = cascade, on_progress
+        self.on_first_output = on_first_output
+        self.output_started = False
 
     def run(self) -> None:
         devices = self.members.loading.devices
@@ -57,6 +63,9 @@ class Runner:
             passes, record = self._run_member(Pending(steps[i:], self.cascade.rows))
             self.results.records[step.spec.name] = record
             if passes:
+                if not self.output_started:
+                    self.on_first_output(self)
+                    self.output_started = True
                 self.results.add(step.spec, passes)
                 self.on_progress(self)
 

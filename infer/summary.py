@@ -10,8 +10,9 @@ from infer.plan.cascade import Cascade
 from infer.predictors.families import Loading
 from infer.questions import Questions
 from infer.runner import Runner
+from infer.takeover import RunId
 from sciqa.config import SciqaConfig
-from sciqa.runs import ENSEMBLE, write_run_files
+from sciqa.runs import ENSEMBLE, RUNNING, write_run_files
 
 
 class Summary:
@@ -83,17 +84,25 @@ class Summary:
 
 
 class Manifest:
-    """OUT_DIR's ``manifest.json`` and ``config.yaml``: :meth:`write` after every member
-    keeps them true to what is done, whenever the run is killed."""
+    """OUT_DIR's ``manifest.json`` and ``config.yaml``: :meth:`write` when the run takes
+    OUT_DIR over, after every member and at the end keeps them true to what is done,
+    whenever the run is killed.
 
-    def __init__(self, out_dir: Path, config: SciqaConfig, questions: Path, summary: Summary):
-        self.out_dir, self.config, self.questions, self.summary = (
-            out_dir,
-            config,
-            questions,
-            summary,
-        )
+    ``status``: ``running`` until the run ends, then ``finished``, or ``stopped`` when
+    it ended on an error or Ctrl-C (a killed run leaves ``running``).
+    """
 
-    def write(self, runner: Runner) -> None:
-        extra = self.summary(runner)
+    def __init__(
+        self,
+        out_dir: Path,
+        config: SciqaConfig,
+        questions: Path,
+        summary: Summary,
+        run_id: RunId,
+    ):
+        self.out_dir, self.config, self.questions = out_dir, config, questions
+        self.summary, self.run_id = summary, run_id
+
+    def write(self, runner: Runner, status: str = RUNNING) -> None:
+        extra = {"status": status, **self.run_id.manifest(), **self.summary(runner)}
         write_run_files(self.out_dir, "infer", self.config, inputs=[self.questions], extra=extra)

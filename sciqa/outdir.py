@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sciqa.errors import SciqaError
+from sciqa.errors import DISK_FULL, DiskFullError, SciqaError
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,14 @@ class OutLock:
             "command": self.command,
             "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError as exc:
+            os.close(fd)  # an fd left open would hold the lock until the process exits
+            if exc.errno in DISK_FULL:
+                raise DiskFullError.at(self.path) from None
+            raise
         self._fd = fd
         recover(self.out)
 

@@ -34,6 +34,9 @@ SCORES = "scores.json"  # MAP@3 / accuracy per member and ensemble (labelled que
 LOGITS = "logits"  # LOGITS/<member>.npy: (n, n_options) float32, rows in LOGIT_IDS order
 LOGIT_IDS = "ids.json"  # LOGITS/LOGIT_IDS: the question ids of every row
 ENSEMBLE = "ensemble"  # LOGITS/ENSEMBLE.npy: the weighted ensemble; a reserved member name
+# MANIFEST's "status" in an OUT_DIR: RUNNING while the run writes it (and after a kill),
+# then FINISHED, or STOPPED when the run ended on an error or Ctrl-C.
+RUNNING, FINISHED, STOPPED = "running", "finished", "stopped"
 # Libraries whose versions change results; absent ones are simply left out.
 TRACKED_LIBRARIES = (
     "sciqa",

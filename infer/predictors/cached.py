@@ -13,6 +13,8 @@ cached member loads nothing.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ from infer.outputs import cache_path, save_npy
 from infer.plan.tta import unpermute
 from infer.predictors.base import Encoded, OnBatch, Predictor
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class PassKey:
@@ -32,12 +36,33 @@ class PassKey:
     name: str
     model: list[str]  # the questions' hash, the checkpoint's fingerprint
     inputs: list[str]  # how its inputs were encoded and run (family, dtype, ...)
+    n_questions: int  # the rows of every pass
 
     def file(self, perm: np.ndarray, rows: np.ndarray | None) -> Path:
         """The file of the pass showing the options in ``perm``'s order, on ``rows``."""
         rows_key = "all" if rows is None else ",".join(map(str, rows.tolist()))
         parts = [*self.model, str(perm.tolist()), rows_key, *self.inputs]
         return cache_path(self.out_dir, self.name, parts)
+
+
+def read_pass(file: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The pass stored in ``file``; None when there is none. A file that is not such a
+    pass (cut short or damaged by a copy: writes are atomic, so never by a kill) is set
+    aside as ``*.torn`` with a warning, and the pass is scored again."""
+    if not file.is_file():
+        return None
+    try:
+        array = np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        problem = f"cannot be read ({str(exc).strip() or type(exc).__name__})"
+    else:
+        if array.shape == shape and np.issubdtype(array.dtype, np.floating):
+            return array
+        problem = f"holds a {array.dtype} array of shape {array.shape}, not {shape}"
+    torn = file.with_suffix(".torn")
+    os.replace(file, torn)
+    log.warning("%s: %s; set aside as %s, scoring this pass again", file, problem, torn.name)
+    return None
 
 
 class CachedPredictor:
@@ -64,8 +89,9 @@ class CachedPredictor:
         the original order; ``encoded()`` gives that pass's inputs when it is scored.
         ``rows``, ``desc`` and ``on_batch`` as for :meth:`Predictor.logits`."""
         file = self.key.file(perm, rows)
-        if file.is_file():
-            return np.load(file)
+        stored = read_pass(file, (self.key.n_questions, len(perm)))
+        if stored is not None:
+            return stored
         if self.predictor is None:
             self.predictor = self._load()
         enc = encoded()

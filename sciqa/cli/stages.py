@@ -183,13 +183,16 @@ def infer(
     set_: SetOpt = None,
 ) -> None:
     """Ensemble checkpoints into submission.csv (offline, within a time budget)."""
+    from sciqa.outdir import check_out_dir
+
+    if out is None:
+        raise SciqaError("--out OUT_DIR is required: where submission.csv and logits/ go")
+    check_out_dir(out)
     from infer.commands import run_infer
     from infer.outputs import format_table
     from sciqa.config import load_config
     from sciqa.runs import SUBMISSION
 
-    if out is None:
-        raise SciqaError("--out OUT_DIR is required: where submission.csv and logits/ go")
     flags = ensemble_flags(weights, time_budget, tta)
     result = run_infer(questions, model_dirs or [], out, load_config(config, set_, flags))
     typer.echo(format_table(result["models"]))

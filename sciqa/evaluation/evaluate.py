@@ -18,6 +18,7 @@ from sciqa.evaluation.intervals import (
     paired_bootstrap,
 )
 from sciqa.metrics import accuracy, map_at_3
+from sciqa.runs import ENSEMBLE, RUNNING, STOPPED
 from sciqa.schema import ANSWER, ID, option_letters
 from sciqa.submission import PREDICTION, first_unknown_letter
 
@@ -151,7 +152,7 @@ def evaluate_dir(
     ev = load_evidence(paths, labels)
     systems = system_scores(ev, n_resamples=n_resamples, seed=seed)
     final = systems[-1]
-    return {
+    result = {
         "n_questions": final["questions"],
         "map_at_3": final["map_at_3"],
         "accuracy": final["accuracy"],
@@ -160,6 +161,15 @@ def evaluate_dir(
         "models": systems,
         "ensemble_minus_best": ensemble_minus_best(ev, n_resamples=n_resamples, seed=seed),
     }
+    status = ev.manifest.get("status") if ev.kind == "infer" else None
+    if status in (RUNNING, STOPPED):
+        planned = [r for r in ev.manifest.get("models", []) if r.get("model") != ENSEMBLE]
+        result["unfinished"] = (
+            f"{paths[0]}: the sciqa infer run that wrote it did not finish (status {status!r}, "
+            f"{len(ev.members)} of {len(planned)} members scored); these are the scores of "
+            "its partial ensemble (rerun the same sciqa infer command to finish it)"
+        )
+    return result
 
 
 def _interval_text(ci: dict[str, Any], signed: bool = False) -> str:
@@ -175,7 +185,7 @@ def _side_of_zero(ci: dict[str, Any]) -> str:
 def format_eval(result: dict[str, Any], name: str) -> list[str]:
     """The lines ``sciqa eval`` prints; the first keeps its historical form."""
     ci = result["map_at_3_ci"]
-    lines = []
+    lines = [f"note: {result['unfinished']}"] if "unfinished" in result else []
     if "models" in result:
         from sciqa.evaluation.report.data import verdict
 

@@ -73,6 +73,22 @@ def test_lock_is_reentrant_per_run_only_after_release(tmp_path):
         pass
 
 
+def test_lock_on_a_full_disk_is_one_line_and_not_held(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real = os.pwrite
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(DiskFullError) as caught:
+        outdir.OutLock(out).acquire()
+    assert str(caught.value).startswith(f"{outdir.lock_path(out)}: no space left on device")
+    monkeypatch.setattr(os, "pwrite", real)
+    with outdir.OutLock(out):  # the failed attempt holds nothing
+        pass
+
+
 def test_publish_swaps_whole_folders(tmp_path):
     out = tmp_path / "idx"
     out.mkdir()
