@@ -7,13 +7,11 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,7 +111,7 @@ def run_infer(
     perms = rotations(len(asked.letters), cfg.tta)
     fit_report = _set_weights(specs, asked.letters, cfg, config.seed)
     job = _Job(questions, asked, specs, perms, budget, fit_report)
-    with _out_lock(out_dir):
+    with OutLock(out_dir):
         return _run(job, out_dir, config, clock, open_member)
 
 
@@ -177,28 +175,6 @@ def _mark_stopped(manifest: Manifest, runner: Runner) -> None:
         manifest.write(runner, STOPPED)
     except (OSError, SciqaError) as exc:
         log.warning("%s: could not mark the run stopped (%s)", manifest.out_dir, exc)
-
-
-@contextlib.contextmanager
-def _out_lock(out_dir: Path) -> Iterator[None]:
-    """One writer per OUT_DIR; where its parent is read-only (the lock file goes beside
-    OUT_DIR, e.g. /kaggle/.working.lock), the run goes on unguarded, with a warning."""
-    lock = OutLock(out_dir)
-    try:
-        lock.acquire()
-    except OSError as exc:
-        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise
-        log.warning(
-            "%s: cannot create %s (%s); running without a guard against a second writer",
-            out_dir,
-            lock.path,
-            exc.strerror,
-        )
-    try:
-        yield
-    finally:
-        lock.release()  # nothing to do when it was not taken
 
 
 def _set_weights(

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 PARTIAL = ".partial"  # suffix of the sibling a folder is built in
 OLD = ".old"  # suffix of the folder being replaced, during a non-atomic swap
 LOCK = ".lock"
+READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # where no lock file can be made
 
 
 class OutDirError(SciqaError):
@@ -122,7 +123,23 @@ class OutLock:
         self.release()
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._take()
+        except OSError as exc:
+            if exc.errno not in READ_ONLY:
+                raise
+            # The lock goes beside OUT (e.g. /kaggle/.working.lock): a read-only parent
+            # must not stop a run that could write OUT itself.
+            log.warning(
+                "%s: cannot create %s (%s); running without a guard against a second writer",
+                self.out,
+                self.path,
+                exc.strerror,
+            )
+        recover(self.out)
+
+    def _take(self) -> None:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
@@ -165,7 +182,6 @@ class OutLock:
                 raise DiskFullError.at(self.path) from None
             raise
         self._fd = fd
-        recover(self.out)
 
     def release(self) -> None:
         if self._fd is None:

@@ -202,10 +202,14 @@ def test_a_second_writer_exits_with_one_line_naming_the_holder(first, models, tm
 def test_a_read_only_lock_location_runs_unguarded_with_a_warning(
     first, models, tmp_path, monkeypatch, caplog
 ):
-    def read_only(lock):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(lock.path))
+    real_open = os.open
 
-    monkeypatch.setattr(OutLock, "acquire", read_only)  # as /kaggle/.working.lock may be
+    def read_only(path, *args, **kwargs):  # as /kaggle/.working.lock may be
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
     out = tmp_path / "out"
     infer(first, models, out)
     assert manifest(out)["status"] == "finished"

@@ -159,3 +159,18 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
     assert str(caught.value).startswith(f"{target}: no space left on device (")
     assert "GB free on" in str(caught.value)
     assert list(tmp_path.iterdir()) == []  # the temporary file is gone too
+
+
+def test_a_read_only_lock_location_warns_and_runs_unguarded(tmp_path, monkeypatch, caplog):
+    out = tmp_path / "working"
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):  # as /kaggle/.working.lock may be
+        if str(path).endswith(outdir.LOCK):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with caplog.at_level(logging.WARNING, logger="sciqa.outdir"), outdir.OutLock(out):
+        pass
+    assert f"cannot create {outdir.lock_path(out)}" in caplog.text
