@@ -19,6 +19,7 @@ from sciqa.config import GenConfig
 from sciqa.errors import SciqaError
 from sciqa.metrics import softmax
 from sciqa.scoring.zero_shot import option_scores
+from sciqa.weights import loading_weights
 
 ZERO_SHOT = "zero_shot"
 
@@ -76,7 +77,8 @@ class TrainedScorer:
             )
         self.name = path
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForMultipleChoice.from_pretrained(path).eval()
+        with loading_weights(path):
+            self.model = AutoModelForMultipleChoice.from_pretrained(path).eval()
         self.max_length = max_length
         self.batch_size = batch_size
 

@@ -7,8 +7,9 @@ LM that scores options zero-shot (``causal_lm`` config). A fold's ``sciqa_model.
 says how its inputs were encoded; dirs without one use ``infer.max_length`` /
 ``infer.use_context`` (encoders) or the ``causal_lm`` section (causal LMs).
 
-This module reads only JSON and file names (``llm:default`` converts the packaged GGUF
-once, through transformers), so it needs no torch.
+This module reads only JSON, file names and the first bytes of weight files
+(``llm:default`` converts the packaged GGUF once, through transformers), so it needs no
+torch.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from infer.errors import InferError
 from sciqa.assets.llm import LLM_PREFIX, causal_lm_path, is_causal_lm
 from sciqa.runs import FOLD_METRICS, FOLD_PREFIX, MODEL_FORMAT, MODEL_INFO, OOF
 from sciqa.scoring.llm_prompts import PromptSpec
+from sciqa.weights import WeightsError, check_weights
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 
@@ -85,7 +87,17 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
+def _check_weights(path: Path) -> None:
+    """Refuse a member whose weights were cut short now, before any model runs, rather
+    than in a traceback from deep inside its load."""
+    try:
+        check_weights(path)
+    except WeightsError as exc:
+        raise InferError(str(exc)) from None
+
+
 def _spec(path: Path, run_dir: Path | None, max_length: int, use_context: bool) -> ModelSpec:
+    _check_weights(path)
     meta = _read_meta(path)
     letters = meta.get("letters")
     causal = meta.get("family") == "causal_lm" or (not meta and is_causal_lm(path))
@@ -116,6 +128,7 @@ def _llm_spec(arg: str) -> ModelSpec:
     except SciqaError as exc:
         raise InferError(f"{arg}: {exc}") from None
     assert target is not None  # an llm: argument always resolves or raises
+    _check_weights(Path(target))  # a Hub name passes: it is not a folder
     label = target_name[len(LLM_PREFIX) :] or "default"
     name = "llm-" + (label if label == "default" else Path(label).name.removesuffix(".gguf"))
     name = "-".join([name, *overrides.values()])

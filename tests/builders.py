@@ -234,6 +234,12 @@ def make_run(root: Path, seed: int, folds: int = 2, questions: pd.DataFrame | No
     return root
 
 
+def cut_in_half(file: Path) -> Path:
+    """What a kill or a copy cut short leaves of ``file``: its first half."""
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    return file
+
+
 # --- a tiny causal LM ---------------------------------------------------------------
 
 CHAT_TEMPLATE = (

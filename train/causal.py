@@ -32,6 +32,7 @@ from sciqa.errors import AssetError, ConfigError
 from sciqa.schema import ID
 from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm
 from sciqa.scoring.llm_scoring import ScoreHead, collate_full, full_features, full_scores
+from sciqa.weights import check_weights
 from train.dataset import Split
 from train.model import mergeable, resolve_precision
 from train.trainer import LengthGroupedTrainer
@@ -138,6 +139,7 @@ class CausalBackend:
         """``path``: what to load for ``models.backbone = backbone``
         (:func:`causal_backbone_path`); ``frame``: the training questions."""
         check_settings(train, causal_lm)
+        check_weights(path)  # a cut copy fails before the run dir is written
         defaults = TrainConfig()
         if (train.max_length, train.use_context) != (defaults.max_length, defaults.use_context):
             log.warning(

@@ -364,6 +364,7 @@ def train_one(
             train=train,
             letters=letters,
             output_dir=fold_dir / layout.CHECKPOINTS,
+            torn_dir=fold_dir / layout.TORN,
             seed=seed,
             label=label,
             **backend.fold_options(),

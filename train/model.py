@@ -15,6 +15,7 @@ from transformers import AutoModelForMultipleChoice, AutoTokenizer, PreTrainedMo
 from sciqa.assets.registry import ModelSource, resolve_model
 from sciqa.config import TrainConfig
 from sciqa.errors import ConfigError, SciqaError
+from sciqa.weights import check_weights, loading_weights
 from train.dataset import Split, encode_split
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ def load_tokenizer(source: ModelSource) -> Any:
 def load_backbone(source: ModelSource, train: TrainConfig) -> PreTrainedModel:
     """The multiple-choice model, with freezing, checkpointing and LoRA as configured."""
     try:
-        model = AutoModelForMultipleChoice.from_pretrained(source.name_or_path)
+        with loading_weights(source.name_or_path):
+            model = AutoModelForMultipleChoice.from_pretrained(source.name_or_path)
     except (OSError, ValueError) as exc:
         raise _unreachable(source.name_or_path, exc) from None
     if train.freeze_embeddings:
@@ -169,6 +171,7 @@ class EncoderBackend:
         self.train = train
         self.letters = letters
         self.source = backbone_source(backbone)
+        check_weights(self.source.name_or_path)  # a cut copy fails before the run dir is written
         self.tokenizer = load_tokenizer(self.source)
 
     def encode(self, frame: Any, name: str) -> Split:

@@ -8,6 +8,7 @@
         sciqa_model.json                  how inputs were encoded (format sciqa-mc/1)
         oof.parquet                       this fold's validation logits
         checkpoints/checkpoint-<step>/    Trainer state while the fold runs (deleted after)
+        torn-checkpoints/checkpoint-<step>/  one a kill cut short, set aside on resume (kept)
         metrics.json                      written last: its presence marks the fold finished
 """
 
@@ -27,6 +28,7 @@ from sciqa.schema import ANSWER, ID
 
 FOLD_OOF = OOF  # each fold's own validation logits, collected into RUN_DIR/oof.parquet
 CHECKPOINTS = "checkpoints"
+TORN = "torn-checkpoints"  # outside CHECKPOINTS: the Trainer's rotation and finish_fold skip it
 FOLD_COLUMN = "fold"
 
 

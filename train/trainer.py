@@ -24,10 +24,10 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import get_last_checkpoint
 
 from sciqa.config import TrainConfig
 from sciqa.metrics import accuracy, map_at_3, top3_letters
+from train.checkpoints import resume_point
 from train.dataset import Split
 from train.model import resolve_precision
 
@@ -155,6 +155,7 @@ def train_fold(
     train: TrainConfig,
     letters: list[str],
     output_dir: Path,
+    torn_dir: Path,
     seed: int,
     label: str,
     trainer_class: type[LengthGroupedTrainer] = LengthGroupedTrainer,
@@ -162,7 +163,8 @@ def train_fold(
     trainer_kwargs: dict[str, Any] | None = None,
     cpu_bf16: bool = False,
 ) -> FoldOutcome:
-    """Train one fold; resume from the last ``checkpoint-*`` under ``output_dir`` if any.
+    """Train one fold; resume from the newest complete ``checkpoint-*`` under
+    ``output_dir`` if any (torn ones are moved into ``torn_dir``: train.checkpoints).
 
     The defaults train an ``AutoModelForMultipleChoice``; another model family passes its
     Trainer subclass (its loss), collator, extra Trainer arguments and ``cpu_bf16``.
@@ -185,7 +187,9 @@ def train_fold(
         train_lengths=train_split.lengths if train.group_by_length else None,
         **(trainer_kwargs or {}),
     )
-    last = _resume_point(output_dir, label)
+    # One process looks (and moves torn checkpoints) first; the others then find the same.
+    with args.main_process_first(desc="choosing the checkpoint to resume from"):
+        last = resume_point(output_dir, torn_dir, label)
     result = trainer.train(resume_from_checkpoint=last)
     history = eval_history(trainer.state.log_history)
     best = max(history, key=lambda e: e[METRIC]) if history else None
@@ -212,14 +216,6 @@ def _mc_collator(tokenizer: Any, args: TrainingArguments) -> DataCollatorForMult
     """The multiple-choice collator; bf16/fp16 pad to multiples of 8 (tensor cores like them)."""
     pad8 = 8 if (args.bf16 or args.fp16) else None
     return DataCollatorForMultipleChoice(tokenizer, pad_to_multiple_of=pad8)
-
-
-def _resume_point(output_dir: Path, label: str) -> str | None:
-    """The last ``checkpoint-*`` under ``output_dir`` (said in the log), or None."""
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if last:
-        log.info("%s: resuming from %s", label, last)
-    return last
 
 
 def _metrics_keeping(

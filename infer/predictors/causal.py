@@ -26,6 +26,7 @@ from sciqa.config import CausalLMConfig
 from sciqa.errors import SciqaError
 from sciqa.scoring.llm_prompts import LLMEncoded
 from sciqa.scoring.llm_scoring import ScoreHead, score_rows
+from sciqa.weights import loading_weights
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ def load_llm(
     if base is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+        with loading_weights(path):
+            model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
     if cfg.load_in == "none" and not cfg.device_map:
         model = model.to(device)
     return model.eval()

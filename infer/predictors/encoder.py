@@ -21,6 +21,7 @@ from transformers import AutoModelForMultipleChoice, AutoTokenizer
 
 from infer.errors import InferError
 from infer.predictors.base import BatchedPredictor
+from sciqa.weights import loading_weights
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,18 @@ def load_model(path: Path, device: torch.device, dtype: torch.dtype, attention: 
     """Load offline, in ``dtype``, with ``attention`` (SDPA) or eager where unsupported."""
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
     try:
-        try:
-            model = AutoModelForMultipleChoice.from_pretrained(
-                path, attn_implementation=attention, **kwargs
-            )
-        except (ValueError, ImportError) as exc:
-            if "attn" not in str(exc).lower() and "attention" not in str(exc).lower():
-                raise
-            log.info("%s: %s attention unsupported, using eager", path.name, attention)
-            model = AutoModelForMultipleChoice.from_pretrained(
-                path, attn_implementation="eager", **kwargs
-            )
+        with loading_weights(path):
+            try:
+                model = AutoModelForMultipleChoice.from_pretrained(
+                    path, attn_implementation=attention, **kwargs
+                )
+            except (ValueError, ImportError) as exc:
+                if "attn" not in str(exc).lower() and "attention" not in str(exc).lower():
+                    raise
+                log.info("%s: %s attention unsupported, using eager", path.name, attention)
+                model = AutoModelForMultipleChoice.from_pretrained(
+                    path, attn_implementation="eager", **kwargs
+                )
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InferError(f"{path}: cannot load as a multiple-choice model: {reason}") from None

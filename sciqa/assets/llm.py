@@ -18,6 +18,7 @@ from typing import Any
 
 from sciqa.assets.registry import default_cache_dir, resolve_model
 from sciqa.errors import SciqaError
+from sciqa.weights import loading_weights
 
 
 class LLMLoadError(SciqaError):
@@ -149,14 +150,17 @@ def load_causal_lm(
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        try:
-            return AutoModelForCausalLM.from_pretrained(
-                name, attn_implementation=attention, **kwargs
-            )
-        except (ValueError, ImportError) as exc:
-            if "attn" not in str(exc).lower() and "attention" not in str(exc).lower():
-                raise
-            return AutoModelForCausalLM.from_pretrained(name, attn_implementation="eager", **kwargs)
+        with loading_weights(name):
+            try:
+                return AutoModelForCausalLM.from_pretrained(
+                    name, attn_implementation=attention, **kwargs
+                )
+            except (ValueError, ImportError) as exc:
+                if "attn" not in str(exc).lower() and "attention" not in str(exc).lower():
+                    raise
+                return AutoModelForCausalLM.from_pretrained(
+                    name, attn_implementation="eager", **kwargs
+                )
     except (OSError, ValueError, ImportError) as exc:
         raise LLMLoadError(f"{name}: cannot load as a causal LM: {_first_line(exc)}") from None
 

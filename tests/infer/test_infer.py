@@ -23,6 +23,7 @@ from infer.errors import BudgetError, InferError  # noqa: E402
 from tests.builders import (  # noqa: E402
     INFER_SMALL,
     LETTERS,
+    cut_in_half,
     make_config,
     make_model,
     make_questions,
@@ -266,6 +267,26 @@ def test_bad_input_one_line_error(tmp_path, qfile, runs, cli_small, make_args, m
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert result.output.startswith("error: ") and result.output.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_cut_weights_are_one_line_naming_the_file(tmp_path, qfile, runs, cli_small, weights):
+    model = tmp_path / "model"
+    shutil.copytree(runs["a"] / "fold_0", model)
+    if weights == "pytorch_model.bin":  # the same model as torch.save writes it
+        from safetensors.torch import load_file
+
+        torch.save(load_file(model / "model.safetensors"), model / weights)
+        (model / "model.safetensors").unlink()
+        assert run_infer(qfile, [str(model)], tmp_path / "whole", make_config(*INFER_SMALL))
+    cut = cut_in_half(model / weights)
+    out = tmp_path / "out"
+    result = cli_small(str(qfile), str(model), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"error: {cut}: truncated or corrupt weights (")
+    assert result.output.endswith("; re-copy the model folder or re-train it\n")
+    assert result.output.count("\n") == 1
     assert not out.exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from tests.builders import (  # noqa: E402
     INFER_SMALL,
     WORDS,
     build_tiny_llama,
+    cut_in_half,
     load_logits,
     make_config,
     make_model,
@@ -142,6 +144,7 @@ def test_fold_meta_prompt_wins_over_config(qfile, tiny_llm, tmp_path):
         ("BYTES", ["causal_lm.mode=letter", "causal_lm.chat_template=off"], "into 2 tokens"),
         ("NOCHAT", ["causal_lm.mode=letter", "causal_lm.chat_template=on"], "no chat template"),
         ("TINY", ["causal_lm.load_in=4bit"], "need a CUDA GPU"),
+        ("CUT", [], "model.safetensors: truncated or corrupt weights ("),
     ],
 )
 def test_bad_llm_input_one_line_error(qfile, tiny_llm, tmp_path, cli, arg, sets, message):
@@ -151,6 +154,10 @@ def test_bad_llm_input_one_line_error(qfile, tiny_llm, tmp_path, cli, arg, sets,
         arg = "llm:" + str(build_tiny_llama(tmp_path / "nochat", WORDS, chat=False))
     elif arg == "TINY":
         arg = f"llm:{tiny_llm}"
+    elif arg == "CUT":  # a copy cut short
+        shutil.copytree(tiny_llm, tmp_path / "cut")
+        cut_in_half(tmp_path / "cut" / "model.safetensors")
+        arg = f"llm:{tmp_path / 'cut'}"
     out = tmp_path / "out"
     flags = [x for s in sets for x in ("--set", s)]
     result = cli(str(qfile), arg, "--out", str(out), *flags)

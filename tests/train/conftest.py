@@ -1,7 +1,9 @@
 """Fixtures the train tests share: tiny random encoders built once per session, one
-intra-op thread per test module, the logits a saved fold gives, a refused ``sciqa train``
-a kill after the first checkpoint, and run files and configs for the tiny models."""
+intra-op thread per test module, the logits a saved fold gives, a refused ``sciqa train``,
+a kill after the first checkpoint or in the second, and run files and configs for the
+tiny models."""
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +121,34 @@ def kill_after_checkpoint(monkeypatch):
 
     monkeypatch.setattr(EvalLine, "on_save", die)
     return lambda: monkeypatch.setattr(EvalLine, "on_save", original)
+
+
+@pytest.fixture
+def kill_in_second_save(monkeypatch):
+    """``kill_in_second_save(tear)``: make ``sciqa train`` die while it saves its second
+    checkpoint, leaving that one torn, as a SIGKILL mid-write would; the first stays whole.
+    Returns a function that lets training finish again.
+
+    The kill sits in ``TrainerState.save_to_json``, the Trainer's last write into a
+    checkpoint (before it rotates older ones away): the state is written, ``tear`` gets
+    the checkpoint folder to damage (delete or cut a file), then KeyboardInterrupt."""
+    from transformers import TrainerState
+
+    original = TrainerState.save_to_json
+    saves: list[str] = []
+
+    def arm(tear: Callable[[Path], None]) -> Callable[[], None]:
+        def save(self, json_path):
+            original(self, json_path)
+            saves.append(json_path)
+            if len(saves) == 2:
+                tear(Path(json_path).parent)
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(TrainerState, "save_to_json", save)
+        return lambda: monkeypatch.setattr(TrainerState, "save_to_json", original)
+
+    return arm
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ the run-dir contract infer reads, cloze/letter/yes_no training, LoRA merging, a 
 must fall on a learnable task, precision on CPUs, and every bad input."""
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from sciqa.scoring.llm_scoring import ScoreHead, score_rows  # noqa: E402
 from tests.builders import (  # noqa: E402
     CAUSAL_TRAIN_SMALL,
     build_tiny_llama,
+    cut_in_half,
     make_config,
     train_questions,
 )
@@ -121,6 +123,31 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(
     [trained] = run_train(questions, out, config, fold=0)
     assert trained["resumed_from"] == str(checkpoints[0])
     assert [e["epoch"] for e in trained["epochs"]] == [1.0, 2.0]
+
+
+def test_torn_lora_checkpoint_is_set_aside_and_the_one_before_resumed(
+    run_files, llama_config, kill_in_second_save, caplog
+):
+    questions, out = run_files(12)
+    config = llama_config(
+        "train.lora=true", "train.epochs=3", "train.early_stopping_patience=5", "train.folds=2"
+    )
+    finish = kill_in_second_save(lambda ck: cut_in_half(ck / "adapter_model.safetensors"))
+    with pytest.raises(KeyboardInterrupt):
+        run_train(questions, out, config, fold=0)
+    complete, torn = sorted(
+        (out / "fold_0" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:])
+    )
+
+    finish()
+    with caplog.at_level(logging.INFO, logger="train"):
+        [trained] = run_train(questions, out, config, fold=0)
+    ours = [r for r in caplog.records if r.name.startswith("train")]  # not transformers'
+    [warning] = [r.getMessage() for r in ours if r.levelno == logging.WARNING]
+    assert f"{torn} is incomplete (adapter_model.safetensors: " in warning
+    assert (out / "fold_0" / "torn-checkpoints" / torn.name).is_dir()
+    assert trained["resumed_from"] == str(complete)
+    assert [e["epoch"] for e in trained["epochs"]] == [1.0, 2.0, 3.0]
 
 
 @pytest.mark.parametrize("mode", ["letter", "yes_no"])

@@ -3,6 +3,7 @@ run-dir contract, resume, the DeBERTa-v2 path, torchrun DDP and every bad input.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ from sciqa.cli import app  # noqa: E402
 from sciqa.errors import SciqaError  # noqa: E402
 from sciqa.io import read_table, write_table  # noqa: E402
 from sciqa.metrics import map_at_3, top3_letters  # noqa: E402
-from tests.builders import TRAIN_SMALL, train_questions  # noqa: E402
+from tests.builders import TRAIN_SMALL, cut_in_half, train_questions  # noqa: E402
 from train.commands import run_train  # noqa: E402
 from train.dataset import encode_split  # noqa: E402
 from train.folds import fold_indices, groups_of  # noqa: E402
@@ -297,6 +298,16 @@ def test_bad_input_is_one_line_and_writes_nothing(refused, tiny_bert, change, ar
 def test_unreachable_hub_backbone_says_offline_needs_local_paths(refused):
     output = refused(train_questions(12), "nobody/no-such-model")
     assert "offline only local paths" in output
+
+
+def test_backbone_with_cut_weights_is_one_line_naming_the_file(refused, tiny_bert, tmp_path):
+    backbone = tmp_path / "backbone"
+    shutil.copytree(tiny_bert, backbone)
+    cut = cut_in_half(backbone / "model.safetensors")
+    output = refused(train_questions(12), str(backbone))
+    assert output.startswith(f"error: {cut}: truncated or corrupt weights (")
+    assert output.endswith("; re-copy the model folder or re-train it\n")
+    assert not (tmp_path / "run").exists()  # refused before the run dir is written
 
 
 def test_valid_file_with_other_option_count_is_refused(refused, tiny_bert, tmp_path):
