@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import pandas as pd
 from sciqa.config import CausalLMConfig, SciqaConfig, TrainConfig
 from sciqa.errors import SciqaError
 from sciqa.io import read_questions
+from sciqa.outdir import OutLock, check_out_dir, fresh_partial, partial_dir
 from sciqa.runs import file_digest, write_run_files
 from sciqa.schema import ANSWER, option_letters
 from train import run_dir as layout
@@ -169,6 +171,7 @@ def run_train(
     train, backbone, seed = config.train, config.models.backbone, config.seed
     # The argument and data checks come before torch/transformers, which take seconds to
     # import: a wrong flag or file fails at once.
+    check_out_dir(out)
     plan = fold_plan(train.folds, fold)
     check_valid(train.folds, valid is not None)
     data = load_data(questions, valid, train.folds, seed)
@@ -191,20 +194,26 @@ def run_train(
     causal_lm = config.causal_lm if backend.family == "causal_lm" else None
     stamp = fingerprint(train, backbone, seed, questions, valid, causal_lm=causal_lm)
     head = {"fingerprint": stamp, "family": backend.family, "n_questions": len(data.frame)}
-    _open_run(out, config, data, head, state, overwrite=overwrite)
-
-    trained = []
-    for index in plan:
-        if layout.is_finished(out, index):
-            print_("fold %d: finished already (%s), skipped", index, layout.fold_dir(out, index))
-            continue
-        trained.append(
-            train_one(index, data, backend, out, state, train=train, seed=seed, backbone=backbone)
-        )
-        state.wait_for_everyone()
-
-    if state.is_main_process:
-        _finish_run(out, config, data, head, state)
+    # One writer per run dir; a --fold job locks only its fold, so a job array runs.
+    locked = out if fold is None else layout.fold_dir(out, fold)
+    with OutLock(locked) if state.is_main_process else contextlib.nullcontext():
+        work = _open_run(out, config, data, head, state, overwrite=overwrite)
+        trained = []
+        for index in plan:
+            if layout.is_finished(work, index):
+                where = layout.fold_dir(work, index)
+                print_("fold %d: finished already (%s), skipped", index, where)
+                continue
+            trained.append(
+                train_one(
+                    index, data, backend, work, state, train=train, seed=seed, backbone=backbone
+                )
+            )
+            state.wait_for_everyone()
+        if state.is_main_process:
+            _finish_run(work, config, data, head, state)
+            if work != out:
+                layout.replace_run(work, out)
     return trained
 
 
@@ -239,18 +248,28 @@ def _open_run(
     state: Any,
     *,
     overwrite: bool,
-) -> None:
-    """Refuse an ``out`` that holds another run (unless ``overwrite``: then clear it), and
-    write the manifest with the fingerprint before any fold starts."""
+) -> Path:
+    """Refuse an ``out`` that holds another run (unless ``overwrite``), and write the
+    manifest with the fingerprint before any fold starts; returns the folder the folds
+    are trained in.
+
+    ``overwrite`` never clears ``out`` first: the new run is trained in its partial
+    sibling (resumed there after a kill) and replaces ``out`` when its folds finish, so
+    the old run stays usable until then.
+    """
     with state.main_process_first():
         # Rank 0 checks and writes first; the others then see its fingerprint and agree.
         stamp = head["fingerprint"]
-        layout.check_run_dir(out, stamp, overwrite=overwrite and state.is_main_process)
+        work = out
+        if overwrite and layout.holds_run(out):
+            work = partial_dir(out)
+            if state.is_main_process and layout.stored_fingerprint(work) != stamp:
+                fresh_partial(out)
+        layout.check_run_dir(work, stamp, overwrite=False)
         if state.is_main_process:
-            if overwrite:
-                layout.clear_run_dir(out)
             extra = {**head, "folds": config.train.folds}
-            write_run_files(out, "train", config, inputs=data.inputs, extra=extra)
+            write_run_files(work, "train", config, inputs=data.inputs, extra=extra)
+    return work
 
 
 def _finish_run(

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pandas as pd
 
 from sciqa.errors import SciqaError
 from sciqa.io import read_table, write_json, write_table
+from sciqa.outdir import publish
 from sciqa.runs import CONFIG, FOLD_METRICS, FOLD_PREFIX, MANIFEST, MODEL_FORMAT, MODEL_INFO, OOF
 from sciqa.schema import ANSWER, ID
 
@@ -96,13 +98,24 @@ def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def clear_run_dir(run_dir: Path) -> None:
-    """Remove what a train run writes (and nothing else) before ``--overwrite``."""
-    for path in run_dir.glob(f"{FOLD_PREFIX}*"):
-        if path.is_dir():
-            shutil.rmtree(path)
-    for name in (OOF, MANIFEST, CONFIG):
-        (run_dir / name).unlink(missing_ok=True)
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds (part of) a train run: fold dirs or a manifest."""
+    return any(run_dir.glob(f"{FOLD_PREFIX}*")) or (run_dir / MANIFEST).is_file()
+
+
+def _written_by_run(path: Path) -> bool:
+    return path.name.startswith(FOLD_PREFIX) or path.name in (OOF, MANIFEST, CONFIG)
+
+
+def replace_run(work: Path, run_dir: Path) -> None:
+    """Swap the finished ``--overwrite`` run in ``work`` (``run_dir``'s partial sibling)
+    in for the old run; what the old run did not write itself (the user's notes, its
+    tracking logs when the new run keeps none) is carried over, as the old
+    clear-then-train did."""
+    for path in run_dir.iterdir():
+        if not _written_by_run(path) and not (work / path.name).exists():
+            os.rename(path, work / path.name)
+    publish(work, run_dir)
 
 
 def write_model_info(directory: Path, info: dict[str, Any]) -> None:
