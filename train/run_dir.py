@@ -10,6 +10,11 @@
         checkpoints/checkpoint-<step>/    Trainer state while the fold runs (deleted after)
         torn-checkpoints/checkpoint-<step>/  one a kill cut short, set aside on resume (kept)
         metrics.json                      written last: its presence marks the fold finished
+    .RUN_DIR.lock                         held while a run writes (a --fold job: fold_<i>/'s)
+    .RUN_DIR.partial/                     an --overwrite run, until its folds finish
+
+Readers only use a fold once its ``metrics.json`` is there; ``--overwrite`` trains beside
+the old run and swaps in whole (:func:`replace_run`).
 """
 
 from __future__ import annotations
