@@ -80,6 +80,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def follow_umask(path: str | os.PathLike[str]) -> Path:
+    """Give ``path`` (a file, or a folder and all inside it) the modes ``open()`` and
+    ``mkdir`` would under the umask: libraries save through private temporary files
+    (transformers' ``model.safetensors`` lands 0600), which other users cannot read."""
+    path, mask = Path(path), current_umask()
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if item.is_symlink():
+            continue
+        executable = item.is_dir() or item.stat().st_mode & 0o111
+        os.chmod(item, (0o777 if executable else 0o666) & ~mask)
+    return path
+
+
 def current_umask() -> int:
     """The process umask, read without changing it (os.umask would, for every thread)."""
     try:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from sciqa.config import CausalLMConfig, SciqaConfig, TrainConfig
 from sciqa.errors import SciqaError
-from sciqa.io import read_questions
+from sciqa.io import follow_umask, read_questions
 from sciqa.outdir import OutLock, check_out_dir, fresh_partial, partial_dir
 from sciqa.runs import file_digest, write_run_files
 from sciqa.schema import ANSWER, option_letters
@@ -391,6 +391,7 @@ def train_one(
     metrics = {"fold": index, **outcome.metrics, "wall_seconds": time.perf_counter() - started}
     if outcome.is_main:
         backend.save(outcome.model, fold_dir)
+        follow_umask(fold_dir)
         info = {"n_options": len(letters), "letters": letters, "fold": index, "backbone": backbone}
         info.update(backend.model_info())  # family, max_length, use_context (+ prompt)
         answers = valid_frame[ANSWER].tolist()

@@ -18,6 +18,7 @@ from typing import Any
 
 from sciqa.assets.registry import default_cache_dir, resolve_model
 from sciqa.errors import SciqaError
+from sciqa.io import follow_umask
 from sciqa.weights import loading_weights
 
 
@@ -61,6 +62,7 @@ def _convert_gguf(folder: str, gguf_file: str, target: Path) -> None:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        follow_umask(tmp)  # mkdtemp's 0700 and the 0600 weights would outlive the rename
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)

@@ -16,7 +16,7 @@ import pytest
 
 from sciqa import outdir
 from sciqa.errors import DiskFullError
-from sciqa.io import atomic_path, write_json, write_table
+from sciqa.io import atomic_path, follow_umask, write_json, write_table
 
 HOLD = textwrap.dedent(
     """
@@ -174,3 +174,20 @@ def test_a_read_only_lock_location_warns_and_runs_unguarded(tmp_path, monkeypatc
     with caplog.at_level(logging.WARNING, logger="sciqa.outdir"), outdir.OutLock(out):
         pass
     assert f"cannot create {outdir.lock_path(out)}" in caplog.text
+
+
+def test_follow_umask_opens_up_what_libraries_save_privately(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir(mode=0o700)
+    (folder / "model.safetensors").write_bytes(b"x")
+    os.chmod(folder / "model.safetensors", 0o600)  # as transformers' save_pretrained leaves it
+    (folder / "run.sh").write_text("#!/bin/sh\n")
+    os.chmod(folder / "run.sh", 0o700)
+    old = os.umask(0o022)
+    try:
+        follow_umask(folder)
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (folder / "run.sh").stat().st_mode & 0o777 == 0o755

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pandas as pd
@@ -87,3 +88,15 @@ def test_out_that_is_a_file_is_one_line_before_torch(run_files, monkeypatch):
         "(it is created) or move the file away\n"
     )
     assert out.read_text() == "keep me\n"
+
+
+def test_fold_files_are_readable_by_others_under_umask_022(run_files, bert_config):
+    questions, out = run_files(12)
+    old = os.umask(0o022)
+    try:
+        run_train(questions, out, bert_config("train.folds=2"), fold=0)
+    finally:
+        os.umask(old)
+    private = [p for p in out.rglob("*") if not p.stat().st_mode & 0o004]
+    assert private == []
+    assert (out / "fold_0" / "model.safetensors").stat().st_mode & 0o777 == 0o644
