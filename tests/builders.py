@@ -1,7 +1,8 @@
 """One factory per test object: questions, configs, tiny models and run dirs.
 
 Tests build everything they need here (no downloads): tiny random encoders with a
-word-level vocabulary, a tiny random Llama with a byte-level BPE tokenizer, model dirs
+word-level vocabulary, a tiny random Llama with a byte-level BPE tokenizer (as a folder,
+or as a quantized GGUF file like the packaged LLMs), model dirs
 saved like ``sciqa train`` folds, run dirs with their ``oof.parquet``; and a reader of the
 logits ``sciqa infer`` writes. Test modules import from here and never from each other.
 """
@@ -296,6 +297,97 @@ def build_tiny_llama(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def _tiny_bpe(vocab: int) -> tuple[list[str], list[str]]:
+    """A byte-level BPE trained on the template words: its tokens (by id) and merges."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(BASE_TEXT * 20, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    tokens = [token for token, _ in sorted(model["vocab"].items(), key=lambda item: item[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return tokens, merges
+
+
+def build_tiny_gguf(
+    path: Path, arch: str = "qwen2", *, seed: int = 0, tied: bool = False, layers: int = 2
+) -> Path:
+    """Write a random tiny decoder GGUF (``qwen2`` or ``llama``) with a byte-level BPE
+    tokenizer and a ChatML template, its matrices quantized (Q8_0, Q4_1) like a real file.
+
+    Hidden 64, 4 heads over 2 KV heads, FFN 128; ``tied`` leaves out ``output.weight``.
+    """
+    from gguf import GGMLQuantizationType, GGUFWriter, TokenType
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(seed)
+    tokens, merges = _tiny_bpe(320)
+    hidden, ffn, heads, kv_heads = 64, 128, 4, 2
+    kv = hidden // heads * kv_heads
+    writer = GGUFWriter(str(path), arch)
+    writer.add_name(f"tiny {arch}")
+    writer.add_block_count(layers)
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(
+        [TokenType.CONTROL if t in SPECIALS else TokenType.NORMAL for t in tokens]
+    )
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(tokens.index("<|endoftext|>"))
+    writer.add_eos_token_id(tokens.index("<|im_end|>"))
+    writer.add_pad_token_id(tokens.index("<|endoftext|>"))
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+    def matrix(name: str, rows: int, cols: int, qtype: GGMLQuantizationType) -> None:
+        data = rng.normal(0, 0.2, size=(rows, cols)).astype(np.float32)
+        writer.add_tensor(name, quantize(data, qtype), raw_dtype=qtype)
+
+    def vector(name: str, size: int, mean: float = 0.0) -> None:
+        writer.add_tensor(name, (mean + rng.normal(0, 0.1, size=size)).astype(np.float32))
+
+    q8, q4 = GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_1
+    matrix("token_embd.weight", len(tokens), hidden, q8)
+    if not tied:
+        matrix("output.weight", len(tokens), hidden, q8)
+    vector("output_norm.weight", hidden, 1.0)
+    for block in range(layers):
+        name = f"blk.{block}."
+        vector(name + "attn_norm.weight", hidden, 1.0)
+        matrix(name + "attn_q.weight", hidden, hidden, q4)
+        matrix(name + "attn_k.weight", kv, hidden, q4)
+        matrix(name + "attn_v.weight", kv, hidden, q8)
+        matrix(name + "attn_output.weight", hidden, hidden, q8)
+        if arch == "qwen2":
+            vector(name + "attn_q.bias", hidden)
+            vector(name + "attn_k.bias", kv)
+            vector(name + "attn_v.bias", kv)
+        vector(name + "ffn_norm.weight", hidden, 1.0)
+        matrix(name + "ffn_gate.weight", ffn, hidden, q4)
+        matrix(name + "ffn_up.weight", ffn, hidden, q8)
+        matrix(name + "ffn_down.weight", hidden, ffn, q4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
 
 
 # --- a tiny Wikipedia and questions it answers --------------------------------------

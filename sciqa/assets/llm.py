@@ -1,24 +1,23 @@
 """Causal LMs as local folders: the packaged GGUF converted once, or a path / Hub name.
 
-The packaged SmolLM2 and Gemma are 4-bit GGUFs. ``transformers serve`` cannot load a GGUF directly
-(its GGUF config lacks ``architectures``) and dequantising on every load costs ~30 s, so
-the GGUF is converted once into a safetensors folder under a cache dir, keyed by the GGUF
-file's path, size and mtime. ``data_gen`` serves that folder; ``train`` and ``infer`` load it.
+The packaged SmolLM2 and Gemma are 4-bit GGUFs. ``transformers serve`` cannot load a
+GGUF directly (its GGUF config lacks ``architectures``) and dequantising on every load costs
+~30 s, so the GGUF is converted once (streamed, in bf16 where the CPU has it:
+:mod:`sciqa.assets.convert`) into a safetensors folder under a cache dir, keyed by the GGUF
+file's path, size and mtime and the stored dtype. ``data_gen`` serves that folder;
+``train`` and ``infer`` load it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from sciqa.assets.convert import convert_gguf
 from sciqa.assets.registry import default_cache_dir, resolve_model
 from sciqa.errors import SciqaError
-from sciqa.io import follow_umask
 from sciqa.weights import loading_weights
 
 
@@ -26,49 +25,30 @@ class LLMLoadError(SciqaError):
     """A causal LM or its tokenizer cannot be loaded as configured."""
 
 
-def prepare_model(name: str, cache_dir: Path | None = None) -> str:
+def prepare_model(name: str, cache_dir: Path | None = None, dtype: str | None = None) -> str:
     """A directory or Hub name that ``from_pretrained`` loads for ``models.llm = name``.
 
     A GGUF file is converted (once; later calls reuse the folder) into a safetensors
-    folder under ``cache_dir``; a directory or Hub name is passed through.
+    folder under ``cache_dir``, stored in ``dtype`` (default: bf16 where the CPU supports
+    it, else fp32 with a warning; sciqa/assets/convert.py); a directory or Hub name is
+    passed through.
     """
+    from sciqa.assets.convert import cpu_has_bf16, storage_dtype
+
     source = resolve_model(name, "llm", cache_dir)
     if not source.gguf_file:
         return source.name_or_path
     gguf = Path(source.name_or_path) / source.gguf_file
     stat = gguf.stat()
     tag = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-    target = (cache_dir or default_cache_dir()) / f"{gguf.stem}-{tag[:10]}"
+    stored = dtype or ("bf16" if cpu_has_bf16() else "fp32")
+    target = (cache_dir or default_cache_dir()) / f"{gguf.stem}-{tag[:10]}-{stored}"
     if (target / "config.json").is_file():
         return str(target)
-    _convert_gguf(source.name_or_path, source.gguf_file, target)
+    if dtype is None:
+        stored = storage_dtype()  # the warning, once, when a conversion is due
+    convert_gguf(gguf, target, stored)
     return str(target)
-
-
-def _convert_gguf(folder: str, gguf_file: str, target: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    print(f"converting {gguf_file} to a safetensors folder (once): {target}", file=sys.stderr)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    # The dequantised weights are plain tensors; the leftover GGUF quantization_config
-    # makes save_pretrained refuse ("quantized with gguf and is not serializable").
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    # Written beside the target and renamed, so an interrupted conversion is redone.
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        follow_umask(tmp)  # mkdtemp's 0700 and the 0600 weights would outlive the rename
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def is_causal_lm(path: str | os.PathLike[str]) -> bool:

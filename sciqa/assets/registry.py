@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -175,6 +176,32 @@ def chunk_paths(asset: PackagedAsset) -> list[Path]:
             "(or `make install`)"
         )
     return paths
+
+
+def require_free_disk(folder: Path, need: int, what: str) -> None:
+    """Raise :class:`AssetError` before writing ``need`` bytes of ``what`` into ``folder``
+    (or the nearest existing folder above it) when its filesystem has less free."""
+    place = folder
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    try:
+        free = shutil.disk_usage(place).free
+    except OSError:
+        return  # unknown: let the write itself say
+    if free < need:
+        raise AssetError(
+            f"{what} needs {size_text(need)} free in {folder} and {place} has "
+            f"{size_text(free)}: free some space, or set XDG_CACHE_HOME to a folder with room"
+        )
+
+
+def size_text(n: float) -> str:
+    """``1.12 GB``, ``3.4 MB``, ``10 kB``."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e3:.0f} kB"
 
 
 def assemble(asset: PackagedAsset, cache_dir: Path | None = None) -> Path:
