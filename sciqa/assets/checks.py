@@ -10,7 +10,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sciqa.assets.registry import GEMMA, ModelSource, file_sha256, packaged_wikipedia, resolve_model
+from sciqa.assets.registry import (
+    GEMMA,
+    QWEN,
+    ModelSource,
+    PackagedAsset,
+    file_sha256,
+    packaged_wikipedia,
+    resolve_model,
+)
 
 _PAIR = (
     "Photosynthesis turns light energy into chemical energy in plants.",
@@ -98,6 +106,18 @@ _FACTS = (
 )
 
 
+def _verify_assembled(name: str, asset: PackagedAsset) -> None:
+    """The assembled GGUF's sha256 again (a file changed in the cache since assembly)."""
+    source = resolve_model(name, "llm")
+    gguf = Path(source.name_or_path) / str(source.gguf_file)
+    digest = file_sha256(gguf)
+    if digest != asset.sha256:
+        raise AssertionError(
+            f"{gguf}: sha256 {digest[:16]}... is not {str(asset.sha256)[:16]}...; delete it "
+            "and run `sciqa assets` to assemble it again"
+        )
+
+
 def check_gemma() -> str:
     """The assembled GGUF's sha256 again, then the converted model prefers true facts."""
     import torch
@@ -105,14 +125,7 @@ def check_gemma() -> str:
 
     from sciqa.assets.llm import load_causal_tokenizer, prepare_model
 
-    source = resolve_model("gemma", "llm")
-    gguf = Path(source.name_or_path) / str(source.gguf_file)
-    digest = file_sha256(gguf)
-    if digest != GEMMA.sha256:
-        raise AssertionError(
-            f"{gguf}: sha256 {digest[:16]}... is not {str(GEMMA.sha256)[:16]}...; delete it "
-            "and run `sciqa assets` to assemble it again"
-        )
+    _verify_assembled("gemma", GEMMA)
     folder = prepare_model("gemma")
     tokenizer = load_causal_tokenizer(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -135,6 +148,65 @@ def check_gemma() -> str:
     )
 
 
+# An instruction model in letter mode: the next token after the chat prompt, among A-D.
+# Qwen2.5-Coder is a code model: it answers "Earth" to the planet question (2026-12-03),
+# so the check asks for 4 of 5 (a random guesser: 1.6%).
+_LETTER_QUESTIONS = (
+    (
+        "Which gas do plants take in from the air to make sugar?",
+        "oxygen|carbon dioxide|nitrogen|helium",
+        "B",
+    ),
+    ("At sea level, water boils at", "50 degrees C|75 degrees C|100 degrees C|150 degrees C", "C"),
+    ("Which planet is closest to the Sun?", "Mercury|Venus|Earth|Mars", "A"),
+    ("What part of the cell holds its DNA?", "cell wall|ribosome|vacuole|nucleus", "D"),
+    ("What force pulls a dropped ball to the ground?", "gravity|magnetism|friction|static", "A"),
+)
+_LETTERS_RIGHT = 4
+
+
+def check_qwen() -> str:
+    """The assembled GGUF's sha256 again, its conversion (once), then letter-mode answers
+    to five easy questions through the chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sciqa.assets.llm import load_causal_tokenizer, prepare_model
+
+    _verify_assembled("qwen", QWEN)
+    folder = prepare_model("qwen")
+    tokenizer = load_causal_tokenizer(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").eval()
+    letters = "ABCD"
+    letter_ids = [tokenizer.convert_tokens_to_ids(letter) for letter in letters]
+    right = 0
+    for question, options, key in _LETTER_QUESTIONS:
+        lines = [
+            f"{letter}. {text}" for letter, text in zip(letters, options.split("|"), strict=True)
+        ]
+        content = "\n".join([question, *lines, "Answer with the letter only."])
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )["input_ids"]
+        with torch.no_grad():
+            logits = model(ids).logits[0, -1, letter_ids]
+        right += letters[int(logits.argmax())] == key
+    if right < _LETTERS_RIGHT:
+        raise AssertionError(
+            f"picked the key in {right}/{len(_LETTER_QUESTIONS)} questions, "
+            f"fewer than {_LETTERS_RIGHT}"
+        )
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    dtype = str(model.dtype).removeprefix("torch.")
+    return (
+        f"sha256 ok, {type(model).__name__} {params:.0f}M params ({dtype}), "
+        f"picked the key in {right}/{len(_LETTER_QUESTIONS)} letter questions"
+    )
+
+
 def check_corpus() -> str:
     articles = packaged_wikipedia()
     words = int(articles["text"].str.split().str.len().sum())
@@ -153,6 +225,7 @@ CHECKS: dict[str, Callable[[], str]] = {
     "backbone": check_backbone,
     "llm": check_llm,
     "gemma": check_gemma,
+    "qwen": check_qwen,
     "corpus": check_corpus,
     "benchmarks": check_benchmarks,
 }

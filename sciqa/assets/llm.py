@@ -1,6 +1,6 @@
 """Causal LMs as local folders: the packaged GGUF converted once, or a path / Hub name.
 
-The packaged SmolLM2 and Gemma are 4-bit GGUFs. ``transformers serve`` cannot load a
+The packaged SmolLM2, Gemma and Qwen are 4-bit GGUFs. ``transformers serve`` cannot load a
 GGUF directly (its GGUF config lacks ``architectures``) and dequantising on every load costs
 ~30 s, so the GGUF is converted once (streamed, in bf16 where the CPU has it:
 :mod:`sciqa.assets.convert`) into a safetensors folder under a cache dir, keyed by the GGUF

@@ -57,7 +57,7 @@ def assets(
             typer.echo(f"{asset.role:<11} MISSING  {exc}")
             failed += 1
             continue
-        typer.echo(f"{asset.role:<11} {asset.requirement:<32} {asset.what}")
+        typer.echo(f"{asset.role:<11} {asset.label:<32} {asset.what}")
         typer.echo(f"{'':<11} at       {where}")
         if check:
             try:

