@@ -22,8 +22,11 @@ def test_soak_kills_and_reruns_to_the_uninterrupted_result(capsys):
     assert gen.repeated == 0 and gen.identical
     assert gen.in_flight <= 2 * faults.CONCURRENCY  # only what a kill caught in flight
     assert (infer.command, infer.kills, infer.reruns) == ("infer", 2, 2) and infer.identical
+    assert infer.repeated == 0  # no member pass found in the cache was scored again
     printed = capsys.readouterr().out
-    assert "| gen | 2 | 2 | **0** |" in printed and "| infer | 2 | 2 | n/a | n/a | yes |" in printed
+    assert (
+        "| gen | 2 | 2 | **0** |" in printed and "| infer | 2 | 2 | **0** | n/a | yes |" in printed
+    )
 
 
 def test_kills_must_be_positive():
