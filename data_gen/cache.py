@@ -4,20 +4,28 @@ The key is a hash of everything that decides the reply (model, messages, generat
 params, response format/schema), so a rerun after a crash sends only the requests with
 no row yet, and editing a template invalidates only the requests it renders differently.
 WAL mode keeps committed rows safe if the process is killed mid-write.
+
+A damaged file (a truncated copy, a disk fault) is checked for on opening and refused in
+one line, never replaced: its rows are money already spent, and ``sqlite3 .recover`` may
+still save them. A full disk while storing a reply is one line too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sciqa.errors import SciqaError
+from sciqa.errors import DiskFullError, SciqaError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _CREATE = """
@@ -45,25 +53,60 @@ class ReplyCache:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
+        if self.path.is_dir():
+            raise SciqaError(f"{self.path}: the reply cache is a folder; set gen.cache to a file")
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        with self._errors():
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # Structure checked up front (O(rows), milliseconds): a damaged cache found
+            # halfway through a run would stop it after requests were paid for.
+            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
             self._db.executescript(_CREATE)
             row = self._db.execute("SELECT value FROM meta WHERE name='version'").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise SciqaError(f"{self.path}: not a usable reply cache ({exc}); delete it") from None
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('version', ?)", (str(SCHEMA_VERSION),))
+        if row is not None and int(row[0]) != SCHEMA_VERSION:
             raise SciqaError(
                 f"{self.path}: reply cache version {row[0]}, this sciqa reads "
                 f"{SCHEMA_VERSION}; move it away or set gen.cache to a new file"
             )
 
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """sqlite's errors as one line naming the file and what to do."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            text = str(exc)
+            if "full" in text:  # SQLITE_FULL: "database or disk is full"
+                raise DiskFullError.at(self.path) from None
+            if "locked" in text:  # another process held the write lock past the timeout
+                raise SciqaError(
+                    f"{self.path}: reply cache locked by another process; wait for it or "
+                    "set gen.cache to another file"
+                ) from None
+            self._db.close()
+            raise SciqaError(
+                f"{self.path}: damaged reply cache ({text}); restore it, salvage it with "
+                "`sqlite3 FILE .recover`, or move it away to start a new one (its requests "
+                "are then paid again)"
+            ) from None
+
     def get(self, key: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT response FROM replies WHERE key=?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        with self._errors():
+            row = self._db.execute("SELECT response FROM replies WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return json.loads(row[0])
+        except ValueError:
+            log.warning(
+                "%s: the stored reply to request %s is damaged; asking again", self.path, key
+            )
+            return None
 
     def has(self, keys: Iterable[str]) -> set[str]:
         """The subset of ``keys`` already answered."""
@@ -72,23 +115,23 @@ class ReplyCache:
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(f"SELECT key FROM replies WHERE key IN ({marks})", chunk)
-            found.update(r[0] for r in rows)
+            with self._errors():
+                rows = self._db.execute(f"SELECT key FROM replies WHERE key IN ({marks})", chunk)
+                found.update(r[0] for r in rows)
         return found
 
     def put(self, key: str, request: dict[str, Any], response: dict[str, Any]) -> None:
         usage = response.get("usage") or {}
-        self._db.execute(
-            "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                key,
-                json.dumps(request, ensure_ascii=False),
-                json.dumps(response, ensure_ascii=False),
-                int(usage.get("prompt_tokens") or 0),
-                int(usage.get("completion_tokens") or 0),
-                time.time(),
-            ),
+        row = (
+            key,
+            json.dumps(request, ensure_ascii=False),
+            json.dumps(response, ensure_ascii=False),
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+            time.time(),
         )
+        with self._errors():
+            self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?)", row)
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]

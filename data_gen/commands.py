@@ -8,6 +8,13 @@ and audit (:mod:`~data_gen.postprocess`) -> write.
 Writes OUT (sciqa schema, labelled, ``context`` = source passage), ``<OUT stem>.rejected.jsonl``
 (every dropped reply or question with its reason), and ``config.yaml`` + ``manifest.json``
 beside OUT. Requests are cached in ``<OUT stem>.cache.sqlite`` so a rerun resumes.
+
+The four files always describe one run: they are written at the end into
+``.<OUT name>.partial/`` and renamed into place, the manifest last (and the old manifest
+removed first), so a kill leaves the previous run's files or no manifest, never a manifest
+that vouches for another run's questions. One gen at a time writes OUT and, because
+``config.yaml``/``manifest.json`` are shared by everything in OUT's folder, one at a time
+writes into that folder (:class:`~sciqa.outdir.OutLock` on both).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import shutil
 import string
 import time
 from collections.abc import Sequence
@@ -31,9 +40,11 @@ from data_gen.postprocess import audit_frame, postprocess
 from data_gen.prompts import Asking, load_templates, make_jobs
 from data_gen.scorers import Scorer, load_encoder, make_scorer, needs_encoder, needs_scorer
 from sciqa.config import SciqaConfig
+from sciqa.errors import SciqaError
 from sciqa.evaluation.audit import one_line
 from sciqa.io import read_questions, table_format, write_questions, write_table, write_text
-from sciqa.runs import write_run_files
+from sciqa.outdir import OutLock, check_out_file, fresh_partial
+from sciqa.runs import CONFIG, MANIFEST, write_run_files
 
 
 def rejected_path(out: Path) -> Path:
@@ -43,6 +54,16 @@ def rejected_path(out: Path) -> Path:
 def cache_path(out: Path, cache: Path | None) -> Path:
     """``gen.cache``, else ``<OUT stem>.cache.sqlite`` beside OUT."""
     return cache or out.with_name(f"{out.stem}.cache.sqlite")
+
+
+def check_out(out: Path) -> Path:
+    """OUT must be a table file path in a folder that can exist: checked before anything is
+    read or asked."""
+    out = check_out_file(out)
+    if out.parent.exists() and not out.parent.is_dir():
+        raise SciqaError(f"{out.parent}: is a file, so --out {out} cannot be created in it")
+    table_format(out)  # a bad suffix fails before any request is paid for
+    return out
 
 
 def run_gen(
@@ -60,9 +81,22 @@ def run_gen(
     ``encoder`` / ``scorer``: ready ones instead of loading ``models.embedding`` /
     ``gen.scorer`` when a step needs them.
     """
+    check_out(out)
+    with OutLock(out), OutLock(out.parent / MANIFEST):
+        return _run(passages, out, config, excludes, batch, encoder, scorer)
+
+
+def _run(
+    passages: Path,
+    out: Path,
+    config: SciqaConfig,
+    excludes: Sequence[Path],
+    batch: bool,
+    encoder: Any,
+    scorer: Scorer | None,
+) -> dict[str, Any]:
     started = time.monotonic()
     gen, seed = config.gen, config.seed
-    table_format(out)  # fail on a bad suffix before any request is paid for
     excluded = {str(p): read_questions(p) for p in excludes}
     if encoder is None and needs_encoder(gen, excluding=bool(excludes)):
         encoder = load_encoder(config.models.embedding)
@@ -88,15 +122,36 @@ def run_gen(
         frame, gen, seed, encoder=encoder, scorer=scorer, excluded=excluded
     )
     audits = {"audit": audit_frame(kept, gen, seed), "audit_generated": generated}
-    _write_outputs(out, kept, asked.rejections() + drops)
     seconds = {
         "generate": round(generated_at - started, 2),
         "postprocess": round(time.monotonic() - generated_at, 2),
     }
     counts = _manifest_counts(out, gen.cache, selection, asked, post, audits, endpoint, seconds)
     run_config = _as_run(config, endpoint)
-    write_run_files(out.parent, "gen", run_config, inputs=[passages, *excludes], extra=counts)
+    _publish(out, kept, asked.rejections() + drops, run_config, [passages, *excludes], counts)
     return counts
+
+
+def _publish(
+    out: Path,
+    kept: pd.DataFrame,
+    rejects: list[dict[str, Any]],
+    config: SciqaConfig,
+    inputs: list[Path],
+    counts: dict[str, Any],
+) -> None:
+    """OUT, its rejects, ``config.yaml`` and ``manifest.json``, written aside in full then
+    renamed beside OUT. The old manifest goes first and the new one comes last, so a kill
+    between the renames leaves no manifest rather than one describing another run."""
+    staging = fresh_partial(out)
+    try:
+        _write_outputs(staging / out.name, kept, rejects)
+        write_run_files(staging, "gen", config, inputs=inputs, extra=counts)
+        (out.parent / MANIFEST).unlink(missing_ok=True)
+        for name in (out.name, rejected_path(out).name, CONFIG, MANIFEST):
+            os.replace(staging / name, out.parent / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write_outputs(out: Path, kept: pd.DataFrame, rejects: list[dict[str, Any]]) -> None:

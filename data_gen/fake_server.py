@@ -10,6 +10,12 @@ that title's 1st, 2nd, ... request (afterwards: ``valid``). Behaviours:
 (finish_reason length), ``429`` (with ``Retry-After: 0``), ``500``, ``slow`` (sleeps
 ``slow_seconds`` before answering).
 
+Unscripted titles can also misbehave at random, for soak runs (``benchmarks/faults.py``):
+``rate_429`` of requests get a 429 (drawn per arrival, as a busy server's are), and
+``rate_malformed`` of request bodies get a malformed reply (drawn from the body's hash, so a
+resent request gets the same reply, as from a seeded LLM: killed and uninterrupted runs
+can then be compared).
+
 It also serves the Batch API subset sciqa uses: ``POST /v1/files``, ``POST /v1/batches``,
 ``GET /v1/batches/{id}``, ``GET /v1/files/{id}/content``.
 
@@ -23,6 +29,7 @@ import contextlib
 import email.parser
 import hashlib
 import json
+import random
 import re
 import threading
 import time
@@ -76,6 +83,9 @@ class FakeLLM:
         owned_by: str | None = None,
         unsupported_pattern: str | None = None,
         port: int = 0,
+        rate_429: float = 0.0,
+        rate_malformed: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self.script = {k: list(v) for k, v in (script or {}).items()}
         self.latency = latency
@@ -86,6 +96,8 @@ class FakeLLM:
         # engine refuses a regex feature it cannot compile (look-arounds...).
         self.unsupported_pattern = unsupported_pattern
         self.batch_polls = batch_polls  # GETs of a batch before it reports completed
+        self.rate_429, self.rate_malformed, self.seed = rate_429, rate_malformed, seed
+        self._random = random.Random(seed)
         self.requests: list[dict[str, Any]] = []  # every chat request body, in arrival order
         self.answered: Counter[str] = Counter()  # body key -> replies sent (200s)
         self.files: dict[str, bytes] = {}
@@ -145,7 +157,7 @@ class FakeLLM:
         text = "\n".join(m["content"] for m in body["messages"] if m["role"] == "user")
         found = _TITLE.findall(text)
         title = found[-1].strip() if found else ""
-        behaviour = self._next(title)
+        behaviour = self._next(title) if title in self.script else self._chaos(body)
         if behaviour == "429":
             return 429, {"Retry-After": "0"}, _error("rate limited", 429)
         if behaviour == "500":
@@ -156,6 +168,15 @@ class FakeLLM:
         with self._lock:
             self.answered[body_key(body)] += 1
         return 200, {}, _completion(body, content, finish)
+
+    def _chaos(self, body: dict[str, Any]) -> str:
+        """An unscripted request's behaviour: ``valid`` unless the random rates say not."""
+        with self._lock:
+            busy = self._random.random() < self.rate_429
+        if busy:
+            return "429"
+        draw = int(body_key({"seed": self.seed, "body": body})[:8], 16) / 16**8
+        return "malformed" if draw < self.rate_malformed else "valid"
 
     # -- the Batch API -----------------------------------------------------------------
 
@@ -339,8 +360,12 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description="Scripted OpenAI-compatible test server.")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per reply")
+    parser.add_argument("--rate-429", type=float, default=0.0, help="share of requests 429'd")
+    parser.add_argument("--rate-malformed", type=float, default=0.0, help="share malformed")
+    parser.add_argument("--seed", type=int, default=0, help="seed of both draws")
     args = parser.parse_args()
-    with FakeLLM(latency=args.latency) as fake:
+    chaos = {"rate_429": args.rate_429, "rate_malformed": args.rate_malformed, "seed": args.seed}
+    with FakeLLM(latency=args.latency, **chaos) as fake:
         print(fake.base_url, flush=True)
         threading.Event().wait()
 

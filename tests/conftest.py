@@ -1,7 +1,10 @@
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.builders import write_wiki
 
 
 @pytest.fixture
@@ -34,3 +37,15 @@ def pytest_configure(config):
     # Tests never download: a model that is not packaged must fail, not fetch.
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in ``tmp_path``: run dirs (``runs/<stage>/...``) land there, not in the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """The small wiki corpus of ``tests.builders`` as ``tmp_path/wiki.jsonl``."""
+    return write_wiki(tmp_path / "wiki.jsonl")

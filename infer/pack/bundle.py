@@ -9,8 +9,10 @@ Example::
 BUNDLE holds ``models/`` (each member stripped to what infer loads), ``wheels/`` (sciqa
 and what the target lacks), ``config.toml`` (the resolved ``infer`` and ``causal_lm``
 sections, paths relative to the bundle), ``predict.sh`` and ``manifest.json`` (members,
-weights, sha256 and size of every file, versions, what was left out). It is written to
-a temporary folder beside OUT and renamed into place, so OUT is complete or untouched.
+weights, sha256 and size of every file, versions, what was left out). It is built in
+``.OUT.partial/`` beside OUT and swapped in whole (:func:`sciqa.outdir.publish`), so OUT
+is the previous bundle or the new one, never a mix; a killed pack leaves the partial
+folder, which the next pack clears. One pack at a time writes OUT (``.OUT.lock``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import os
 import platform
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from infer.models import ModelSpec, expand_model_dirs
 from infer.pack.members import MODELS, Member, copy_member, plan_members
 from infer.pack.script import PREDICT, render
 from sciqa.config import CausalLMConfig, InferConfig, SciqaConfig, load_config
+from sciqa.outdir import OutLock, fresh_partial, publish
 from sciqa.runs import MANIFEST, OOF, file_digest, git_sha
 
 BUNDLE_FORMAT = "sciqa-bundle/1"
@@ -227,8 +229,6 @@ def run_pack(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Write the bundle OUT; returns its manifest."""
-    from infer.pack.wheels import bundle_wheels
-
     out = Path(os.path.abspath(out))
     _check_out(out, overwrite)
     cfg = config
@@ -239,23 +239,38 @@ def run_pack(
     members = plan_members(specs)
     weight_info = _weights(specs, cfg.infer, cfg.seed)
 
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.pack-"))
-    try:
-        tmp.chmod(0o755)  # mkdtemp's 0700 would carry over to the renamed bundle
-        # Wheels first: a target pip cannot serve fails before gigabytes are copied.
-        wheels = bundle_wheels(tmp / WHEELS, cfg.pack, _extras(members, cfg.causal_lm), log)
-        _copy_members(members, tmp)
-        log(f"pack: {len(members)} member(s) copied")
-        sections = _bundle_config(cfg.infer, cfg.causal_lm, members, tmp)
-        _write_config(sections, tmp / CONFIG)
-        created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        _write_predict(tmp / PREDICT, wheels, members, created)
-        manifest = _manifest(tmp, created, wheels, members, weight_info)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with OutLock(out):
+        _check_out(out, overwrite)  # again: another pack may have written OUT meanwhile
+        staging = fresh_partial(out)
+        try:
+            manifest = _build(staging, members, cfg, weight_info, log)
+            publish(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return manifest
+
+
+def _build(
+    root: Path,
+    members: list[Member],
+    cfg: SciqaConfig,
+    weight_info: dict[str, Any],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Write the whole bundle into ``root``; returns its manifest."""
+    from infer.pack.wheels import bundle_wheels
+
+    # Wheels first: a target pip cannot serve fails before gigabytes are copied.
+    wheels = bundle_wheels(root / WHEELS, cfg.pack, _extras(members, cfg.causal_lm), log)
+    _copy_members(members, root)
+    log(f"pack: {len(members)} member(s) copied")
+    sections = _bundle_config(cfg.infer, cfg.causal_lm, members, root)
+    _write_config(sections, root / CONFIG)
+    created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    _write_predict(root / PREDICT, wheels, members, created)
+    manifest = _manifest(root, created, wheels, members, weight_info)
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
 
@@ -316,16 +331,3 @@ def _manifest(
         },
         "files": files,
     }
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Rename the finished bundle into place (an old bundle is moved aside, then removed)."""
-    if out.exists() and any(out.iterdir()):
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        out.rename(old / "bundle")
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)

@@ -33,6 +33,10 @@ def eval_(
     seed: SeedOpt = 0,
 ) -> None:
     """Score a submission against labelled questions: MAP@3 (95% bootstrap interval), accuracy."""
+    from sciqa.outdir import check_out_file
+
+    if json_out is not None:
+        check_out_file(json_out, "--json")
     from sciqa.evaluation.evaluate import evaluate_dir, evaluate_submission, format_eval
 
     if submission.is_dir():
@@ -69,6 +73,9 @@ def report(
     seed: SeedOpt = 0,
 ) -> None:
     """Static HTML report with plots (opens offline): intervals, correlation, calibration."""
+    from sciqa.outdir import check_out_dir
+
+    check_out_dir(out)  # before matplotlib is imported and the runs are read
     from sciqa.evaluation.report.data import verdict
     from sciqa.evaluation.report.html import write_report
 
@@ -125,6 +132,10 @@ def audit(
 ) -> None:
     """Bias audit: answer letters, shortcut baselines' MAP@3 vs chance, flagged questions."""
     from sciqa.config import load_config
+    from sciqa.outdir import check_out_file
+
+    if json_out is not None:
+        check_out_file(json_out, "--json")
     from sciqa.evaluation.audit import audit_questions, format_report, load_for_audit
     from sciqa.io import write_json
 

@@ -51,7 +51,9 @@ def gen(
 ) -> None:
     """Generate MCQs from Wikipedia passages with an LLM (resumable; see docs/data_gen.md)."""
     from sciqa.config import load_config
+    from sciqa.outdir import check_out_file
 
+    check_out_file(out)
     flags = {"--n": ("gen.n", n), "--max-requests": ("gen.max_requests", max_requests)}
     flags["--max-cost"] = ("gen.max_cost", max_cost)
     cfg = load_config(config, set_, flags)

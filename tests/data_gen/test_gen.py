@@ -131,6 +131,32 @@ def test_fake_server_keys_match_request_bodies():
     assert body_key({"a": 1, "b": 2}) == body_key({"b": 2, "a": 1})
 
 
+def test_fake_server_random_faults_are_seeded_and_a_resent_body_gets_the_same_reply():
+    bodies = [
+        {"model": "m", "messages": [{"role": "user", "content": f"Title: T{i}\n"}]}
+        for i in range(2000)
+    ]
+
+    def replies(fake: FakeLLM) -> list[tuple[int, str]]:
+        answers = [fake.chat(b) for b in bodies]
+        return [
+            (s, r["choices"][0]["message"]["content"] if s == 200 else "") for s, _, r in answers
+        ]
+
+    fake, same, other = (FakeLLM(rate_429=0.1, rate_malformed=0.05, seed=s) for s in (0, 0, 1))
+    first = replies(fake)
+    assert replies(same) == first and replies(other) != first
+    busy = sum(s == 429 for s, _ in first) / len(first)
+    malformed = sum(s == 200 and "Unfinished" in text for s, text in first) / len(first)
+    assert 0.08 < busy < 0.12 and 0.03 < malformed < 0.07
+    # malformed follows the body, not the arrival: a resent body gets the same reply
+    for (s1, t1), (s2, t2) in zip(first, replies(fake), strict=True):
+        if s1 == s2 == 200:
+            assert t1 == t2
+    for server in (fake, same, other):
+        server._server.server_close()
+
+
 def test_max_requests_stops_cleanly_and_resume_completes(passages_file, tmp_path, run_fake):
     out = tmp_path / "q.csv"
     with FakeLLM() as fake:

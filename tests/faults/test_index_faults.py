@@ -32,23 +32,12 @@ from tests.builders import (
     WIKI_QUESTIONS,
     make_config,
     wiki_questions,
-    write_wiki,
 )
 
-pytestmark = pytest.mark.assets
+pytestmark = [pytest.mark.assets, pytest.mark.usefixtures("in_tmp")]
 REPO = Path(__file__).resolve().parents[2]
 # What a rebuild changes: a different index, so a leftover of it would show.
 OTHER = "retrieval.chunk_words=25"
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # run dirs (runs/retrieval/...) land here, not in the repo
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    return write_wiki(tmp_path / "wiki.jsonl")
 
 
 @pytest.fixture

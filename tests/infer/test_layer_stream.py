@@ -184,6 +184,7 @@ def test_weights_held_at_once_stay_under_a_cap_the_model_exceeds(
     expected = score_rows(model, enc, rows, head, tok.pad_token_id).numpy()
     shapes = {(tuple(p.shape), p.dtype) for p in model.parameters()}
     full = sum(p.numel() * p.element_size() for p in model.parameters())
+    biggest = max(p.numel() * p.element_size() for p in model.parameters())
     layer = sum(p.numel() * p.element_size() for p in model.model.layers[0].parameters())
     del model
     gc.collect()
@@ -191,7 +192,8 @@ def test_weights_held_at_once_stay_under_a_cap_the_model_exceeds(
 
     streamer = open_streamer(deep_llm, torch.device("cpu"), torch.float32, cfg, "sdpa")
     largest = max(streamer.split.sizes)
-    cap = (2.2 if prefetch else 1.2) * largest  # this part (+ the next one being read)
+    # This part (+ the next one being read, + the one tensor being copied as it is read).
+    cap = (2 if prefetch else 1) * largest + biggest
     assert cap < full / 3  # the whole model would not fit under the cap
     seen: dict[int, int] = {}  # one census per module, as it first runs (one sweep)
 

@@ -26,6 +26,7 @@ from infer.pack.bundle import toml_text
 from sciqa.cli import app
 from sciqa.config import load_config
 from sciqa.io import write_questions
+from sciqa.outdir import OutLock
 from sciqa.runs import file_digest
 from tests.builders import WORDS, build_tiny_llama, make_questions, make_run
 
@@ -278,8 +279,41 @@ def test_bad_input_one_line_error_nothing_written(tmp_path, run_a, sciqa_wheel, 
     assert result.output.startswith("error: ") and message in result.output
     assert result.output.count("\n") == 1, result.output  # nothing else was done
     assert not (tmp_path / "bundle").exists()
-    assert not list(tmp_path.rglob(".*.pack-*"))
+    assert not list(tmp_path.rglob(".*"))  # no partial folder, no lock file
     assert (tmp_path / "other" / "keep.txt").read_text() == "mine"
+
+
+def test_a_killed_packs_leftover_is_cleared_and_modes_follow_the_umask(
+    run_a, tmp_path, sciqa_wheel
+):
+    out = tmp_path / "bundle"
+    leftover = tmp_path / ".bundle.partial"  # what a pack killed mid-copy leaves
+    (leftover / "models").mkdir(parents=True)
+    (leftover / "models" / "half.safetensors").write_bytes(b"0" * 10)
+    (run_a / "fold_0" / "model.safetensors").chmod(0o644)
+    umask = os.umask(0o022)
+    try:
+        pack(str(run_a / "fold_0"), "--out", str(out), wheel=sciqa_wheel)
+    finally:
+        os.umask(umask)
+    assert not leftover.exists() and not list(tmp_path.glob(".bundle.*"))
+    assert "models/half.safetensors" not in bundle_files(out)
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777 for p in out.rglob("*")}
+    assert modes.pop("predict.sh") == 0o755
+    assert modes["models/run_a/fold_0/model.safetensors"] == 0o644
+    assert set(modes.values()) == {0o644, 0o755}  # folders 0755, files 0644
+    assert {m for p, m in modes.items() if (out / p).is_file()} == {0o644}
+
+
+def test_a_second_pack_into_the_same_bundle_is_refused_naming_the_first(
+    run_a, tmp_path, sciqa_wheel
+):
+    out = tmp_path / "bundle"
+    with OutLock(out, command="sciqa pack runs/a --out bundle"):
+        result = pack(str(run_a), "--out", str(out), wheel=sciqa_wheel, expect=1)
+    assert result.output.startswith(f"error: {out}: another sciqa run is writing it (pid ")
+    assert "`sciqa pack runs/a --out bundle`" in result.output
+    assert result.output.count("\n") == 1 and not out.exists()
 
 
 @pytest.mark.parametrize(

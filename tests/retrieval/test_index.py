@@ -24,20 +24,9 @@ from tests.builders import (
     make_config,
     make_cross_encoder,
     wiki_questions,
-    write_wiki,
 )
 
-pytestmark = pytest.mark.assets
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # run dirs (runs/retrieval/...) land here, not in the repo
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    return write_wiki(tmp_path / "wiki.jsonl")
+pytestmark = [pytest.mark.assets, pytest.mark.usefixtures("in_tmp")]
 
 
 def _open(folder: Path, config: SciqaConfig) -> Retriever:

@@ -14,6 +14,7 @@ from sciqa.evaluation.evidence import Evidence, load_evidence, oof_evidence
 from sciqa.evaluation.intervals import N_RESAMPLES, SEED
 from sciqa.evaluation.report.data import verdict
 from sciqa.io import write_json, write_text
+from sciqa.outdir import OutLock, check_out_dir
 
 PAGE = "index.html"
 DATA = "report.json"
@@ -242,7 +243,20 @@ def write_report(
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
 ) -> tuple[Path, dict[str, Any]]:
-    """Read the run(s), write REPORT_DIR/index.html + PNGs + report.json; returns the page."""
+    """Read the run(s), write REPORT_DIR/index.html + PNGs + report.json; returns the page.
+
+    One report at a time writes ``out`` (:class:`~sciqa.outdir.OutLock`); every file is
+    written atomically, the page last, and a plot this run has no data for is removed, so
+    the folder never shows another run's picture beside this run's page.
+    """
+    check_out_dir(out)
+    with OutLock(out):
+        return _write_report(paths, out, labels, n_resamples, seed)
+
+
+def _write_report(
+    paths: list[Path], out: Path, labels: Path | None, n_resamples: int, seed: int
+) -> tuple[Path, dict[str, Any]]:
     from sciqa.evaluation.report import plots
     from sciqa.evaluation.report.data import collect, correlation
 
@@ -273,6 +287,8 @@ def write_report(
         ),
     }
     data["plots"] = {k: v.name for k, v in images.items() if v is not None}
+    for name in (f"{k}.png" for k, v in images.items() if v is None):
+        (out / name).unlink(missing_ok=True)  # an earlier report's, for data this one lacks
     write_json(data, out / DATA)
     page = write_text(render(ev, data, images), out / PAGE)
     return page, data

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from sciqa.evaluation.intervals import average_precisions_from_logits, paired_bo
 from sciqa.evaluation.report.data import collect, correlation, reliability
 from sciqa.io import write_questions
 from sciqa.metrics import map_at_3, top3_letters
+from sciqa.outdir import OutLock
 from sciqa.runs import ENSEMBLE, write_run_files
 from sciqa.submission import make_submission, write_submission
 from tests.builders import LETTERS, make_questions, make_run
@@ -436,3 +438,51 @@ def test_report_of_an_infer_dir_adds_the_oof_correlation_of_its_train_runs(tmp_p
     data = json.loads((tmp_path / "r2" / "report.json").read_text())
     assert data["oof_correlation"] is None
     assert data["oof_correlation_note"] == "0 train run(s) with oof.parquet behind the members"
+
+
+# --- where the output goes ------------------------------------------------------------------
+
+
+def test_out_that_is_a_file_is_one_line_before_the_runs_are_read(tmp_path):
+    taken = tmp_path / "report.html"
+    taken.write_text("mine")
+    line = _error(["report", str(tmp_path / "no-such-run"), "--out", str(taken)])
+    assert line == (
+        f"error: {taken}: --out is an existing file, not a folder; give a folder path "
+        "(it is created) or move the file away"
+    )
+    assert taken.read_text() == "mine"
+
+
+def test_eval_json_that_is_a_folder_is_one_line_before_scoring(tmp_path):
+    (tmp_path / "scores").mkdir()
+    line = _error(
+        ["eval", str(tmp_path / "no-such.csv"), "x.csv", "--json", str(tmp_path / "scores")]
+    )
+    assert line == f"error: {tmp_path / 'scores'}: --json is an existing folder; give a file path"
+
+
+def test_a_second_report_into_the_same_folder_is_refused_naming_the_first(tmp_path):
+    out = make_infer_dir(tmp_path)
+    report = tmp_path / "report"
+    with OutLock(report, command="sciqa report runs/infer --out report"):
+        line = _error(["report", str(out), "--out", str(report), "--resamples", "50"])
+    assert line.startswith(f"error: {report}: another sciqa run is writing it (pid {os.getpid()}")
+    assert "`sciqa report runs/infer --out report`" in line and not report.exists()
+
+
+def test_a_plot_the_new_report_lacks_is_removed_not_left_from_the_old(tmp_path):
+    report = tmp_path / "report"
+    trained = make_train_run(tmp_path / "run", labelled_questions(40), 1.0, 1)
+    args = ["--out", str(report), "--resamples", "50"]
+    assert runner.invoke(app, ["report", str(trained), *args]).exit_code == 0
+    assert (report / "learning_curves.png").exists()
+    umask = os.umask(0o022)
+    try:
+        result = runner.invoke(app, ["report", str(make_infer_dir(tmp_path / "i")), *args])
+    finally:
+        os.umask(umask)
+    assert result.exit_code == 0, result.output
+    images = set(parse_page(report / "index.html").images)
+    assert {p.name for p in report.glob("*.png")} == images  # no learning_curves.png
+    assert {(report / name).stat().st_mode & 0o777 for name in images} == {0o644}
