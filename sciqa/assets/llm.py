@@ -20,6 +20,11 @@ from sciqa.assets.registry import default_cache_dir, resolve_model
 from sciqa.errors import SciqaError
 from sciqa.weights import loading_weights
 
+# A GGUF this big (Qwen-1.5B's 1.1 GB; not SmolLM2's 0.1 or Gemma's 0.25) converts to bf16
+# where the CPU has it: half the disk and memory of fp32. Smaller ones stay fp32, the
+# precision their measured figures (the demo's) were taken in.
+BF16_FROM_BYTES = 512 * 2**20
+
 
 class LLMLoadError(SciqaError):
     """A causal LM or its tokenizer cannot be loaded as configured."""
@@ -29,9 +34,9 @@ def prepare_model(name: str, cache_dir: Path | None = None, dtype: str | None = 
     """A directory or Hub name that ``from_pretrained`` loads for ``models.llm = name``.
 
     A GGUF file is converted (once; later calls reuse the folder) into a safetensors
-    folder under ``cache_dir``, stored in ``dtype`` (default: bf16 where the CPU supports
-    it, else fp32 with a warning; sciqa/assets/convert.py); a directory or Hub name is
-    passed through.
+    folder under ``cache_dir``, stored in ``dtype`` (default: a GGUF of BF16_FROM_BYTES or
+    more in bf16 where the CPU supports it, else fp32 with a warning; a smaller one in
+    fp32; sciqa/assets/convert.py); a directory or Hub name is passed through.
     """
     from sciqa.assets.convert import cpu_has_bf16, storage_dtype
 
@@ -41,11 +46,14 @@ def prepare_model(name: str, cache_dir: Path | None = None, dtype: str | None = 
     gguf = Path(source.name_or_path) / source.gguf_file
     stat = gguf.stat()
     tag = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-    stored = dtype or ("bf16" if cpu_has_bf16() else "fp32")
-    target = (cache_dir or default_cache_dir()) / f"{gguf.stem}-{tag[:10]}-{stored}"
+    big = stat.st_size >= BF16_FROM_BYTES
+    stored = dtype or ("bf16" if big and cpu_has_bf16() else "fp32")
+    # fp32 folders keep their old names, so existing caches are reused as they are.
+    suffix = "" if stored == "fp32" else f"-{stored}"
+    target = (cache_dir or default_cache_dir()) / f"{gguf.stem}-{tag[:10]}{suffix}"
     if (target / "config.json").is_file():
         return str(target)
-    if dtype is None:
+    if dtype is None and big:
         stored = storage_dtype()  # the warning, once, when a conversion is due
     convert_gguf(gguf, target, stored)
     return str(target)

@@ -124,6 +124,7 @@ def test_shards_come_with_an_index_and_load(tiny, reference, tmp_path, monkeypat
 
 def test_prepare_model_stores_bf16_readable_and_once(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(convert, "cpu_has_bf16", lambda cpuinfo=None: True)
+    monkeypatch.setattr("sciqa.assets.llm.BF16_FROM_BYTES", 0)  # as if tiny were big
     old = os.umask(0o022)
     try:
         folder = Path(prepare_model(str(tiny), tmp_path / "cache"))
@@ -140,11 +141,18 @@ def test_prepare_model_stores_bf16_readable_and_once(tiny, tmp_path, monkeypatch
     assert prepare_model(str(tiny), tmp_path / "cache") == str(folder)  # reused
 
 
+def test_a_small_gguf_keeps_fp32_and_its_old_folder_name(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(convert, "cpu_has_bf16", lambda cpuinfo=None: True)
+    folder = Path(prepare_model(str(tiny), tmp_path / "cache"))
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "float32"
+    assert not folder.name.endswith(("-bf16", "-fp32"))
+
+
 def test_a_cpu_without_bf16_stores_fp32_with_one_warning_line(tiny, tmp_path, monkeypatch, capsys):
     assert cpu_has_bf16(CPUINFO_BF16) and not cpu_has_bf16(CPUINFO_PLAIN)
     monkeypatch.setattr(convert, "cpu_has_bf16", lambda cpuinfo=None: False)
+    monkeypatch.setattr("sciqa.assets.llm.BF16_FROM_BYTES", 0)  # as if tiny were big
     folder = Path(prepare_model(str(tiny), tmp_path / "cache"))
-    assert folder.name.endswith("-fp32")
     assert json.loads((folder / "config.json").read_text())["dtype"] == "float32"
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warnings == [
