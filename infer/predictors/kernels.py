@@ -1,7 +1,7 @@
 """fp32 matmuls on CPU through oneDNN instead of torch's BLAS (``causal_lm.onednn_fp32``).
 
-torch runs an fp32 ``nn.Linear`` on CPU through MKL, which takes its AVX-512 code only on
-Intel CPUs: on AMD (this project's EPYC) it runs AVX2 code, about 105 GFLOP/s per core
+torch runs an fp32 ``nn.Linear`` on CPU through MKL, which picks its AVX-512 code on Intel
+CPUs only: on this project's AMD EPYC it reaches the AVX2 rate, about 105 GFLOP/s per core,
 where oneDNN's AVX-512 kernel reaches about 230 on the same shapes, with the same IEEE fp32
 arithmetic (another summation order: differences of ~1e-6). bf16 linears already go
 through oneDNN. :class:`OneDNNLinear` reroutes ``F.linear`` for the duration of a
