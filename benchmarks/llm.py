@@ -12,6 +12,9 @@
    each in a fresh process: scoring time, peak RSS (and peak CUDA memory), the most weight
    bytes held at once while streaming, per-part read and compute time, and whether the
    scores agree (max abs difference, same top-3).
+5. ``reader``: letter mode, today's path vs the shared prompt head run once per model, in
+   fp32 and bf16: q/s, speed-ups, top-1 agreement, max score difference, FLOP/s against
+   the CPU's bf16 peak (:mod:`benchmarks.llm_reader`).
 
     .venv/bin/python -m benchmarks.llm quality --data runs/demo --limit 295
     .venv/bin/python -m benchmarks.llm speed --data runs/demo --limit 60
@@ -19,6 +22,7 @@
         --members runs/bench/llm_train llm:default
     sciqa benchmark arc-challenge runs/bench/arc_challenge.csv
     .venv/bin/python -m benchmarks.llm stream --questions runs/bench/arc_challenge.csv --dtype fp32
+    .venv/bin/python -m benchmarks.llm reader --questions runs/bench/arc_challenge.csv --limit 64
 
 Prints markdown tables; figures go to docs/llm.md.
 """
@@ -41,6 +45,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from benchmarks.llm_reader import reader  # noqa: E402
 from sciqa.assets.question_sets import benchmark_questions  # noqa: E402
 from sciqa.config import load_config  # noqa: E402
 from sciqa.io import read_questions  # noqa: E402
@@ -331,7 +336,9 @@ def stream(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["quality", "speed", "members", "stream", "stream-one"])
+    parser.add_argument(
+        "what", choices=["quality", "speed", "members", "stream", "stream-one", "reader"]
+    )
     parser.add_argument("--model", default="llm:default", help="llm:NAME to score with")
     parser.add_argument("--data", type=Path, default=Path("runs/demo"), help="*_ctx.csv folder")
     parser.add_argument("--sets", type=lambda s: s.split(","), default=list(SETS))
@@ -349,11 +356,15 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=64, help="stream: causal_lm.offload_group")
     parser.add_argument("--offload", choices=["none", "layers"], default="layers")
     parser.add_argument("--logits-out", type=Path, default=Path("stream_logits.npy"))
+    parser.add_argument("--dtypes", type=lambda s: s.split(","), default=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=0, help="reader: torch threads (0: all)")
+    parser.add_argument("--ghz", type=float, default=0.0, help="reader: clock for the peak")
     args = parser.parse_args()
     if args.what in ("stream", "stream-one"):
         args.dtype = args.dtype if "--dtype" in sys.argv else "fp32"
     commands = {"quality": quality, "speed": speed, "members": members, "stream": stream}
     commands["stream-one"] = stream_one
+    commands["reader"] = reader
     commands[args.what](args)
 
 

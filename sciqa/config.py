@@ -201,6 +201,8 @@ class CausalLMConfig(_Section):
     use_context: bool = True  # put the `context` column before the question when present
     batch_size: int = Field(8, ge=1)  # questions per forward pass in infer (x options)
     prefix_cache: bool = True  # run context + question once, reuse its KV cache per option
+    shared_head: bool = True  # with prefix_cache: run the prompt start all questions share once
+    onednn_fp32: bool = True  # fp32 on CPU: linears through oneDNN (MKL runs AVX2 code on AMD)
     load_in: Literal["none", "8bit", "4bit"] = "none"  # bitsandbytes quantisation (CUDA only)
     device_map: str | None = None  # "auto": spread layers over all visible GPUs (accelerate)
     offload: Literal["none", "layers"] = "none"  # layers: stream one decoder layer at a time

@@ -31,7 +31,8 @@ log = logging.getLogger("train")
 # Keys that change nothing in the trained model, so a rerun with other values resumes.
 NOT_FINGERPRINTED = ("logging_steps", "dataloader_workers", "eval_batch_size", "report_to")
 # causal_lm keys that only matter to infer (or only to where layers sit), same reason.
-CAUSAL_NOT_FINGERPRINTED = ("batch_size", "prefix_cache", "device_map")
+CAUSAL_NOT_FINGERPRINTED = ("batch_size", "prefix_cache", "shared_head", "onednn_fp32")
+CAUSAL_NOT_FINGERPRINTED += ("device_map",)
 
 
 class FoldBackend(Protocol):

@@ -2,8 +2,11 @@
 
 Questions are sorted longest first and batched like the encoder path; each batch goes
 through :func:`sciqa.scoring.llm_scoring.score_rows` (the prefix KV cache reused for
-every option when ``causal_lm.prefix_cache`` is on). A half-precision batch with
-non-finite scores is re-run in fp32 and the model stays in fp32.
+every option when ``causal_lm.prefix_cache`` is on; with ``causal_lm.shared_head`` too,
+the prompt start every question shares runs once per loaded model, in a
+:class:`~sciqa.scoring.shared_head.HeadCache`). A half-precision batch with non-finite
+scores is re-run in fp32 and the model stays in fp32. An fp32 model on CPU runs its
+linears through oneDNN (``causal_lm.onednn_fp32``, :mod:`infer.predictors.kernels`).
 
 A model too large for memory streams one layer at a time instead
 (``causal_lm.offload = layers``): :mod:`infer.predictors.offload.predictor`.
@@ -22,10 +25,12 @@ import torch
 
 from infer.errors import InferError
 from infer.predictors.base import BatchedPredictor
+from infer.predictors.kernels import fp32_kernels
 from sciqa.config import CausalLMConfig
 from sciqa.errors import SciqaError
 from sciqa.scoring.llm_prompts import LLMEncoded
 from sciqa.scoring.llm_scoring import ScoreHead, score_rows
+from sciqa.scoring.shared_head import HeadCache
 from sciqa.weights import loading_weights
 
 log = logging.getLogger(__name__)
@@ -93,12 +98,26 @@ class CausalPredictor(BatchedPredictor):
         batch_size: int,
         prefix_cache: bool,
         clock: Callable[[], float] = time.perf_counter,
+        *,
+        shared_head: bool = True,
+        onednn_fp32: bool = True,
     ):
         self.model, self.pad_id, self.batch_size = model, pad_id, batch_size
         self.prefix_cache, self.clock = prefix_cache, clock
+        self.heads = HeadCache() if shared_head else None
+        self.onednn_fp32 = onednn_fp32
 
     def _score(self, enc: LLMEncoded, rows: list[int], head: ScoreHead) -> torch.Tensor:
-        return score_rows(self.model, enc, rows, head, self.pad_id, prefix_cache=self.prefix_cache)
+        with fp32_kernels(self.model, self.onednn_fp32):
+            return score_rows(
+                self.model,
+                enc,
+                rows,
+                head,
+                self.pad_id,
+                prefix_cache=self.prefix_cache,
+                heads=self.heads,
+            )
 
     def _scores(self, enc: LLMEncoded, rows: list[int], head: ScoreHead) -> torch.Tensor:
         scores = self._score(enc, rows, head)

@@ -180,7 +180,8 @@ class CausalFamily(Family):
             streamer = open_streamer(spec.path, device, loading.dtype, cfg, attention)
             return StreamedPredictor(streamer, *args)
         model = load_llm(spec.path, device, loading.dtype, cfg, attention, spec.meta)
-        return CausalPredictor(model, *args)
+        kernels = {"shared_head": cfg.shared_head, "onednn_fp32": cfg.onednn_fp32}
+        return CausalPredictor(model, *args, **kernels)
 
     def cache_inputs(self, spec: ModelSpec, loading: Loading) -> list[str]:
         """llm:NAME members add the config their prompt is made from."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import pandas as pd
@@ -112,8 +113,31 @@ class LLMEncoded:
             for p, sufs in zip(self.prefixes, self.suffixes, strict=True)
         ]
 
+    @cached_property
+    def shared_head(self) -> int:
+        """Leading tokens every prefix starts with (a chat template's system prompt, the
+        instructions): ``sciqa.scoring.shared_head`` runs them once per model."""
+        return common_head(self.prefixes)
+
     def __len__(self) -> int:
         return len(self.prefixes)
+
+
+def common_head(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token run all of ``seqs`` start with, less what would leave
+    one of them empty: each keeps a last token of its own, whose logits are the scores.
+
+    >>> common_head([[1, 2, 3, 4], [1, 2, 5]]), common_head([[1, 2], [1, 2]]), common_head([])
+    (2, 1, 0)
+    """
+    if not seqs:
+        return 0
+    shared = 0
+    for column in zip(*seqs, strict=False):
+        if len(set(column)) > 1:
+            break
+        shared += 1
+    return max(min(shared, min(len(s) for s in seqs) - 1), 0)
 
 
 def _render(spec: PromptSpec, tokenizer: Any, prompt: str, context: str, options: str) -> str:

@@ -8,6 +8,8 @@ encodings:
   ``causal_lm.prefix_cache`` is off.
 - :func:`cached_scores`: the prefixes run once, their KV cache is repeated for each option
   and only the suffixes run on top of it: a long context is paid once, not once per option.
+  Given a :class:`~sciqa.scoring.shared_head.HeadCache`, the head all prefixes share
+  (system prompt, instructions) runs once per model and only each prefix's tail per batch.
 
 Left padding keeps every sequence's last token at the same column, so one
 ``logits_to_keep`` slice serves the whole batch and the vocabulary-sized logits are only
@@ -19,11 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sciqa.scoring.llm_prompts import LLMEncoded
+
+if TYPE_CHECKING:
+    from sciqa.scoring.shared_head import HeadCache
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,21 @@ def prefix_inputs(
     return {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask)}
 
 
+def tail_inputs(
+    enc: LLMEncoded, rows: Sequence[int], head: int, pad_id: int, device: Any
+) -> dict[str, torch.Tensor]:
+    """The prefixes of ``rows`` after their shared ``head`` tokens, left-padded, as inputs
+    on top of the head's KV cache: the mask covers head + tail, positions follow the head."""
+    ids, mask = _left_pad([enc.prefixes[i][head:] for i in rows], pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    ones = torch.ones((len(rows), head), dtype=mask.dtype, device=device)
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.cat([ones, mask], -1),
+        "position_ids": head + positions(mask),
+    }
+
+
 def suffix_inputs(
     enc: LLMEncoded, rows: Sequence[int], prefix_mask: torch.Tensor, pad_id: int
 ) -> dict[str, torch.Tensor]:
@@ -212,11 +232,23 @@ def suffix_from_logits(
 
 
 def cached_scores(
-    model: Any, enc: LLMEncoded, rows: Sequence[int], head: ScoreHead, pad_id: int
+    model: Any,
+    enc: LLMEncoded,
+    rows: Sequence[int],
+    head: ScoreHead,
+    pad_id: int,
+    heads: HeadCache | None = None,
 ) -> torch.Tensor:
-    """``(len(rows), C)`` option scores; each prefix runs once, its KV cache per option."""
-    first = prefix_inputs(enc, rows, pad_id, model.device)
-    out = model(**first, use_cache=True, logits_to_keep=1)
+    """``(len(rows), C)`` option scores; each prefix runs once, its KV cache per option
+    (and with ``heads``, the shared head once per model)."""
+    shared = heads.usable(model, enc, rows) if heads is not None else 0
+    if heads is not None and shared:
+        first = tail_inputs(enc, rows, shared, pad_id, model.device)
+        past = heads.expanded(model, enc.prefixes[rows[0]][:shared], len(rows))
+        out = model(**first, past_key_values=past, use_cache=True, logits_to_keep=1)
+    else:
+        first = prefix_inputs(enc, rows, pad_id, model.device)
+        out = model(**first, use_cache=True, logits_to_keep=1)
     last = out.logits[:, -1]
     if head.mode == "letter":
         return head.from_last(last)
@@ -236,17 +268,19 @@ def score_rows(
     pad_id: int,
     *,
     prefix_cache: bool = True,
+    heads: HeadCache | None = None,
 ) -> torch.Tensor:
-    """``(len(rows), C)`` float32 scores on CPU, by the cached or the full path."""
+    """``(len(rows), C)`` float32 scores on CPU, by the cached or the full path; ``heads``
+    (cached path only) runs the prompt head shared by every question once per model."""
     if enc.uncond_suffixes:  # pmi: minus each option's log-prob after the bare cue
         if not prefix_cache:
             raise ValueError("pmi scoring runs through the prefix cache")
-        cond = score_rows(model, _summed(enc), rows, head, pad_id, prefix_cache=prefix_cache)
-        bare = score_rows(model, _bare(enc), rows, head, pad_id, prefix_cache=prefix_cache)
+        cond = score_rows(model, _summed(enc), rows, head, pad_id, heads=heads)
+        bare = score_rows(model, _bare(enc), rows, head, pad_id, heads=heads)
         return cond - bare
     with torch.inference_mode():
         if prefix_cache:
-            scores = cached_scores(model, enc, rows, head, pad_id)
+            scores = cached_scores(model, enc, rows, head, pad_id, heads)
         else:
             batch = collate_full(full_features(enc, rows), pad_id)
             batch = {k: v.to(model.device) for k, v in batch.items() if k != "labels"}
