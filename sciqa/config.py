@@ -172,7 +172,8 @@ class InferConfig(_Section):
     budget_margin: float = Field(0.05, ge=0, lt=1)  # share of the budget kept in reserve
     device: str = "auto"  # "auto" (cuda if present, else cpu), "cpu", "cuda", "cuda:1", ...
     devices: list[str] | None = None  # data parallel: ["cuda:0", "cuda:1"] = a shard + copy each
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on GPU, fp32 on CPU
+    # auto: bf16/fp16 on GPU; fp32 on CPU, but a causal LM stored in bf16 stays bf16 there
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     attention: str = "sdpa"  # attn_implementation; falls back to "eager" where unsupported
     cascade_fraction: float = Field(1.0, gt=0, le=1)  # share of least-confident questions
     cascade_cheap: int = Field(0, ge=0)  # cheapest models that score every question; 0 = off
