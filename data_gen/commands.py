@@ -38,7 +38,14 @@ from data_gen.generate import Asked, ask_questions, questions_frame, reply_count
 from data_gen.passages import read_passages, select_passages
 from data_gen.postprocess import audit_frame, postprocess
 from data_gen.prompts import Asking, load_templates, make_jobs
-from data_gen.scorers import Scorer, load_encoder, make_scorer, needs_encoder, needs_scorer
+from data_gen.scorers import (
+    Scorer,
+    check_scorer,
+    load_encoder,
+    make_scorer,
+    needs_encoder,
+    needs_scorer,
+)
 from sciqa.config import SciqaConfig
 from sciqa.errors import SciqaError
 from sciqa.evaluation.audit import one_line
@@ -98,6 +105,8 @@ def _run(
     started = time.monotonic()
     gen, seed = config.gen, config.seed
     excluded = {str(p): read_questions(p) for p in excludes}
+    if scorer is None:
+        check_scorer(gen)
     if encoder is None and needs_encoder(gen, excluding=bool(excludes)):
         encoder = load_encoder(config.models.embedding)
     # select -> jobs and prompts -> ask (each reply parsed; invalid ones re-asked)
@@ -117,7 +126,7 @@ def _run(
     # says little, the replies say what the LLM does.
     generated = audit_frame(frame, gen, seed, "no valid replies")
     if scorer is None and needs_scorer(gen) and len(frame):
-        scorer = make_scorer(gen, encoder)
+        scorer = make_scorer(gen, encoder, config.causal_lm)
     kept, drops, post = postprocess(
         frame, gen, seed, encoder=encoder, scorer=scorer, excluded=excluded
     )

@@ -7,7 +7,8 @@ that title's 1st, 2nd, ... request (afterwards: ``valid``). Behaviours:
 
 ``valid``, ``fenced`` (valid JSON inside chatter and a code fence), ``malformed``,
 ``missing_field``, ``six_options``, ``answer_f``, ``duplicate_options``, ``length``
-(finish_reason length), ``429`` (with ``Retry-After: 0``), ``500``, ``slow`` (sleeps
+(finish_reason length), ``nonsense`` (schema-valid gibberish: made-up words, as a small
+writer's can be; answer C), ``429`` (with ``Retry-After: 0``), ``500``, ``slow`` (sleeps
 ``slow_seconds`` before answering).
 
 Unscripted titles can also misbehave at random, for soak runs (``benchmarks/faults.py``):
@@ -51,6 +52,15 @@ def valid_question(title: str, letters: str = "ABCDE") -> dict[str, str]:
     for i, letter in enumerate(letters):
         reply[letter] = f"{title} fact number {i}" if i else f"The passage's claim on {title}"
     return reply | {"answer": "A"}
+
+
+def nonsense_question(title: str, letters: str = "ABCDE") -> dict[str, str]:
+    """A schema-valid reply no passage supports (made-up words, like the gibberish
+    SmolLM2 wrote in issue 22); the answer is C."""
+    reply = {"question": f"What shape is {title} erudita abundanta?"}
+    for i, letter in enumerate(letters):
+        reply[letter] = f"Hollyoneukia {'buildien ' * (i + 1)}{title}".strip()
+    return reply | {"answer": "C"}
 
 
 def write_fake_passages(path: Path, n: int) -> Path:
@@ -256,6 +266,8 @@ def _content(behaviour: str, title: str) -> tuple[str, str]:
         reply = valid_question(title, "ABCDEF")
     elif behaviour == "answer_f":
         reply["answer"] = "F"
+    elif behaviour == "nonsense":
+        reply = nonsense_question(title)
     elif behaviour == "duplicate_options":
         reply["C"] = reply["B"]
     elif behaviour == "length":

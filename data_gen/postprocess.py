@@ -165,18 +165,23 @@ def _answer_index(frame: pd.DataFrame) -> np.ndarray:
     return frame[ANSWER].map(letters.index).to_numpy()
 
 
-def filter_unanswerable(frame: pd.DataFrame, scorer: Scorer) -> tuple[pd.DataFrame, Drops]:
-    """Keep questions whose labelled answer the scorer picks when it reads the passage."""
+def filter_unanswerable(
+    frame: pd.DataFrame, scorer: Scorer, confidence: float = 0.0
+) -> tuple[pd.DataFrame, Drops]:
+    """Keep questions whose labelled answer the scorer picks when it reads the passage,
+    with p(label) >= ``confidence``."""
     if frame.empty:
         return frame, []
     probs = scorer.probabilities(frame, use_context=True)
     answer = _answer_index(frame)
     picked = probs.argmax(axis=1)
+    p_answer = probs[np.arange(len(frame)), answer]
     letters = option_letters(frame.columns)
-    rows = [int(r) for r in np.flatnonzero(picked != answer)]
+    rows = [int(r) for r in np.flatnonzero((picked != answer) | (p_answer < confidence))]
     details = [
         f"{scorer.name} with passage picks {letters[picked[r]]} (p={probs[r, picked[r]]:.2f}), "
         f"label {letters[answer[r]]}"
+        + (f" (p={p_answer[r]:.2f} < {confidence:g})" if picked[r] == answer[r] else "")
         for r in rows
     ]
     return _keep(frame, rows), _drop(frame, rows, "unanswerable", details)
@@ -281,7 +286,7 @@ def postprocess(
     frame, dropped = remove_leaks(frame, excluded or {}, encoder, config.near_dup_threshold)
     drops += dropped
     if config.answerability_filter and scorer is not None:
-        frame, dropped = filter_unanswerable(frame, scorer)
+        frame, dropped = filter_unanswerable(frame, scorer, config.answerable_confidence)
         drops += dropped
     if config.too_easy_filter and scorer is not None:
         frame, dropped = filter_too_easy(frame, scorer, config.too_easy_confidence)

@@ -1,7 +1,8 @@
 """Scorers behind the answerability and too-easy filters: option probabilities per question.
 
 ``zero_shot`` (default) turns :func:`sciqa.scoring.zero_shot.option_scores` cosines into
-probabilities with a temperature softmax; any other ``gen.scorer`` value is a
+probabilities with a temperature softmax; ``llm:NAME`` is a causal LM judge reading the
+listed options (:mod:`data_gen.judge`); any other ``gen.scorer`` value is a
 ``sciqa train`` model directory (an ``AutoModelForMultipleChoice`` checkpoint + tokenizer)
 whose logits are soft-maxed. Heavy imports stay inside functions.
 """
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from sciqa.assets.registry import resolve_model
-from sciqa.config import GenConfig
+from sciqa.config import CausalLMConfig, GenConfig
 from sciqa.errors import SciqaError
 from sciqa.metrics import softmax
 from sciqa.scoring.zero_shot import option_scores
@@ -72,8 +73,8 @@ class TrainedScorer:
 
         if not Path(path).is_dir():
             raise SciqaError(
-                f"gen.scorer = {path!r}: not a model directory; use zero_shot or a "
-                "`sciqa train` checkpoint folder"
+                f"gen.scorer = {path!r}: not a model directory; use zero_shot, llm:NAME "
+                "(e.g. llm:qwen) or a `sciqa train` checkpoint folder"
             )
         self.name = path
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -103,8 +104,22 @@ class TrainedScorer:
         return softmax(np.concatenate(logits)) if logits else np.zeros((0, encoded.n_options))
 
 
-def make_scorer(gen: GenConfig, encoder: Any) -> Scorer:
-    """The scorer ``gen.scorer`` names (``zero_shot`` asks ``encoder``)."""
+def check_scorer(gen: GenConfig) -> None:
+    """Fail now, before any request is sent, when an ``llm:`` judge the filters need
+    cannot be found (its packaged model is assembled and converted here, once)."""
+    from data_gen.judge import is_llm_judge, judge_path
+
+    if needs_scorer(gen) and is_llm_judge(gen.scorer):
+        judge_path(gen.scorer)
+
+
+def make_scorer(gen: GenConfig, encoder: Any, causal: CausalLMConfig | None = None) -> Scorer:
+    """The scorer ``gen.scorer`` names (``zero_shot`` asks ``encoder``; an ``llm:`` judge
+    prompts as the ``causal_lm`` section says)."""
+    from data_gen.judge import LLMJudge, is_llm_judge
+
     if gen.scorer == ZERO_SHOT:
         return ZeroShotScorer(encoder, gen.scorer_temperature)
+    if is_llm_judge(gen.scorer):
+        return LLMJudge(gen.scorer, gen, causal or CausalLMConfig())
     return TrainedScorer(gen.scorer)

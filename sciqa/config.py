@@ -259,10 +259,14 @@ class GenConfig(_Section):
     dedup: bool = True  # drop exact and near-duplicate questions
     near_dup_threshold: float = Field(0.92, ge=0, le=1)  # embedding cosine = duplicate/leak
     answerability_filter: bool = True  # drop if the scorer with the passage misses the answer
+    answerable_confidence: float = Field(0.5, ge=0, le=1)  # with passage: p(label) below = drop
     too_easy_filter: bool = True  # drop if the scorer without the passage is confident
     too_easy_confidence: float = Field(0.6, ge=0, le=1)  # probability counted as too easy
-    scorer: str = "zero_shot"  # zero_shot = models.embedding cosines, or a train model dir
+    scorer: str = "llm:qwen"  # llm:NAME (letter judge), zero_shot (embedding cosines), a model dir
     scorer_temperature: float = Field(0.05, gt=0)  # softmax temperature on zero-shot cosines
+    scorer_dtype: Literal["auto", "fp32", "bf16"] = "auto"  # llm: judge; auto = bf16 where native
+    scorer_max_length: int = Field(1024, ge=16)  # llm: judge tokens per prompt; passage cut first
+    scorer_batch_size: int = Field(4, ge=1)  # llm: judge questions per forward pass
     batch_poll_seconds: float = Field(30.0, gt=0)  # --batch: seconds between status polls
     # Bias audit of the kept questions (sciqa/evaluation/audit.py, docs/audit.md); `sciqa audit`.
     audit_action: Literal["report", "drop", "rebalance"] = "report"  # flagged: count/drop/trim
@@ -272,6 +276,18 @@ class GenConfig(_Section):
     ]  # shortcuts that drop/rebalance act on (all three are reported)
     audit_length_ratio: float = Field(1.5, gt=1)  # flag: correct option this x longer than any
     audit_overlap_margin: int = Field(2, ge=1)  # flag: this many more shared words than any
+
+    @field_validator("scorer")
+    @classmethod
+    def _scorer_name(cls, value: str) -> str:
+        # A judge's prompt comes from the causal_lm section; infer-style ?key=value
+        # overrides would be a second, partial way to set it.
+        if value.startswith("llm:") and "?" in value:
+            raise ValueError(
+                f"{value!r}: an llm: judge takes no ?key=value overrides; set the "
+                "causal_lm.letter_template / context_template / chat_template keys instead"
+            )
+        return value
 
     @field_validator("question_pattern", "option_pattern")
     @classmethod

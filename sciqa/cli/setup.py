@@ -74,7 +74,10 @@ def assets(
 @app.command()
 @user_errors
 def benchmark(
-    name: Annotated[str, typer.Argument(help="arc-challenge, arc-easy or openbookqa.")],
+    name: Annotated[
+        str,
+        typer.Argument(help="arc-challenge, arc-easy, openbookqa or sciq (passages as context)."),
+    ],
     out: Annotated[Path, typer.Argument(help="Where to write the labelled questions.")],
 ) -> None:
     """Export a real labelled science MCQ set (shipped offline) in the sciqa schema."""

@@ -126,9 +126,19 @@ def test_arc_numeric_choice_labels_map_to_letters():
     assert list(frame.columns[2:6]) == ["A", "B", "C", "D"]
 
 
+def test_sciq_carries_its_passage_as_context_with_balanced_keys():
+    frame, dropped = benchmark_questions("sciq")
+    assert (len(frame), dropped) == (1000, 0)
+    assert frame["answer"].value_counts().to_dict() == {"A": 250, "B": 250, "C": 250, "D": 250}
+    assert (frame["context"] != "").sum() == 887  # SciQ gives no passage for 113
+    row = frame.set_index("id").loc["sciq-3"]
+    assert row["answer"] == "D" and row["D"] == "wetland"
+    assert "A wetland is an area that is wet" in row["context"]
+
+
 def test_unknown_benchmark_is_an_error():
-    with pytest.raises(AssetError, match="unknown benchmark 'sciq'"):
-        benchmark_questions("sciq")
+    with pytest.raises(AssetError, match="unknown benchmark 'mmlu'"):
+        benchmark_questions("mmlu")
 
 
 # What each check's summary says when the asset worked (a failing check raises).
