@@ -259,10 +259,10 @@ class GenConfig(_Section):
     dedup: bool = True  # drop exact and near-duplicate questions
     near_dup_threshold: float = Field(0.92, ge=0, le=1)  # embedding cosine = duplicate/leak
     answerability_filter: bool = True  # drop if the scorer with the passage misses the answer
-    answerable_confidence: float = Field(0.5, ge=0, le=1)  # with passage: p(label) below = drop
+    answerable_confidence: float = Field(0.0, ge=0, le=1)  # with passage: p(label) below = drop
     too_easy_filter: bool = True  # drop if the scorer without the passage is confident
     too_easy_confidence: float = Field(0.6, ge=0, le=1)  # probability counted as too easy
-    scorer: str = "llm:qwen"  # llm:NAME (letter judge), zero_shot (embedding cosines), a model dir
+    scorer: str = "zero_shot"  # zero_shot (embedding cosines), llm:NAME (letter judge), a model dir
     scorer_temperature: float = Field(0.05, gt=0)  # softmax temperature on zero-shot cosines
     scorer_dtype: Literal["auto", "fp32", "bf16"] = "auto"  # llm: judge; auto = bf16 where native
     scorer_max_length: int = Field(1024, ge=16)  # llm: judge tokens per prompt; passage cut first
