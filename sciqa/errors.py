@@ -40,11 +40,17 @@ FREE_HINT = "free some space (or write elsewhere) and rerun: finished work is ke
 
 def free_space(path: str | os.PathLike[str]) -> str:
     """``"1.2 GB free on /data"`` for the filesystem holding ``path``."""
-    folder = Path(path)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = existing_folder(path)
     try:
         usage = shutil.disk_usage(folder)
     except OSError:
         return "free space unknown"
     return f"{usage.free / 1e9:.2f} GB free on {folder}"
+
+
+def existing_folder(path: str | os.PathLike[str]) -> Path:
+    """``path`` or its nearest existing parent: where a file about to be written will land."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder

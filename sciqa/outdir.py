@@ -84,7 +84,8 @@ def check_out_file(out: str | os.PathLike[str], flag: str = "--out") -> Path:
     return out
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -200,7 +201,7 @@ def _read_holder(fd: int) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError):
         return {}
     if holder.get("pid") and holder.get("host") == socket.gethostname():
-        holder["alive"] = _process_alive(int(holder["pid"]))
+        holder["alive"] = process_alive(int(holder["pid"]))
     return holder if isinstance(holder, dict) else {}
 
 

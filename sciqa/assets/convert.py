@@ -37,6 +37,7 @@ from typing import Any
 
 from sciqa.errors import AssetError
 from sciqa.io import follow_umask
+from sciqa.outdir import process_alive, publish
 
 # GGUF architectures whose transformers tensor processor maps one tensor to one tensor and
 # whose streamed folder was checked against transformers' conversion (llama: SmolLM2,
@@ -302,19 +303,9 @@ def _remove_stale_partials(target: Path) -> None:
     """Partial folders of conversions whose process is gone (killed, out of memory)."""
     for partial in _partial_folders(target):
         pid = partial.name.rpartition("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)):
             continue  # another process is converting: leave its folder alone
         shutil.rmtree(partial, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def convert_gguf(path: Path, target: Path, dtype: str, *, check_resources: bool = True) -> None:
@@ -349,9 +340,7 @@ def convert_gguf(path: Path, target: Path, dtype: str, *, check_resources: bool 
         else:
             convert_streamed(path, partial, the_plan, dtype)
         follow_umask(partial)  # mkdir under a private umask, library temp files
-        if target.exists():
-            shutil.rmtree(target)
-        partial.rename(target)
+        publish(partial, target)  # readers see the old folder or the new, never neither
     finally:
         if partial.exists():
             shutil.rmtree(partial, ignore_errors=True)

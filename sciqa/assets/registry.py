@@ -33,7 +33,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from sciqa.config import DEFAULT
-from sciqa.errors import AssetError
+from sciqa.errors import AssetError, existing_folder
 from sciqa.io import atomic_path
 
 ModelRole = Literal["embedding", "backbone", "llm"]
@@ -256,9 +256,7 @@ def chunk_paths(asset: PackagedAsset) -> list[Path]:
 def require_free_disk(folder: Path, need: int, what: str) -> None:
     """Raise :class:`AssetError` before writing ``need`` bytes of ``what`` into ``folder``
     (or the nearest existing folder above it) when its filesystem has less free."""
-    place = folder
-    while not place.exists() and place != place.parent:
-        place = place.parent
+    place = existing_folder(folder)
     try:
         free = shutil.disk_usage(place).free
     except OSError:
