@@ -28,7 +28,7 @@ from infer.plan.cascade import Cascade
 from infer.plan.planner import Planner
 from infer.plan.tta import rotations
 from infer.questions import Questions
-from sciqa.config import InferConfig, SciqaConfig
+from sciqa.config import SciqaConfig
 from sciqa.errors import SciqaError
 from sciqa.io import write_json
 from sciqa.outdir import OutLock, check_out_dir
@@ -109,7 +109,7 @@ def run_infer(
     specs = expand_model_dirs(model_dirs, max_length=cfg.max_length, use_context=cfg.use_context)
     check_letters(specs, asked.letters, str(questions))
     perms = rotations(len(asked.letters), cfg.tta)
-    fit_report = _set_weights(specs, asked.letters, cfg, config.seed)
+    fit_report = _set_weights(specs, asked.letters, config, out_dir)
     job = _Job(questions, asked, specs, perms, budget, fit_report)
     with OutLock(out_dir):
         return _run(job, out_dir, config, clock, open_member)
@@ -178,12 +178,20 @@ def _mark_stopped(manifest: Manifest, runner: Runner) -> None:
 
 
 def _set_weights(
-    specs: list[ModelSpec], letters: list[str], cfg: InferConfig, seed: int
+    specs: list[ModelSpec], letters: list[str], config: SciqaConfig, out_dir: Path
 ) -> dict | None:
     """Give every member its ``infer.weights`` weight; the fit's report when the weights
-    are fitted on the runs' OOF predictions."""
+    are fitted on OOF predictions (zero-shot members are scored for it in OUT_DIR/oof/)."""
+    cfg = config.infer
     if cfg.weights in FITTED:
-        values, report = fit_auto_weights(specs, letters, cfg, seed)
+
+        def zero_shot(members: list[ModelSpec], questions: Path) -> dict:
+            from infer.ensemble.zero_shot import score_orphans
+
+            log.info("scoring %s on %s for the weight fit", [m.name for m in members], questions)
+            return score_orphans(members, questions, out_dir, config)
+
+        values, report = fit_auto_weights(specs, letters, cfg, config.seed, zero_shot)
     else:
         values, report = parse_weights(cfg.weights, len(specs), [s.name for s in specs]), None
     for spec, value in zip(specs, values, strict=True):

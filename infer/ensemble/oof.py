@@ -14,6 +14,7 @@ evaluates the real metric, needs no gradient, and cannot give a negative weight.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,9 @@ from sciqa.io import read_questions, read_table
 from sciqa.runs import MANIFEST, OOF
 from sciqa.schema import ANSWER, ID
 
+# (members outside any run, the labelled questions) -> each one's logits frame, by name
+ZeroShotScorer = Callable[[list[ModelSpec], Path], dict[str, pd.DataFrame]]
+
 
 def _read_oof(run_dir: Path) -> pd.DataFrame:
     path = run_dir / OOF
@@ -49,6 +53,14 @@ def _read_oof(run_dir: Path) -> pd.DataFrame:
 
 def _labels_from_manifest(run_dir: Path, ids: set[str]) -> pd.Series | None:
     """The run's training questions, as listed in its manifest's inputs."""
+    path = _questions_from_manifest(run_dir, ids)
+    if path is None:
+        return None
+    return read_questions(path, require_answer=True).set_index(ID)[ANSWER]
+
+
+def _questions_from_manifest(run_dir: Path, ids: set[str]) -> Path | None:
+    """The labelled questions file among the run's manifest inputs that holds ``ids``."""
     manifest = run_dir / MANIFEST
     if not manifest.is_file():
         return None
@@ -62,7 +74,7 @@ def _labels_from_manifest(run_dir: Path, ids: set[str]) -> pd.Series | None:
         except Exception:  # not a questions table (e.g. a corpus file): try the next input
             continue
         if ids <= set(frame[ID]):
-            return frame.set_index(ID)[ANSWER]
+            return path
     return None
 
 
@@ -81,69 +93,115 @@ def _labels(run_dir: Path, oof: pd.DataFrame, labels_path: str | None) -> pd.Ser
 
 
 def fit_auto_weights(
-    specs: list[ModelSpec], letters: list[str], cfg: InferConfig, seed: int
+    specs: list[ModelSpec],
+    letters: list[str],
+    cfg: InferConfig,
+    seed: int,
+    zero_shot: ZeroShotScorer | None = None,
 ) -> tuple[list[float], dict]:
     """Weight per model spec, plus a report for the manifest/scores.
 
     ``infer.weights``: ``auto`` (greedy selection), ``stack`` (logistic stacking) or
     ``select`` (whichever of best single / equal / greedy / stack wins nested CV;
     infer/ensemble/fit.py), with ``infer.ensemble``, ``weight_rounds``, ``weight_folds``
-    and ``oof_labels``; ``seed`` draws the nested CV's folds.
+    and ``oof_labels``; ``seed`` draws the nested CV's folds. Members outside any train
+    run (zero-shot ``llm:NAME``) are scored by ``zero_shot(orphans, questions)`` on the
+    labelled questions the runs' OOF covers (:mod:`infer.ensemble.zero_shot`).
     """
-    orphans = [s.name for s in specs if s.run_dir is None]
-    if orphans:
-        raise InferError(
-            f"--weights auto needs the oof.parquet of a sciqa train run, but {', '.join(orphans)} "
-            "is not inside one; pass explicit --weights w1,w2,... instead"
-        )
     runs: list[Path] = list(dict.fromkeys(s.run_dir for s in specs if s.run_dir is not None))
-    arrays, y = _aligned_oof(runs, letters, cfg.oof_labels)
-    run_weights, score, described, selection = _fit(arrays, y, cfg, seed)
-    per_run = dict(zip(runs, run_weights, strict=True))
-    n_folds = {run: sum(s.run_dir == run for s in specs) for run in runs}
-    weights = [float(per_run[s.run_dir] / n_folds[s.run_dir]) for s in specs]
+    lonely = [s for s in specs if s.run_dir is None]
+    if not runs:
+        raise InferError(
+            f"--weights {cfg.weights} fits on the oof.parquet of sciqa train runs, but no "
+            "member is inside one; pass explicit --weights w1,w2,... instead"
+        )
+    frames: dict[Path | str, pd.DataFrame] = {run: _read_oof(run) for run in runs}
+    if lonely:
+        if zero_shot is None:
+            names = ", ".join(s.name for s in lonely)
+            raise InferError(
+                f"--weights {cfg.weights}: {names} is not inside a sciqa train run and cannot "
+                "be scored here; pass explicit --weights w1,w2,... instead"
+            )
+        ids = set(frames[runs[0]][ID])
+        questions = _oof_questions(runs[0], ids, cfg.oof_labels)
+        frames.update(zero_shot(lonely, questions))
+    keys = list(frames)
+    arrays, y = _aligned_oof(frames, letters, _labels(runs[0], frames[runs[0]], cfg.oof_labels))
+    key_weights, score, described, selection = _fit(arrays, y, cfg, seed)
+    per_key = dict(zip(keys, key_weights, strict=True))
+    n_members = {key: sum(_key(s) == key for s in specs) for key in keys}
+    weights = [float(per_key[_key(s)] / n_members[_key(s)]) for s in specs]
     report = {
         "method": described,
         "oof_questions": len(y),
         "oof_map_at_3": score,
-        "run_weights": {str(r): float(w) for r, w in per_run.items()},
+        "run_weights": {str(k): float(w) for k, w in per_key.items()},
         "single_run_map_at_3": {
-            str(r): map3_from_logits(a, y) for r, a in zip(runs, arrays, strict=True)
+            str(k): map3_from_logits(a, y) for k, a in zip(keys, arrays, strict=True)
         },
     }
+    if lonely:
+        report["zero_shot_oof"] = {s.name: str(questions) for s in lonely}
     if selection is not None:
         report.update(selection.report())
     return weights, report
 
 
+def _key(spec: ModelSpec) -> Path | str:
+    """A run's folds share one weight; a member outside any run has its own."""
+    return spec.run_dir if spec.run_dir is not None else spec.name
+
+
+def _oof_questions(run_dir: Path, ids: set[str], labels_path: str | None) -> Path:
+    """The labelled questions file that holds every OOF id (zero-shot members read it)."""
+    if labels_path is not None:
+        return Path(labels_path)
+    found = _questions_from_manifest(run_dir, ids)
+    if found is None:
+        raise InferError(
+            f"--weights: {run_dir / MANIFEST} names no labelled questions file holding the "
+            "OOF ids, so the zero-shot members cannot be scored on them; set "
+            "infer.oof_labels to that file (e.g. the --valid questions)"
+        )
+    return found
+
+
 def _aligned_oof(
-    runs: list[Path], letters: list[str], labels_path: str | None
+    frames: dict[Path | str, pd.DataFrame], letters: list[str], labels: pd.Series
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Each run's OOF logits over the same questions (sorted by id), and their labels."""
-    frames = {run: _read_oof(run) for run in runs}
-    for run, frame in frames.items():
+    """Each member's OOF logits over the same questions (sorted by id), and their labels."""
+    for key, frame in frames.items():
         missing = [c for c in letters if c not in frame.columns]
         if missing:
-            raise InferError(f"{run / OOF}: missing logit column(s) {missing} for the options")
-    first = runs[0]
+            raise InferError(f"{_where(key)}: missing logit column(s) {missing} for the options")
+    keys = list(frames)
+    first = keys[0]
     ids = set(frames[first][ID])
-    for run in runs[1:]:
-        other = set(frames[run][ID])
-        if other != ids:
+    for key in keys[1:]:
+        other = set(frames[key][ID])
+        # A zero-shot member scored the whole labelled file: a superset is fine.
+        if not ids <= other or (isinstance(key, Path) and other != ids):
             raise InferError(
-                f"--weights auto: {run / OOF} covers {len(other)} questions and "
-                f"{first / OOF} {len(ids)}, {len(other ^ ids)} differ; the runs must be trained "
-                "on the same questions (or pass explicit --weights)"
+                f"--weights: {_where(key)} covers {len(other)} questions and "
+                f"{_where(first)} {len(ids)}, {len(other ^ ids)} differ; the runs "
+                "must be trained on the same questions (or pass explicit --weights)"
             )
     order = sorted(ids)
-    labels = _labels(first, frames[first], labels_path)
     unknown = [i for i in order if i not in labels.index]
     if unknown:
         raise InferError(f"--weights auto: no label for OOF id {unknown[0]!r} (and others)")
     index = {letter: i for i, letter in enumerate(letters)}
     y = np.array([index[labels[i]] for i in order])
-    arrays = [frames[r].set_index(ID).loc[order, letters].to_numpy(np.float64) for r in runs]
+    arrays = [
+        frames[k].drop_duplicates(ID).set_index(ID).loc[order, letters].to_numpy(np.float64)
+        for k in keys
+    ]
     return arrays, y
+
+
+def _where(key: Path | str) -> str:
+    return str(key / OOF) if isinstance(key, Path) else f"{key} (zero-shot, scored for the fit)"
 
 
 def _fit(

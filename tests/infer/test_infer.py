@@ -356,10 +356,55 @@ def test_weights_auto_reads_labels_from_the_train_manifest(qfile, tmp_path):
 
 def test_weights_auto_refuses_models_outside_a_run(qfile, tmp_path):
     make_model(tmp_path / "run_0", 3, meta=False)
-    with pytest.raises(InferError, match="not inside one"):
+    with pytest.raises(InferError, match="no member is inside one"):
         run_infer(
             qfile,
             [str(tmp_path / "run_0")],
+            tmp_path / "out",
+            make_config(*INFER_SMALL, "infer.weights=auto"),
+        )
+
+
+def test_zero_shot_member_is_scored_on_the_oof_questions_for_the_fit(qfile, tmp_path):
+    """A member outside any run (zero-shot) is scored on the run's labelled questions in
+    OUT/oof/ and weighted on those logits, as a run is on its oof.parquet."""
+    train = make_questions(12, seed=99)
+    train_file = write_questions(train, tmp_path / "train.csv")
+    run = make_run(tmp_path / "run", 5, questions=train)
+    (run / "manifest.json").write_text(json.dumps({"inputs": [{"path": str(train_file)}]}))
+    lone = make_model(tmp_path / "lone", 7, meta=False)
+    config = make_config(*INFER_SMALL, "infer.weights=auto")
+    result = run_infer(qfile, [str(run), str(lone)], tmp_path / "out", config)
+    fit = result["weights_fit"]
+    assert fit["oof_questions"] == 12 and set(fit["zero_shot_oof"]) == {"lone"}
+    # Its OOF logits are exactly what infer gives on the training questions.
+    direct = run_infer(train_file, [str(lone)], tmp_path / "direct", make_config(*INFER_SMALL))
+    single = fit["single_run_map_at_3"]["lone"]
+    assert single == pytest.approx(direct["models"][0]["map_at_3"])
+    oof_logits = np.load(tmp_path / "out" / "oof" / "logits" / "lone.npy")
+    np.testing.assert_allclose(oof_logits, np.load(tmp_path / "direct" / "logits" / "lone.npy"))
+    weights = {r["model"]: r["weight"] for r in result["models"][:-1]}
+    assert abs(sum(weights.values()) - 1) < 1e-9 and set(weights) == {
+        "run-fold_0",
+        "run-fold_1",
+        "lone",
+    }
+    assert weights["run-fold_0"] == pytest.approx(weights["run-fold_1"])
+    # A rerun reads the member's OOF pass from OUT/oof/'s cache instead of recomputing.
+    cached = sorted((tmp_path / "out" / "oof" / "cache").iterdir())
+    mtimes = [p.stat().st_mtime_ns for p in cached]
+    again = run_infer(qfile, [str(run), str(lone)], tmp_path / "out", config)
+    assert again["weights_fit"]["run_weights"] == fit["run_weights"]
+    assert [p.stat().st_mtime_ns for p in cached] == mtimes
+
+
+def test_zero_shot_member_without_labelled_questions_is_one_line(qfile, tmp_path):
+    run = make_run(tmp_path / "run", 5)  # no manifest: nothing names the OOF questions
+    lone = make_model(tmp_path / "lone", 7, meta=False)
+    with pytest.raises(InferError, match=r"zero-shot members cannot be scored.*oof_labels"):
+        run_infer(
+            qfile,
+            [str(run), str(lone)],
             tmp_path / "out",
             make_config(*INFER_SMALL, "infer.weights=auto"),
         )
