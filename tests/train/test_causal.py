@@ -277,3 +277,30 @@ def test_letter_mode_with_a_tokenizer_that_splits_letters_is_refused(tmp_path, r
     output = refused(train_questions(12), str(tiny), sets=["causal_lm.mode=letter"])
     assert "the tokenizer splits ' A' into 2 tokens" in output
     assert "use causal_lm.mode=cloze" in output
+
+
+def test_the_qwen_lora_recipe_trains_a_letter_scorer_that_infer_reads(tmp_path, tiny_llama):
+    """configs/llm_qwen_lora.yaml as shipped, with the 1.5B backbone swapped for the tiny
+    Llama (the recipe's CPU smoke test): LoRA adapters in letter mode, merged on save,
+    and the fold scored by sciqa infer with the prompt it was trained with."""
+    from pathlib import Path
+
+    from infer.commands import run_infer
+    from sciqa.config import load_config
+
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "llm_qwen_lora.yaml"
+    shipped = load_config(recipe)
+    assert shipped.models.backbone == "llm:qwen" and shipped.train.lora
+    assert shipped.causal_lm.mode == "letter"
+    small = [f"models.backbone={tiny_llama}", "train.batch_size=4", "causal_lm.max_length=48"]
+    config = load_config(recipe, [*small, "train.folds=2"])
+    questions = write_table(learnable_questions(16), tmp_path / "q.csv")
+    run_train(questions, tmp_path / "run", config, fold=0)
+    fold = tmp_path / "run" / "fold_0"
+    info = json.loads((fold / "sciqa_model.json").read_text())
+    assert info["family"] == "causal_lm" and info["prompt"]["mode"] == "letter"
+    assert not list(fold.glob("adapter_*"))  # merged: infer loads a plain model
+    metrics = json.loads((fold / "metrics.json").read_text())
+    assert metrics["epochs"] and np.isfinite(metrics["epochs"][-1]["map_at_3"])
+    result = run_infer(questions, [str(fold)], tmp_path / "out", load_config(recipe, small))
+    assert result["models"][0]["questions"] == 16
