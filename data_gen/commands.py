@@ -115,7 +115,7 @@ def _run(
     )
     jobs = make_jobs(chosen, gen.questions_per_passage)
     letters = list(string.ascii_uppercase[: gen.n_options])
-    asking = Asking(load_templates(gen.prompts), letters, gen, seed)
+    asking = Asking(load_templates(gen.prompts, gen.reply_layout), letters, gen, seed)
     cache = ReplyCache(cache_path(out, gen.cache))
     with contextlib.closing(cache), serve_llm(config.llm, config.models.llm) as endpoint:
         asked = asyncio.run(ask_questions(endpoint, config.llm, cache, jobs, asking, batch=batch))

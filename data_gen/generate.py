@@ -125,7 +125,9 @@ async def ask(client: ChatClient, job: Job, asking: Asking) -> Outcome:
             return outcome
         except Rejected as exc:
             outcome.rejections.append(_rejection(job, attempt, text, exc.reason, exc.detail, key))
-            messages = reask_messages(asking.templates, messages, text, exc.detail, letters)
+            messages = reask_messages(
+                asking.templates, messages, text, exc.detail, letters, gen.reply_layout
+            )
     return outcome
 
 

@@ -1,7 +1,11 @@
 """Turn an LLM reply into a validated question, or a one-word reason it was rejected.
 
 The reply is a JSON object ``{"question": ..., "A": ..., ..., "answer": "B"}`` with the
-configured number of option letters. Nothing is ``eval()``-ed: replies are read with
+configured number of option letters (``gen.reply_layout = letters``), or ``{"question": ...,
+"correct_answer": ..., "wrong_answer_1": ..., ...}`` (``answer_first``): the model writes
+the key right after the question, before any distractor, instead of naming a letter after
+writing them all (a 1.5B writer's letters often point at a distractor). Either layout is
+read whichever was asked for. Nothing is ``eval()``-ed: replies are read with
 ``json.loads`` (after a tolerant extraction of the first balanced ``{...}`` for plain-text
 replies) and validated by :class:`GeneratedQuestion`.
 
@@ -11,10 +15,11 @@ GeneratedQuestion(question='Q?', options=['1', '2'], answer='B')
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -27,6 +32,9 @@ _META_OPTION = re.compile(
     re.IGNORECASE,
 )
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+CORRECT = "correct_answer"  # answer_first: the key's text, written first
+WRONG = "wrong_answer_{}"  # answer_first: distractor 1..n-1
+Layout = Literal["letters", "answer_first"]
 
 
 class Rejected(ValueError):
@@ -51,11 +59,16 @@ class ReplySpec:
     max_option_chars: int | None = None
     question_pattern: str | None = None  # JSON-schema ``pattern``: a search, ^...$ to anchor
     option_pattern: str | None = None
+    layout: Layout = "letters"  # the reply's keys (module doc)
 
     @classmethod
     def from_config(cls, gen: Any) -> ReplySpec:
         return cls(
-            gen.max_question_chars, gen.max_option_chars, gen.question_pattern, gen.option_pattern
+            gen.max_question_chars,
+            gen.max_option_chars,
+            gen.question_pattern,
+            gen.option_pattern,
+            gen.reply_layout,
         )
 
     def field(self, kind: str) -> dict[str, Any]:
@@ -147,10 +160,15 @@ def _first_duplicate(options: list[str], letters: list[str]) -> str | None:
 
 
 def json_schema(letters: list[str], spec: ReplySpec = NO_LIMITS) -> dict[str, Any]:
-    """The strict JSON schema sent as ``response_format`` (json_schema mode)."""
+    """The strict JSON schema sent as ``response_format`` (json_schema mode); its key
+    order is the order a constrained decoder writes them in."""
     properties: dict[str, Any] = {"question": spec.field("question")}
-    properties.update({letter: spec.field("option") for letter in letters})
-    properties["answer"] = {"type": "string", "enum": list(letters)}
+    if spec.layout == "answer_first":
+        properties[CORRECT] = spec.field("option")
+        properties.update({WRONG.format(i): spec.field("option") for i in range(1, len(letters))})
+    else:
+        properties.update({letter: spec.field("option") for letter in letters})
+        properties["answer"] = {"type": "string", "enum": list(letters)}
     return {
         "type": "object",
         "properties": properties,
@@ -159,10 +177,23 @@ def json_schema(letters: list[str], spec: ReplySpec = NO_LIMITS) -> dict[str, An
     }
 
 
-def example_reply(letters: list[str]) -> str:
+def example_reply(letters: list[str], layout: Layout = "letters") -> str:
     """The reply shape shown to the model in the prompt."""
+    if layout == "answer_first":
+        wrong = {WRONG.format(i): "..." for i in range(1, len(letters))}
+        return json.dumps({"question": "...", CORRECT: "..."} | wrong)
     example = {"question": "..."} | {letter: "..." for letter in letters}
     return json.dumps(example | {"answer": letters[0]})
+
+
+def _answer_first(question: str, correct: Any, wrong: list[Any]) -> tuple[list[Any], str]:
+    """Options with the key at a letter drawn from the question's text: the same reply
+    always gives the same question (the cache replays it), and keys spread over the
+    letters before ``gen.balance_letters`` evens them out."""
+    digest = hashlib.sha256(question.encode("utf-8")).digest()
+    at = int.from_bytes(digest[:8], "big") % (len(wrong) + 1)
+    options = [*wrong[:at], correct, *wrong[at:]]
+    return options, chr(ord("A") + at)
 
 
 def extract_json(text: str) -> Any:
@@ -218,6 +249,12 @@ def _normalise(data: Any, letters: list[str]) -> dict[str, Any]:
     if isinstance(keys.get("options"), dict):  # {"options": {"A": ..}} nesting
         keys |= {str(k).strip().casefold(): v for k, v in keys["options"].items()}
     question = next((keys[k] for k in ("question", "prompt") if k in keys), None)
+    if question is not None and CORRECT in keys:
+        wrong = [keys[k] for k in sorted(keys, key=_wrong_number) if _wrong_number(k)]
+        options, answer = _answer_first(str(question), keys[CORRECT], wrong)
+        return {"question": str(question), "options": options, "answer": answer}
+    if any(_wrong_number(k) for k in keys) and "answer" not in keys:
+        raise Rejected("missing_field", f"missing {CORRECT}")
     if question is None or "answer" not in keys:
         missing = [
             n for n, v in (("question", question), ("answer", keys.get("answer"))) if v is None
@@ -230,6 +267,13 @@ def _normalise(data: Any, letters: list[str]) -> dict[str, Any]:
     if not present:
         raise Rejected("missing_field", f"missing options {', '.join(letters)}")
     return {"question": str(question), "options": present, "answer": str(keys["answer"])}
+
+
+def _wrong_number(key: str) -> int:
+    """``wrong_answer_3`` -> 3; 0 for any other key."""
+    prefix = WRONG.format("")
+    tail = key[len(prefix) :] if key.startswith(prefix) else ""
+    return int(tail) if tail.isdigit() and int(tail) > 0 else 0
 
 
 def parse_reply(text: str, letters: list[str], spec: ReplySpec = NO_LIMITS) -> GeneratedQuestion:

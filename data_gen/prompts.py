@@ -15,12 +15,19 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from data_gen.parse import example_reply
+from data_gen.parse import Layout, example_reply
 from data_gen.passages import PASSAGE_ID, TEXT, TITLE
 from sciqa.config import DEFAULT, GenConfig
 from sciqa.errors import SciqaError
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "configs" / "gen_prompts.yaml"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_TEMPLATES = CONFIGS / "gen_prompts.yaml"
+# gen.reply_layout -> the templates gen.prompts = default means; their example reply and
+# few-shot turn show that layout's keys.
+LAYOUT_TEMPLATES = {
+    "letters": DEFAULT_TEMPLATES,
+    "answer_first": CONFIGS / "gen_prompts_answer_first.yaml",
+}
 REQUIRED = ("system", "user", "reask")
 
 Message = dict[str, str]
@@ -63,9 +70,9 @@ class Templates:
     few_shot: tuple[Message, ...] = ()
 
 
-def load_templates(name: str = DEFAULT) -> Templates:
-    """Templates from ``name`` (a YAML path) or the default file for ``default``."""
-    path = DEFAULT_TEMPLATES if name == DEFAULT else Path(name).expanduser()
+def load_templates(name: str = DEFAULT, layout: Layout = "letters") -> Templates:
+    """Templates from ``name`` (a YAML path) or, for ``default``, the layout's file."""
+    path = LAYOUT_TEMPLATES[layout] if name == DEFAULT else Path(name).expanduser()
     if not path.is_file():
         raise SciqaError(f"gen.prompts = {name!r}: templates file {path} not found")
     try:
@@ -86,12 +93,13 @@ def load_templates(name: str = DEFAULT) -> Templates:
     )
 
 
-def _fields(letters: list[str], **extra: Any) -> dict[str, Any]:
+def _fields(letters: list[str], layout: Layout, **extra: Any) -> dict[str, Any]:
     return {
         "n_options": len(letters),
+        "n_wrong": len(letters) - 1,
         "letters": ", ".join(letters),
         "last_letter": letters[-1],
-        "example": example_reply(letters),
+        "example": example_reply(letters, layout),
         **extra,
     }
 
@@ -104,10 +112,14 @@ def _format(template: str, fields: dict[str, Any], what: str) -> str:
 
 
 def render_messages(
-    templates: Templates, title: str, passage: str, letters: list[str]
+    templates: Templates,
+    title: str,
+    passage: str,
+    letters: list[str],
+    layout: Layout = "letters",
 ) -> list[Message]:
     """System, few-shot turns, then the user message asking about ``passage``."""
-    fields = _fields(letters, title=title, passage=passage.strip())
+    fields = _fields(letters, layout, title=title, passage=passage.strip())
     return [
         {"role": "system", "content": _format(templates.system, fields, "system")},
         *templates.few_shot,
@@ -121,9 +133,10 @@ def reask_messages(
     reply: str,
     reason: str,
     letters: list[str],
+    layout: Layout = "letters",
 ) -> list[Message]:
     """The conversation continued after an invalid ``reply``: ask once more, saying why."""
-    fields = _fields(letters, reason=reason)
+    fields = _fields(letters, layout, reason=reason)
     return [
         *messages,
         {"role": "assistant", "content": reply},
@@ -142,7 +155,9 @@ class Asking:
     seed: int
 
     def messages(self, job: Job) -> list[Message]:
-        return render_messages(self.templates, job.title, job.text, self.letters)
+        return render_messages(
+            self.templates, job.title, job.text, self.letters, self.gen.reply_layout
+        )
 
     def params(self, job: Job) -> dict[str, Any]:
         return request_params(self.gen, self.seed, job)

@@ -41,7 +41,7 @@ class ModelsConfig(_Section):
 
     embedding: str = DEFAULT  # sentence-transformers encoder for retrieval
     backbone: str = DEFAULT  # AutoModelForMultipleChoice checkpoint, e.g. deberta-v3-large
-    llm: str = DEFAULT  # instruction-following LLM that writes questions in data_gen
+    llm: str = "qwen"  # LLM that writes questions in data_gen; default = SmolLM2-135M
     reranker: str | None = None  # optional cross-encoder over fused retrieval hits; None = off
 
 
@@ -240,10 +240,14 @@ class GenConfig(_Section):
     science_keywords: list[str] = SCIENCE_KEYWORDS  # any of these in title/text = science
     science_seed_questions: list[str] = SCIENCE_SEEDS  # for science_filter = embedding
     science_min_similarity: float = Field(0.25, ge=-1, le=1)  # embedding filter: cosine to a seed
-    prompts: str = DEFAULT  # templates YAML; default = configs/gen_prompts.yaml
+    prompts: str = DEFAULT  # templates YAML; default = configs/gen_prompts[_answer_first].yaml
+    # The reply's keys: letters (A..E + "answer") or answer_first (the key's text, then the
+    # distractors; sciqa places the key at a letter), docs/data_gen.md
+    reply_layout: Literal["letters", "answer_first"] = "answer_first"
     response_format: Literal["json_schema", "json_object", "text"] = "json_schema"  # first try
-    temperature: float = Field(1.0, ge=0)  # sampling temperature sent to the LLM
-    presence_penalty: float = Field(1.5, ge=-2, le=2)  # OpenAI-standard; options repeat less
+    temperature: float = Field(0.7, ge=0)  # sampling temperature sent to the LLM
+    presence_penalty: float = Field(0.0, ge=-2, le=2)  # OpenAI-standard; 0 = not sent (Qwen
+    # at 1.5 writes stray words); SmolLM2-135M needs 1.5 or its options repeat
     frequency_penalty: float = Field(0.0, ge=-2, le=2)  # OpenAI-standard; 0 = not sent
     repetition_penalty: float | None = Field(None, gt=0)  # vLLM/llama.cpp only; None = not sent
     max_question_chars: int = Field(300, ge=8)  # maxLength of the question in the reply schema
@@ -259,10 +263,10 @@ class GenConfig(_Section):
     dedup: bool = True  # drop exact and near-duplicate questions
     near_dup_threshold: float = Field(0.92, ge=0, le=1)  # embedding cosine = duplicate/leak
     answerability_filter: bool = True  # drop if the scorer with the passage misses the answer
-    answerable_confidence: float = Field(0.0, ge=0, le=1)  # with passage: p(label) below = drop
+    answerable_confidence: float = Field(0.5, ge=0, le=1)  # with passage: p(label) below = drop
     too_easy_filter: bool = True  # drop if the scorer without the passage is confident
     too_easy_confidence: float = Field(0.6, ge=0, le=1)  # probability counted as too easy
-    scorer: str = "zero_shot"  # zero_shot (embedding cosines), llm:NAME (letter judge), a model dir
+    scorer: str = "llm:qwen"  # llm:NAME (letter judge), zero_shot (embedding cosines), a model dir
     scorer_temperature: float = Field(0.05, gt=0)  # softmax temperature on zero-shot cosines
     scorer_dtype: Literal["auto", "fp32", "bf16"] = "auto"  # llm: judge; auto = bf16 where native
     scorer_max_length: int = Field(1024, ge=16)  # llm: judge tokens per prompt; passage cut first

@@ -5,7 +5,6 @@ backend and its fallback, batch mode, passage selection, and bad input."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,7 +13,9 @@ from typer.testing import CliRunner
 from data_gen.cache import ReplyCache
 from data_gen.commands import rejected_path
 from data_gen.fake_server import FakeLLM, body_key
+from data_gen.prompts import LAYOUT_TEMPLATES
 from sciqa.cli import app
+from sciqa.config import GenConfig
 from sciqa.errors import SciqaError
 from sciqa.io import read_questions
 
@@ -109,7 +110,7 @@ def test_cache_hit_and_template_edit_invalidates_only_what_it_renders(
         assert len(fake.requests) == 7  # 6 + the re-ask of T0
         again = run_fake(passages_file, out, fake)
         assert len(fake.requests) == 7 and again["usage"]["cache_hits"] == 7
-        templates = Path("configs/gen_prompts.yaml").read_text()
+        templates = LAYOUT_TEMPLATES[GenConfig().reply_layout].read_text()
         edited = tmp_path / "prompts.yaml"
         edited.write_text(templates.replace("That reply was not valid", "Invalid reply"))
         fake.script["T0"] = ["valid", "malformed"]  # T0's next request (re-ask) fails again
@@ -224,16 +225,21 @@ def test_backend_is_detected_and_recorded(
 ):
     with FakeLLM(owned_by=owned_by) as fake:
         counts = run_fake(
-            passages_file, tmp_path / "q.csv", fake, "gen.repetition_penalty=1.1", n=3
+            passages_file,
+            tmp_path / "q.csv",
+            fake,
+            "gen.repetition_penalty=1.1",
+            "gen.presence_penalty=1.5",
+            n=3,
         )
     structured = json.loads((tmp_path / "manifest.json").read_text())["structured_output"]
     assert structured["backend"] == backend and structured["used"] == used
     assert counts["replies"]["valid"] == 3
     body = fake.requests[0]
-    assert body["presence_penalty"] == 1.5  # the gen default
+    assert body["presence_penalty"] == 1.5  # OpenAI-standard: sent to every backend
     if backend == "llama-cpp-python":
         assert body["response_format"]["type"] == "json_object"
-        assert body["response_format"]["schema"]["properties"]["A"]["maxLength"] == 150
+        assert body["response_format"]["schema"]["properties"]["correct_answer"]["maxLength"] == 150
         assert body["repeat_penalty"] == 1.1
     elif backend == "vllm":
         assert body["repetition_penalty"] == 1.1
@@ -251,7 +257,7 @@ def test_json_schema_refused_falls_back_to_json_object(passages_file, tmp_path, 
     assert counts["structured_output"]["used"] == "json_object"
     assert counts["structured_output"]["downgrades"][0].startswith("json_schema->json_object")
     assert counts["usage"]["format_downgrades"][0].startswith("json_schema->json_object")
-    assert counts["usage"]["probes"] == 5 + 2  # question, 5 options, answer
+    assert counts["usage"]["probes"] == 1 + 5  # question, correct_answer, 4 wrong answers
     answered = [
         r for r in fake.requests if r.get("response_format", {}).get("type") != "json_schema"
     ]
@@ -268,7 +274,7 @@ def test_uncompilable_field_is_named_in_a_one_line_error(passages_file, tmp_path
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
-    assert "cannot compile the reply schema at field 'A'" in lines[0]
+    assert "cannot compile the reply schema at field 'correct_answer'" in lines[0]
     assert "gen.option_pattern" in lines[0] and "Grammar error" in lines[0]
     assert not (tmp_path / "q.csv").exists()
 

@@ -73,6 +73,61 @@ def test_limits_of_the_schema_are_checked_on_every_reply(change, reason):
     assert caught.value.reason == reason
 
 
+# --- answer_first: the key's text first, sciqa picks its letter ---------------------
+
+FIRST = {
+    "question": "Which gas do plants absorb?",
+    "correct_answer": "Carbon dioxide",
+    "wrong_answer_1": "Oxygen",
+    "wrong_answer_2": "Nitrogen",
+    "wrong_answer_3": "Helium",
+    "wrong_answer_4": "Argon",
+}
+
+
+def test_answer_first_keeps_the_key_and_spreads_its_letter():
+    parsed = parse_reply(json.dumps(FIRST), LETTERS)
+    assert parsed.options[LETTERS.index(parsed.answer)] == "Carbon dioxide"
+    # The distractors keep their order around the key; the same reply, the same letter.
+    assert [o for o in parsed.options if o != "Carbon dioxide"] == [
+        "Oxygen",
+        "Nitrogen",
+        "Helium",
+        "Argon",
+    ]
+    assert parse_reply(json.dumps(FIRST), LETTERS) == parsed
+    letters = {
+        parse_reply(json.dumps(FIRST | {"question": f"Which gas, case {i}?"}), LETTERS).answer
+        for i in range(40)
+    }
+    assert letters == set(LETTERS)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"wrong_answer_5": "Neon"}, "wrong_option_count"),
+        ({"wrong_answer_2": "carbon dioxide"}, "duplicate_options"),
+        ({"wrong_answer_4": "None of the above"}, "meta_option"),
+        ({"correct_answer": None}, "missing_field"),
+    ],
+)
+def test_answer_first_rejects_with_reason(change, reason):
+    reply = {k: v for k, v in {**FIRST, **change}.items() if v is not None}
+    with pytest.raises(Rejected) as caught:
+        parse_reply(json.dumps(reply), LETTERS)
+    assert caught.value.reason == reason
+
+
+def test_answer_first_schema_writes_the_key_before_the_distractors():
+    spec = ReplySpec(300, 150, None, r"^\w.*$", layout="answer_first")
+    schema = json_schema(LETTERS, spec)
+    assert list(schema["properties"]) == list(FIRST)
+    assert schema["required"] == list(FIRST)
+    assert schema["properties"]["wrong_answer_4"]["pattern"] == r"^\w.*$"
+    parse_reply(json.dumps(FIRST), LETTERS, spec)  # a reply to that schema parses
+
+
 # --- per-backend structured output ---------------------------------------------------
 
 

@@ -118,6 +118,6 @@ def test_k_is_checked_against_the_retrievers_in_use():
 def test_bounds_keep_the_shipped_configs_and_defaults_valid():
     root = Path(__file__).resolve().parents[2]
     for path in sorted((root / "configs").glob("*.*")):
-        if path.name != "gen_prompts.yaml":  # generation prompts, not a config
+        if not path.name.startswith("gen_prompts"):  # generation prompts, not a config
             load_config(path)
     assert load_config(None, ["train.warmup_ratio=0", "train.max_grad_norm=0"]).train.folds == 5
