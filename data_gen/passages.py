@@ -6,6 +6,7 @@ renders the same requests and hits the cache.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from typing import Any
@@ -62,6 +63,18 @@ def embedding_mask(frame: pd.DataFrame, config: GenConfig, encoder: Any) -> np.n
     return (np.asarray(vectors) @ np.asarray(seeds).T).max(axis=1) >= config.science_min_similarity
 
 
+def article_split(titles: pd.Series, test_share: float) -> np.ndarray:
+    """True where an article falls in the test split: the first 8 bytes of the title's
+    sha256 as a fraction of 2**64 below ``test_share``. Every passage of an article lands
+    on the same side, whatever the seed or the file it comes from."""
+
+    def share(title: str) -> float:
+        digest = hashlib.sha256(title.strip().casefold().encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    return titles.map(share).to_numpy() < test_share
+
+
 def select_passages(
     frame: pd.DataFrame,
     n: int,
@@ -87,13 +100,27 @@ def select_passages(
             raise ValueError("science_filter = embedding needs an encoder")
         frame = frame[embedding_mask(frame, config, encoder)]
     counts["science"] = len(frame)
+    if config.articles != "all":
+        test = article_split(frame[TITLE], config.test_articles)
+        frame = frame[test if config.articles == "test" else ~test]
+        counts[f"{config.articles}_articles"] = len(frame)
     if n > len(frame):
         raise SciqaError(
             f"{source}: --n {n} passages asked for but only {len(frame)} qualify "
             f"({counts['passages']} read, {counts['long_enough']} with >= "
             f"{config.min_passage_words} words, {counts['science']} pass "
-            f"gen.science_filter={config.science_filter}); lower --n or relax the filter"
+            f"gen.science_filter={config.science_filter}{_split_note(counts, config)}); "
+            "lower --n or relax the filter"
         )
+    # A seeded permutation's first n: --n 500 draws --n 250's passages and 250 more, so a
+    # larger set extends a smaller one and reuses its cached replies.
     chosen = frame.sample(n=n, random_state=seed).reset_index(drop=True)
     counts["selected"] = len(chosen)
     return chosen, counts
+
+
+def _split_note(counts: dict[str, int], config: GenConfig) -> str:
+    if config.articles == "all":
+        return ""
+    kept = counts[f"{config.articles}_articles"]
+    return f", {kept} in the {config.articles} articles of gen.articles"

@@ -240,6 +240,10 @@ class GenConfig(_Section):
     science_keywords: list[str] = SCIENCE_KEYWORDS  # any of these in title/text = science
     science_seed_questions: list[str] = SCIENCE_SEEDS  # for science_filter = embedding
     science_min_similarity: float = Field(0.25, ge=-1, le=1)  # embedding filter: cosine to a seed
+    # Split by article (a hash of the title, the same for every seed and file): a test exam
+    # and its training questions never share an article. all = no split.
+    articles: Literal["all", "train", "test"] = "all"
+    test_articles: float = Field(0.2, gt=0, lt=1)  # share of the articles in the test split
     prompts: str = DEFAULT  # templates YAML; default = configs/gen_prompts[_answer_first].yaml
     # The reply's keys: letters (A..E + "answer") or answer_first (the key's text, then the
     # distractors; sciqa places the key at a letter), docs/data_gen.md
