@@ -121,6 +121,10 @@ class GeneratedQuestion(BaseModel):
         if not all(value):
             raise _reject("empty_option", "an option is empty")
         duplicate = _first_duplicate(value, letters)
+        if duplicate and info.context.get("spec", NO_LIMITS).layout == "answer_first":
+            # The model never saw these letters: name the text, not a slot.
+            same = duplicate.split('("', 1)[1].split('")', 1)[0]
+            duplicate = f'two answers are the same ("{same}"); write a different wrong answer'
         if duplicate:
             raise _reject("duplicate_options", duplicate)
         if any(_META_OPTION.search(v) for v in value):

@@ -119,6 +119,15 @@ def test_answer_first_rejects_with_reason(change, reason):
     assert caught.value.reason == reason
 
 
+def test_answer_first_reask_names_the_repeated_text_not_a_letter():
+    spec = ReplySpec(layout="answer_first")
+    with pytest.raises(Rejected) as caught:
+        parse_reply(json.dumps(FIRST | {"wrong_answer_3": "oxygen"}), LETTERS, spec)
+    assert caught.value.detail == (
+        'two answers are the same ("oxygen"); write a different wrong answer'
+    )
+
+
 def test_answer_first_schema_writes_the_key_before_the_distractors():
     spec = ReplySpec(300, 150, None, r"^\w.*$", layout="answer_first")
     schema = json_schema(LETTERS, spec)
