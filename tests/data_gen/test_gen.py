@@ -55,13 +55,22 @@ def test_scripted_replies_are_counted_reasked_and_written(passages_file, tmp_pat
     assert (out.parent / "config.yaml").is_file()
 
 
-def test_reask_names_the_duplicate_option(passages_file, tmp_path, run_fake):
+@pytest.mark.parametrize(
+    ("layout", "named"),
+    [
+        (
+            "letters",
+            'options B and C are the same ("T0 fact number 1"); write a different option C',
+        ),
+        ("answer_first", 'two answers are the same ("T0 fact number 1"); write a different wrong'),
+    ],
+)
+def test_reask_names_the_duplicate_option(passages_file, tmp_path, run_fake, layout, named):
     with FakeLLM({"T0": ["duplicate_options"]}) as fake:
-        counts = run_fake(passages_file, tmp_path / "q.csv", fake)
+        counts = run_fake(passages_file, tmp_path / "q.csv", fake, f"gen.reply_layout={layout}")
     assert counts["replies"]["valid"] == 6
     reask = next(r for r in fake.requests if len(r["messages"]) > 5)["messages"][-1]["content"]
-    assert 'options B and C are the same ("T0 fact number 1")' in reask
-    assert "write a different option C" in reask
+    assert named in reask
 
 
 def test_several_questions_per_passage_are_separate_requests(passages_file, tmp_path, run_fake):
