@@ -80,6 +80,13 @@ def engine_command(
         str(port),
         "--max-model-len",
         str(max_model_len),
+        # No chunked prefill: vLLM 0.32 on CPU crashes ("CPU Generator does not use
+        # offset") when a seeded request's prefill is split over steps, which happens once
+        # the prompts in flight pass the 2,048-token CPU default. Whole prompts up to
+        # max_model_len per step instead; the rest wait a step.
+        "--no-enable-chunked-prefill",
+        "--max-num-batched-tokens",
+        str(max_model_len),
         # On CPU this is a share of RAM for vLLM's own checks; the KV cache size is
         # VLLM_CPU_KVCACHE_SPACE. Higher values make it refuse to start on 24 GiB.
         "--gpu-memory-utilization",
