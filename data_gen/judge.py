@@ -25,14 +25,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sciqa.assets.llm import LLM_PREFIX
 from sciqa.config import CausalLMConfig, GenConfig
 from sciqa.errors import SciqaError
 from sciqa.metrics import softmax
 from sciqa.schema import option_letters
 
 log = logging.getLogger(__name__)
-
-LLM_PREFIX = "llm:"
 
 
 def is_llm_judge(scorer: str) -> bool:

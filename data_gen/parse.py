@@ -120,16 +120,12 @@ class GeneratedQuestion(BaseModel):
             raise _reject("wrong_option_count", f"{len(value)} options instead of {len(letters)}")
         if not all(value):
             raise _reject("empty_option", "an option is empty")
-        duplicate = _first_duplicate(value, letters)
-        if duplicate and info.context.get("spec", NO_LIMITS).layout == "answer_first":
-            # The model never saw these letters: name the text, not a slot.
-            same = duplicate.split('("', 1)[1].split('")', 1)[0]
-            duplicate = f'two answers are the same ("{same}"); write a different wrong answer'
+        spec = info.context.get("spec", NO_LIMITS)
+        duplicate = _first_duplicate(value, letters, spec.layout)
         if duplicate:
             raise _reject("duplicate_options", duplicate)
         if any(_META_OPTION.search(v) for v in value):
             raise _reject("meta_option", 'an option is "all/none of the above"-like')
-        spec = info.context.get("spec", NO_LIMITS)
         for letter, option in zip(letters, value, strict=True):
             spec.check("option", option, f"option {letter}")
         return value
@@ -145,18 +141,27 @@ class GeneratedQuestion(BaseModel):
         return self
 
 
-def _first_duplicate(options: list[str], letters: list[str]) -> str | None:
+def _first_duplicate(
+    options: list[str], letters: list[str], layout: Layout = "letters"
+) -> str | None:
     """Which option repeats which, worded for the re-ask (the model is told what to fix).
+    An answer_first writer never saw the letters sciqa placed its answers at, so it is
+    told the text instead.
 
     >>> _first_duplicate(["Iron", "Gold", "iron"], ["A", "B", "C"])
     'options A and C are the same ("iron"); write a different option C'
+    >>> _first_duplicate(["Iron", "Gold", "iron"], ["A", "B", "C"], "answer_first")
+    'two answers are the same ("iron"); write a different wrong answer'
     """
     seen: dict[str, str] = {}
     for letter, option in zip(letters, options, strict=True):
         key = option.casefold()
         if key in seen:
+            same = f'("{option[:60]}")'
+            if layout == "answer_first":
+                return f"two answers are the same {same}; write a different wrong answer"
             return (
-                f'options {seen[key]} and {letter} are the same ("{option[:60]}"); '
+                f"options {seen[key]} and {letter} are the same {same}; "
                 f"write a different option {letter}"
             )
         seen[key] = letter

@@ -193,10 +193,7 @@ def _aligned_oof(
         raise InferError(f"--weights auto: no label for OOF id {unknown[0]!r} (and others)")
     index = {letter: i for i, letter in enumerate(letters)}
     y = np.array([index[labels[i]] for i in order])
-    arrays = [
-        frames[k].drop_duplicates(ID).set_index(ID).loc[order, letters].to_numpy(np.float64)
-        for k in keys
-    ]
+    arrays = [frames[k].set_index(ID).loc[order, letters].to_numpy(np.float64) for k in keys]
     return arrays, y
 
 

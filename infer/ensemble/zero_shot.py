@@ -26,11 +26,6 @@ from sciqa.schema import ID
 OOF_DIR = "oof"  # OUT_DIR/oof/: the nested run that scores zero-shot members for the fit
 
 
-def orphans(specs: list[ModelSpec]) -> list[ModelSpec]:
-    """Members outside any train run: they have no ``oof.parquet`` of their own."""
-    return [spec for spec in specs if spec.run_dir is None]
-
-
 def score_orphans(
     specs: list[ModelSpec], questions: Path, out_dir: Path, config: SciqaConfig
 ) -> dict[str, pd.DataFrame]:
