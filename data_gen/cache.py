@@ -1,4 +1,6 @@
 """SQLite request cache: one row per request key, committed as soon as its reply arrives.
+The ``llm:`` judge's verdicts live beside the replies (table ``judged``), so a rerun, or a
+larger ``--n`` over the same passages, judges only questions it has not judged before.
 
 The key is a hash of everything that decides the reply (model, messages, generation
 params, response format/schema), so a rerun after a crash sends only the requests with
@@ -38,6 +40,11 @@ CREATE TABLE IF NOT EXISTS replies (
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS judged (
+    key TEXT PRIMARY KEY,       -- hash of the judge and the prompt's token ids
+    logits TEXT NOT NULL,       -- the option letters' logits (JSON list)
+    created REAL NOT NULL
+);
 """
 
 
@@ -132,6 +139,27 @@ class ReplyCache:
         )
         with self._errors():
             self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?)", row)
+
+    def judged(self, keys: Iterable[str]) -> dict[str, list[float]]:
+        """The stored letter logits of the judged prompts among ``keys``."""
+        keys = list(keys)
+        found: dict[str, list[float]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            with self._errors():
+                rows = self._db.execute(
+                    f"SELECT key, logits FROM judged WHERE key IN ({marks})", chunk
+                )
+                found.update((key, json.loads(logits)) for key, logits in rows)
+        return found
+
+    def put_judged(self, logits: dict[str, list[float]]) -> None:
+        """Store a batch of judged prompts as it is scored: a killed judge loses one batch."""
+        now = time.time()
+        rows = [(key, json.dumps(values), now) for key, values in logits.items()]
+        with self._errors():
+            self._db.executemany("INSERT OR REPLACE INTO judged VALUES (?, ?, ?)", rows)
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]

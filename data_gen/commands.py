@@ -35,6 +35,7 @@ import pandas as pd
 from data_gen.cache import ReplyCache
 from data_gen.engine import Endpoint, serve_llm
 from data_gen.generate import Asked, ask_questions, questions_frame, reply_counts
+from data_gen.judge import LLMJudge
 from data_gen.passages import read_passages, select_passages
 from data_gen.postprocess import audit_frame, postprocess
 from data_gen.prompts import Asking, load_templates, make_jobs
@@ -117,19 +118,24 @@ def _run(
     letters = list(string.ascii_uppercase[: gen.n_options])
     asking = Asking(load_templates(gen.prompts, gen.reply_layout), letters, gen, seed)
     cache = ReplyCache(cache_path(out, gen.cache))
-    with contextlib.closing(cache), serve_llm(config.llm, config.models.llm) as endpoint:
-        asked = asyncio.run(ask_questions(endpoint, config.llm, cache, jobs, asking, batch=batch))
-    generated_at = time.monotonic()
-    # -> questions -> filter -> audit -> write
-    frame = questions_frame(asked.outcomes, letters, f"gen:{endpoint.label}")
-    # The writer's own shortcuts, before the filters pick: a small kept set (or none)
-    # says little, the replies say what the LLM does.
-    generated = audit_frame(frame, gen, seed, "no valid replies")
-    if scorer is None and needs_scorer(gen) and len(frame):
-        scorer = make_scorer(gen, encoder, config.causal_lm)
-    kept, drops, post = postprocess(
-        frame, gen, seed, encoder=encoder, scorer=scorer, excluded=excluded
-    )
+    with contextlib.closing(cache):
+        with serve_llm(config.llm, config.models.llm) as endpoint:
+            asked = asyncio.run(
+                ask_questions(endpoint, config.llm, cache, jobs, asking, batch=batch)
+            )
+        generated_at = time.monotonic()
+        # -> questions -> filter -> audit -> write
+        frame = questions_frame(asked.outcomes, letters, f"gen:{endpoint.label}")
+        # The writer's own shortcuts, before the filters pick: a small kept set (or none)
+        # says little, the replies say what the LLM does.
+        generated = audit_frame(frame, gen, seed, "no valid replies")
+        if scorer is None and needs_scorer(gen) and len(frame):
+            scorer = make_scorer(gen, encoder, config.causal_lm)
+        if isinstance(scorer, LLMJudge):
+            scorer.cache = cache  # verdicts survive a kill and serve a larger --n
+        kept, drops, post = postprocess(
+            frame, gen, seed, encoder=encoder, scorer=scorer, excluded=excluded
+        )
     audits = {"audit": audit_frame(kept, gen, seed), "audit_generated": generated}
     seconds = {
         "generate": round(generated_at - started, 2),
@@ -233,6 +239,18 @@ def summary(counts: dict[str, Any]) -> str:
         f"kept: {post['kept']} questions -> {counts['outputs']['questions']}; answer letters "
         + " ".join(f"{k}={v}" for k, v in post["letters_after"].items()),
     ]
+    if "passed" in post:
+        short = post["passed"] < post["max_questions"]
+        lines.append(
+            f"gen.max_questions {post['max_questions']}: kept the first {post['kept']} of the "
+            f"{post['passed']} that passed" + ("; raise --n for more" if short else "")
+        )
+    near = post.get("nearest_excluded")
+    if near:
+        lines.append(
+            f"nearest to --exclude: cosine {near['cosine']:.3f}, {near['id']} vs "
+            f"{near['nearest']} ({near['excluded']} excluded questions)"
+        )
     for key, what in (("audit_generated", "valid replies, before filters"), ("audit", "kept")):
         audit = counts.get(key)
         if audit is not None:

@@ -17,10 +17,12 @@ Heavy imports stay inside functions.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +32,9 @@ from sciqa.config import CausalLMConfig, GenConfig
 from sciqa.errors import SciqaError
 from sciqa.metrics import softmax
 from sciqa.schema import option_letters
+
+if TYPE_CHECKING:
+    from data_gen.cache import ReplyCache
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +95,8 @@ class LLMJudge:
         except SciqaError as exc:
             raise SciqaError(f"gen.scorer = {name}: {exc}") from None
         self.seconds = 0.0  # spent scoring, for the manifest and benchmarks/judge.py
-        self.questions = 0  # prompts scored (a question with and without passage: 2)
+        self.questions = 0  # prompts scored now (with and without passage: 2), not cached
+        self.cache: ReplyCache | None = None  # verdicts kept across runs (sciqa gen sets it)
 
     def prompts(self, frame: pd.DataFrame, *, use_context: bool) -> Any:
         """The encoded prompts (:class:`~sciqa.scoring.llm_prompts.LLMEncoded`) of ``frame``."""
@@ -110,21 +116,65 @@ class LLMJudge:
         enc = self.prompts(frame, use_context=use_context)
         if enc.truncated:
             log.info("%s: passage cut to fit for %d question(s)", self.name, enc.truncated)
-        logits = self.letter_logits(enc)
+        keys = self.prompt_keys(enc)
+        known = self.cache.judged(keys) if self.cache is not None else {}
+        logits = np.zeros((len(enc), enc.n_options), dtype=np.float32)
+        todo = []
+        for row, key in enumerate(keys):
+            if key in known and len(known[key]) == enc.n_options:
+                logits[row] = known[key]
+            else:
+                todo.append(row)
+        if known:
+            log.info(
+                "%s: %d of %d verdicts from the cache", self.name, len(keys) - len(todo), len(keys)
+            )
+        what = "with passage" if use_context else "without passage"
+        logits[todo] = self.letter_logits(enc, todo, keys=keys, desc=f"judge {what}")
         self.seconds += time.perf_counter() - began
-        self.questions += len(frame)
+        self.questions += len(todo)
         return softmax(logits)
 
-    def letter_logits(self, enc: Any) -> np.ndarray:
-        """``(questions, letters)`` logits, longest prompts first in batches (less padding)."""
+    def prompt_keys(self, enc: Any) -> list[str]:
+        """One cache key per prompt: the model, its dtype and the prompt's token ids (the
+        template, the passage and the options are all in them)."""
+        model = f"{getattr(self.model, 'name_or_path', '') or self.name}|{self.model.dtype}"
+        keys = []
+        for prefix in enc.prefixes:
+            digest = hashlib.sha256(model.encode())
+            digest.update(json.dumps([prefix, enc.answer_ids]).encode())
+            keys.append(digest.hexdigest())
+        return keys
+
+    def letter_logits(
+        self,
+        enc: Any,
+        rows: list[int] | None = None,
+        *,
+        keys: list[str] | None = None,
+        desc: str = "judge",
+    ) -> np.ndarray:
+        """``(len(rows), letters)`` logits (all rows by default), longest prompts first in
+        batches (less padding); each batch is stored in the cache as it is scored."""
+        from tqdm.auto import tqdm
+
         from sciqa.scoring.llm_scoring import ScoreHead
 
+        rows = list(range(len(enc))) if rows is None else rows
         head = ScoreHead.of(enc)
-        order = sorted(range(len(enc)), key=lambda i: -enc.lengths[i])
-        logits = np.zeros((len(enc), enc.n_options), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            logits[rows] = self._scores(enc, rows, head)
+        at = {row: i for i, row in enumerate(rows)}
+        order = sorted(rows, key=lambda i: -enc.lengths[i])
+        logits = np.zeros((len(rows), enc.n_options), dtype=np.float32)
+        with tqdm(total=len(rows), desc=desc, unit="q", disable=None) as progress:
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                scores = self._scores(enc, batch, head)
+                logits[[at[r] for r in batch]] = scores
+                if self.cache is not None and keys is not None:
+                    self.cache.put_judged(
+                        {keys[r]: s.tolist() for r, s in zip(batch, scores, strict=True)}
+                    )
+                progress.update(len(batch))
         return logits
 
     def _scores(self, enc: Any, rows: list[int], head: Any) -> np.ndarray:

@@ -127,6 +127,26 @@ def remove_duplicates(
     return _keep(frame, rows), drops + _drop(frame, rows, "duplicate_near", details)
 
 
+def _excluded_prompts(excluded: dict[str, pd.DataFrame]) -> tuple[list[str], list[str]]:
+    prompts, origins = [], []
+    for name, other in excluded.items():
+        prompts += other[PROMPT].astype(str).tolist()
+        origins += [f"{name} id={i}" for i in other[ID]]
+    return prompts, origins
+
+
+def _nearest(
+    frame: pd.DataFrame, prompts: list[str], encoder: Any | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``frame``: the best prompt cosine to ``prompts`` and its index."""
+    if encoder is None or not prompts or frame.empty:
+        return np.full(len(frame), -1.0), np.zeros(len(frame), dtype=int)
+    ours = np.asarray(encoder.encode(frame[PROMPT].tolist(), normalize_embeddings=True))
+    theirs = np.asarray(encoder.encode(prompts, normalize_embeddings=True, batch_size=64))
+    similarity = ours @ theirs.T
+    return similarity.max(axis=1), similarity.argmax(axis=1)
+
+
 def remove_leaks(
     frame: pd.DataFrame,
     excluded: dict[str, pd.DataFrame],
@@ -136,19 +156,9 @@ def remove_leaks(
     """Drop questions whose prompt matches, or embeds within ``threshold`` of, an excluded one."""
     if not excluded or frame.empty:
         return frame, []
-    prompts, origins = [], []
-    for name, other in excluded.items():
-        prompts += other[PROMPT].astype(str).tolist()
-        origins += [f"{name} id={i}" for i in other[ID]]
+    prompts, origins = _excluded_prompts(excluded)
     exact = {_norm(p): o for p, o in zip(prompts, origins, strict=True)}
-    best_sim = np.full(len(frame), -1.0)
-    best_at = np.zeros(len(frame), dtype=int)
-    if encoder is not None and prompts:
-        ours = np.asarray(encoder.encode(frame[PROMPT].tolist(), normalize_embeddings=True))
-        theirs = np.asarray(encoder.encode(prompts, normalize_embeddings=True, batch_size=64))
-        similarity = ours @ theirs.T
-        best_at = similarity.argmax(axis=1)
-        best_sim = similarity.max(axis=1)
+    best_sim, best_at = _nearest(frame, prompts, encoder)
     rows, details = [], []
     for row, prompt in enumerate(frame[PROMPT]):
         if _norm(prompt) in exact:
@@ -158,6 +168,26 @@ def remove_leaks(
             rows.append(row)
             details.append(f"cosine {best_sim[row]:.3f} with {origins[best_at[row]]}")
     return _keep(frame, rows), _drop(frame, rows, "leak", details)
+
+
+def nearest_excluded(
+    frame: pd.DataFrame, excluded: dict[str, pd.DataFrame], encoder: Any | None
+) -> dict[str, Any] | None:
+    """The kept question closest to any ``--exclude`` question (prompt cosine): the
+    evidence that a training set and its test exam share no question."""
+    prompts, origins = _excluded_prompts(excluded)
+    if encoder is None or not prompts or frame.empty:
+        return None
+    best_sim, best_at = _nearest(frame, prompts, encoder)
+    row = int(best_sim.argmax())
+    return {
+        "excluded": len(prompts),
+        "cosine": round(float(best_sim[row]), 4),
+        "id": str(frame.at[row, ID]),
+        "prompt": str(frame.at[row, PROMPT]),
+        "nearest": origins[best_at[row]],
+        "nearest_prompt": prompts[best_at[row]],
+    }
 
 
 def _answer_index(frame: pd.DataFrame) -> np.ndarray:
@@ -293,9 +323,16 @@ def postprocess(
         drops += dropped
     frame, dropped = filter_shortcuts(frame, config)
     drops += dropped
+    if config.max_questions is not None:
+        # Not a drop (nothing is wrong with them): a 250-question set is the first 250 of
+        # the 1,000-question one made from the same passages.
+        counts["passed"], counts["max_questions"] = len(frame), config.max_questions
+        frame = frame.iloc[: config.max_questions].reset_index(drop=True)
     # Last, so the letters of what is kept (not of what was generated) are balanced.
     if config.balance_letters and len(frame):
         frame = balance_letters(frame, seed)
+    if excluded:
+        counts["nearest_excluded"] = nearest_excluded(frame, excluded, encoder)
     counts["dropped_by_reason"] = dict(Counter(d["reason"] for d in drops).most_common())
     counts["kept"] = len(frame)
     counts["letters_after"] = letter_counts(frame)

@@ -263,6 +263,8 @@ class GenConfig(_Section):
     max_requests: int | None = Field(None, ge=0)  # stop after sending this many new requests
     max_cost: float | None = Field(None, ge=0)  # stop once new requests cost this much (USD)
     cache: Path | None = None  # request cache (SQLite); None = <OUT stem>.cache.sqlite
+    max_questions: int | None = Field(None, ge=1)  # keep the first N that pass (passage
+    # order), before letters are balanced: nested sets from one --n; None = all
     balance_letters: bool = True  # shuffle options so answer letters are balanced
     dedup: bool = True  # drop exact and near-duplicate questions
     near_dup_threshold: float = Field(0.92, ge=0, le=1)  # embedding cosine = duplicate/leak

@@ -261,3 +261,32 @@ def test_qwen_keeps_a_supported_key_and_drops_its_wrong_key_twin():
     twin = question.assign(answer="B")
     kept, drops = filter_unanswerable(twin, scorer, threshold)
     assert kept.empty and "picks D" in drops[0]["detail"]
+
+
+def test_verdicts_are_cached_so_a_rerun_judges_only_new_or_changed_prompts(tiny, tmp_path):
+    """A killed or larger run (same gen cache) scores only prompts it has not seen: the
+    cached logits are the ones scored, and a changed option or the other filter's prompt
+    (no passage) is a new key."""
+    from data_gen.cache import ReplyCache
+
+    cache = ReplyCache(tmp_path / "gen.cache.sqlite")
+    first = judge(tiny)
+    first.cache = cache
+    questions = frame(3)
+    questions["prompt"] = [f"Which{' particle' * i} mediates it?" for i in range(3)]
+    probs = first.probabilities(questions.iloc[:2], use_context=True)  # then "killed"
+    assert first.questions == 2
+
+    again = judge(tiny)
+    again.cache = cache
+    changed = questions.copy()
+    changed.loc[2, "B"] = "quark"
+    resumed = again.probabilities(changed, use_context=True)
+    assert again.questions == 1  # only the third; the first two come from the cache
+    np.testing.assert_allclose(resumed[:2], probs, rtol=1e-6)
+    uncached = judge(tiny).probabilities(changed, use_context=True)
+    np.testing.assert_allclose(resumed, uncached, rtol=1e-5, atol=1e-6)
+
+    again.probabilities(changed, use_context=False)  # the too-easy prompt differs
+    assert again.questions == 1 + 3
+    cache.close()

@@ -135,3 +135,39 @@ def test_trained_model_directory_scores_options(tmp_path):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     with pytest.raises(SciqaError, match="not a model directory"):
         TrainedScorer(str(tmp_path / "missing"))
+
+
+def test_the_nearest_excluded_question_is_reported_for_the_kept_ones(hash_encoder):
+    """The closest remaining train/test pair is named, with its cosine, so a split's
+    separation is evidence rather than a claim."""
+    from data_gen.postprocess import nearest_excluded
+
+    frame = questions(3)
+    evaluation = questions(2).assign(id=["t0", "t1"], prompt=["question 1 about topic1?", "zz"])
+    near = nearest_excluded(frame, {"test.csv": evaluation}, hash_encoder)
+    assert near["id"] == "q1" and near["nearest"] == "test.csv id=t0"
+    assert near["excluded"] == 2 and near["cosine"] == pytest.approx(1.0)
+    far = nearest_excluded(
+        frame.iloc[[0, 2]].reset_index(drop=True), {"t": evaluation}, hash_encoder
+    )
+    assert far["cosine"] < near["cosine"]
+    assert nearest_excluded(frame, {}, hash_encoder) is None
+
+
+def test_max_questions_keeps_the_first_that_pass_so_smaller_sets_nest():
+    """gen.max_questions takes the first N that pass, in passage order, before the
+    letters are balanced: the 2-question set is inside the 4-question one."""
+    from data_gen.postprocess import postprocess
+    from tests.builders import make_config
+
+    frame = questions(6)
+    frame.loc[1, "prompt"] = frame.loc[0, "prompt"]  # a duplicate is not counted
+    sets = {}
+    for n in (2, 4, 9):
+        gen = make_config(f"gen.max_questions={n}").gen
+        kept, drops, counts = postprocess(frame, gen, seed=3)
+        sets[n] = set(kept["id"])
+        assert counts["passed"] == 5 and counts["kept"] == min(n, 5)
+        assert [d["reason"] for d in drops] == ["duplicate_exact"]
+    assert sets[2] == {"q0", "q2"} and sets[4] == {"q0", "q2", "q3", "q4"}
+    assert sets[9] == {"q0", "q2", "q3", "q4", "q5"}
