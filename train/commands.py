@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,7 +22,7 @@ from sciqa.errors import SciqaError
 from sciqa.io import follow_umask, read_questions
 from sciqa.outdir import OutLock, check_out_dir, fresh_partial, partial_dir
 from sciqa.runs import file_digest, write_run_files
-from sciqa.schema import ANSWER, option_letters
+from sciqa.schema import ANSWER, ID, option_letters
 from train import run_dir as layout
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def fingerprint(
     train: TrainConfig,
     backbone: str,
     seed: int,
-    questions: Path,
+    questions: Sequence[Path],
     valid: Path | None,
     *,
     causal_lm: CausalLMConfig | None = None,
@@ -103,7 +104,12 @@ def fingerprint(
         "backbone": backbone,
         "seed": seed,
         "folds": train.folds,
-        "questions": file_digest(questions),
+        # One file: its digest alone, as before several were accepted (old runs resume).
+        "questions": (
+            file_digest(questions[0])
+            if len(questions) == 1
+            else [file_digest(q) for q in questions]
+        ),
         "valid": file_digest(valid) if valid is not None else None,
     }
     if causal_lm is not None:
@@ -131,7 +137,7 @@ def split_rows(
 class TrainData:
     """A run's labelled questions (and ``--valid`` file), split into its folds."""
 
-    questions: Path
+    questions: list[Path]
     valid: Path | None
     frame: pd.DataFrame
     valid_frame: pd.DataFrame | None
@@ -140,7 +146,7 @@ class TrainData:
 
     @property
     def inputs(self) -> list[Path]:
-        return [self.questions] + ([self.valid] if self.valid is not None else [])
+        return [*self.questions] + ([self.valid] if self.valid is not None else [])
 
     @property
     def labels(self) -> pd.DataFrame:
@@ -150,17 +156,45 @@ class TrainData:
         return pd.concat([self.frame, self.valid_frame])
 
 
-def load_data(questions: Path, valid: Path | None, folds: int, seed: int) -> TrainData:
-    """Read and check the questions (and the ``--valid`` file) and split them into folds."""
-    frame = load_labelled(questions)
+def load_data(questions: Sequence[Path], valid: Path | None, folds: int, seed: int) -> TrainData:
+    """Read and check the questions files (one table, in order) and the ``--valid`` file,
+    and split them into folds."""
+    questions = list(questions)
+    frame = load_labelled(questions[0])
     letters = option_letters(frame.columns)
+    if len(questions) > 1:
+        frame = _concat(frame, questions, letters)
     valid_frame = load_labelled(valid, letters) if valid is not None else None
-    splits = split_rows(frame, folds, valid_frame, seed, str(questions))
+    source = ",".join(str(q) for q in questions)
+    splits = split_rows(frame, folds, valid_frame, seed, source)
     return TrainData(questions, valid, frame, valid_frame, letters, splits)
 
 
+def _concat(first: pd.DataFrame, questions: list[Path], letters: list[str]) -> pd.DataFrame:
+    """Several training files as one table: the same options, each id once."""
+    frames, owner = [first], dict.fromkeys(first[ID], questions[0])
+    for path in questions[1:]:
+        frame = load_labelled(path)
+        found = option_letters(frame.columns)
+        if found != letters:
+            raise SciqaError(
+                f"{path}: options {'/'.join(found)} but {questions[0]} has "
+                f"{'/'.join(letters)}; training files need the same option count "
+                "(sciqa gen --set gen.n_options=N writes N)"
+            )
+        for qid in frame[ID]:
+            if qid in owner:
+                raise SciqaError(
+                    f"{path}: id {qid!r} is also in {owner[qid]}; ids must be unique across "
+                    "the training files"
+                )
+            owner[qid] = path
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
 def run_train(
-    questions: Path,
+    questions: Path | Sequence[Path],
     out: Path,
     config: SciqaConfig,
     *,
@@ -175,6 +209,7 @@ def run_train(
     check_out_dir(out)
     plan = fold_plan(train.folds, fold)
     check_valid(train.folds, valid is not None)
+    questions = [questions] if isinstance(questions, Path) else list(questions)
     data = load_data(questions, valid, train.folds, seed)
 
     from accelerate import PartialState

@@ -51,28 +51,38 @@ def _read_oof(run_dir: Path) -> pd.DataFrame:
     return frame
 
 
-def _labels_from_manifest(run_dir: Path, ids: set[str]) -> pd.Series | None:
-    """The run's training questions, as listed in its manifest's inputs."""
-    path = _questions_from_manifest(run_dir, ids)
-    if path is None:
-        return None
-    return read_questions(path, require_answer=True).set_index(ID)[ANSWER]
-
-
-def _questions_from_manifest(run_dir: Path, ids: set[str]) -> Path | None:
-    """The labelled questions file among the run's manifest inputs that holds ``ids``."""
+def _manifest_tables(run_dir: Path) -> list[tuple[Path, pd.DataFrame]]:
+    """The labelled questions tables among the run's manifest inputs (a run may train on
+    several files; the ``--valid`` file is one of them)."""
     manifest = run_dir / MANIFEST
     if not manifest.is_file():
-        return None
+        return []
     inputs = json.loads(manifest.read_text(encoding="utf-8")).get("inputs", [])
+    tables = []
     for entry in inputs:
         path = Path(entry.get("path", "")) if isinstance(entry, dict) else Path(str(entry))
         if path.suffix.lower() not in {".csv", ".parquet", ".pq", ".jsonl"} or not path.is_file():
             continue
         try:
-            frame = read_questions(path, require_answer=True)
+            tables.append((path, read_questions(path, require_answer=True)))
         except Exception:  # not a questions table (e.g. a corpus file): try the next input
             continue
+    return tables
+
+
+def _labels_from_manifest(run_dir: Path, ids: set[str]) -> pd.Series | None:
+    """The labels of ``ids``, from however many of the run's input files hold them."""
+    tables = _manifest_tables(run_dir)
+    if not tables:
+        return None
+    labels = pd.concat([frame.set_index(ID)[ANSWER] for _, frame in tables])
+    labels = labels[~labels.index.duplicated()]
+    return labels if ids <= set(labels.index) else None
+
+
+def _questions_from_manifest(run_dir: Path, ids: set[str]) -> Path | None:
+    """The one labelled questions file among the run's manifest inputs that holds ``ids``."""
+    for path, frame in _manifest_tables(run_dir):
         if ids <= set(frame[ID]):
             return path
     return None

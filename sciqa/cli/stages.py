@@ -138,7 +138,10 @@ def retrieve(
 @app.command()
 @user_errors
 def train(
-    questions: Annotated[Path, typer.Argument(help="Labelled questions (context is used).")],
+    questions: Annotated[
+        list[Path],
+        typer.Argument(help="Labelled questions (context is used); several files = one table."),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run dir: fold_<i>/, oof.parquet.")],
     folds: Annotated[
         int | None, typer.Option("--folds", help="k folds (train.folds); 1 = full fit.")

@@ -340,6 +340,15 @@ def test_weights_auto_reads_labels_from_the_train_manifest(qfile, tmp_path):
         qfile, [str(run)], tmp_path / "out", make_config(*INFER_SMALL, "infer.weights=auto")
     )
     assert result["weights_fit"]["oof_questions"] == 12
+    # A run over two files (ARC-Easy + generated): the labels come from both.
+    write_questions(train.iloc[:5], tmp_path / "a.csv")
+    write_questions(train.iloc[5:], tmp_path / "b.csv")
+    both = [{"path": str(tmp_path / "a.csv")}, {"path": str(tmp_path / "b.csv")}]
+    (run / "manifest.json").write_text(json.dumps({"inputs": both}))
+    result = run_infer(
+        qfile, [str(run)], tmp_path / "out4", make_config(*INFER_SMALL, "infer.weights=auto")
+    )
+    assert result["weights_fit"]["oof_questions"] == 12
     (run / "manifest.json").unlink()
     with pytest.raises(InferError, match=r"infer\.oof_labels"):
         run_infer(

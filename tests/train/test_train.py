@@ -315,3 +315,36 @@ def test_valid_file_with_other_option_count_is_refused(refused, tiny_bert, tmp_p
     args = ("--folds", "1", "--valid", str(tmp_path / "v.csv"))
     output = refused(train_questions(12), tiny_bert, *args)
     assert "same option count" in output
+
+
+def test_several_training_files_train_as_one_table(tmp_path, bert_config):
+    """ARC-Easy + generated questions: the files are concatenated, every row is out of
+    fold once, the manifest names each file and the fingerprint holds each digest."""
+    first = write_table(train_questions(12), tmp_path / "a.csv")
+    second = write_table(train_questions(8).assign(id=lambda f: "g" + f["id"]), tmp_path / "g.csv")
+    out = tmp_path / "run"
+    run_train([first, second], out, bert_config("train.folds=2"))
+    oof = pd.read_parquet(out / "oof.parquet")
+    assert sorted(oof["id"]) == sorted(
+        [f"q{i:03d}" for i in range(12)] + [f"gq{i:03d}" for i in range(8)]
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    paths = [entry["path"] if isinstance(entry, dict) else entry for entry in manifest["inputs"]]
+    assert [os.path.basename(p) for p in paths] == ["a.csv", "g.csv"]
+    assert len(manifest["fingerprint"]["questions"]) == 2
+    assert manifest["n_questions"] == 20
+
+
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        (train_questions(6, n_options=3).assign(id=lambda f: "g" + f["id"]), "same option count"),
+        (train_questions(6), "id 'q000' is also in"),
+    ],
+)
+def test_a_second_training_file_that_does_not_fit_is_refused(
+    refused, tiny_bert, tmp_path, other, message
+):
+    write_table(other, tmp_path / "other.csv")
+    output = refused(train_questions(12), tiny_bert, str(tmp_path / "other.csv"))
+    assert output.startswith(f"error: {tmp_path / 'other.csv'}: ") and message in output
