@@ -229,6 +229,7 @@ class ChatClient:
                 raise _FormatRejected() from exc
             except openai.APIStatusError as exc:
                 self._reached = True
+                self._check_alive()
                 if isinstance(exc, transient) or exc.status_code >= 500:
                     if exc.status_code >= 500:  # vLLM answers 500 to a grammar it cannot build
                         await self._check_schema(body)
@@ -236,6 +237,7 @@ class ChatClient:
                     continue
                 raise SciqaError(self._describe_status(exc)) from None
             except transient as exc:
+                self._check_alive()
                 last = exc
                 continue
             self._reached = True
@@ -250,6 +252,15 @@ class ChatClient:
                 "start the server or fix llm.base_url"
             )
         raise RequestFailed(f"{type(last).__name__}: {_one_line(last)}")
+
+    def _check_alive(self) -> None:
+        """An embedded server that died fails the run now, not after every retry: the
+        replies so far are cached, so a rerun resumes."""
+        from data_gen.engine.process import ServerError, server_died
+
+        reason = server_died(self.base_url)
+        if reason is not None:
+            raise ServerError(f"{reason}; rerun to resume (replies so far are cached)")
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max, base * 2**(attempt-1))]."""

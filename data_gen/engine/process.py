@@ -37,7 +37,23 @@ _LOG_PREFIX = re.compile(r"^(\(\w+ pid=\d+\)\s*)?([A-Z]+ \d\d-\d\d [\d:]+ \[[^\]
 
 
 class ServerError(SciqaError):
-    """The embedded LLM server could not be prepared or started."""
+    """The embedded LLM server could not be prepared or started, or died while serving."""
+
+
+# base_url -> (process, name, log) of the servers running now: a client whose requests
+# fail asks :func:`server_died` whether to wait and retry or to stop at once.
+_RUNNING: dict[str, tuple[subprocess.Popen, str, Path]] = {}
+
+
+def server_died(base_url: str) -> str | None:
+    """Why the server this process started at ``base_url`` is gone (its exit code and the
+    log line that says why), or None while it runs (or when it is not ours)."""
+    entry = _RUNNING.get(base_url)
+    if entry is None or entry[0].poll() is None:
+        return None
+    process, name, log = entry
+    last = last_log_line(log.read_text(encoding="utf-8", errors="replace"))
+    return f"{name} died (exit {process.returncode}): {last} (full log: {log})"
 
 
 def free_port() -> int:
@@ -115,8 +131,10 @@ def run_server(
                     f"raise llm.server_startup_timeout (log: {log})"
                 )
             time.sleep(0.5)
+        _RUNNING[f"{root}/v1"] = (process, name, log)
         yield f"{root}/v1"
     finally:
+        _RUNNING.pop(f"{root}/v1", None)
         if in_main:
             signal.signal(signal.SIGTERM, previous)
         stop_group(process)

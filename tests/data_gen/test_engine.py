@@ -350,3 +350,52 @@ def _engine_processes() -> list[str]:
         if "vllm.entrypoints.openai.api_server" in cmdline and str(DEFAULT_ENV) in cmdline:
             found.append(cmdline)
     return found
+
+
+def test_a_server_that_dies_mid_run_fails_the_next_request_at_once(tmp_path):
+    """Not retried against a dead port for minutes: the request that finds it gone says
+    which server died, why (its log) and that a rerun resumes."""
+    import asyncio
+    import signal
+
+    from data_gen.cache import ReplyCache
+    from data_gen.client import Budget, ChatClient
+    from data_gen.engine.process import ServerError, server_died
+
+    port = claim_port(0)
+    script = (
+        "import os, sys, time\nfrom data_gen.fake_server import FakeLLM\n"
+        "open(sys.argv[2], 'w').write(str(os.getpid()))\n"
+        "with FakeLLM(port=int(sys.argv[1])):\n"
+        "    print('serving: about to be killed', flush=True); time.sleep(600)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    pid_file = tmp_path / "pid"
+    command = [sys.executable, "-c", script, str(port), str(pid_file)]
+    llm = make_config("llm.backoff_retries=6", "llm.backoff_base=60", "llm.sdk_retries=0").llm
+    cache = ReplyCache(tmp_path / "c.sqlite")
+    with run_server(
+        command, name="stub", port=port, log=tmp_path / "log", startup_timeout=60, env=env
+    ) as base_url:
+        client = ChatClient(
+            llm,
+            base_url=base_url,
+            model="fake",
+            api_key="k",
+            cache=cache,
+            budget=Budget(None, None),
+            response_format="text",
+        )
+
+        async def ask_kill_ask() -> float:
+            await client.complete([{"role": "user", "content": "one"}], {})  # it runs
+            assert server_died(base_url) is None
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            began = time.monotonic()
+            with pytest.raises(ServerError, match=r"stub died \(exit -9\): .*rerun to resume"):
+                await client.complete([{"role": "user", "content": "two"}], {})
+            return time.monotonic() - began
+
+        assert asyncio.run(ask_kill_ask()) < 30  # not 6 backoffs of up to 60 s each
+    assert server_died(base_url) is None  # forgotten once the block exits
+    cache.close()
