@@ -25,7 +25,8 @@ def test_no_reader_trains_or_validates_on_the_exam_or_arc_challenge():
         assert not {Path(a) for a in step.argv} & HELD_OUT, step.line()
     gens = [s for s in steps if s.argv[0] == "gen" and "gen.articles=train" in s.argv]
     assert all("--exclude" in s.argv and str(exam.TEST) in s.argv for s in gens)
-    assert all(s.argv[0] in {"gen", "audit", "retrieve", "train", "infer", "eval"} for s in steps)
+    commands = {"gen", "audit", "retrieve", "train", "infer", "eval", "report"}
+    assert all(s.argv[0] in commands for s in steps)
 
 
 def test_training_sets_are_cut_from_one_pool_and_mix_with_arc_easy():
