@@ -19,8 +19,9 @@ import pandas as pd
 from sciqa.config import CausalLMConfig, SciqaConfig, TrainConfig
 from sciqa.errors import SciqaError
 from sciqa.io import follow_umask, read_questions
+from sciqa.layouts import AUTO, Layout
 from sciqa.outdir import OutLock, check_out_dir, fresh_partial, partial_dir
-from sciqa.runs import file_digest, write_run_files
+from sciqa.runs import input_digest, write_run_files
 from sciqa.schema import ANSWER, option_letters
 from train import run_dir as layout
 
@@ -73,9 +74,12 @@ def check_valid(folds: int, has_valid: bool) -> None:
         )
 
 
-def load_labelled(path: Path, letters: list[str] | None = None) -> pd.DataFrame:
-    """A schema-valid questions file where every row has an answer."""
-    frame = read_questions(path, require_answer=True)
+def load_labelled(
+    path: Path, letters: list[str] | None = None, layout: Layout | None = None
+) -> pd.DataFrame:
+    """Schema-valid questions (a file, a save_to_disk folder or hf:NAME) where every row
+    has an answer."""
+    frame = read_questions(path, require_answer=True, layout=layout)
     found = option_letters(frame.columns)
     if letters is not None and found != letters:
         raise SciqaError(
@@ -93,19 +97,22 @@ def fingerprint(
     valid: Path | None,
     *,
     causal_lm: CausalLMConfig | None = None,
+    layout: Layout | None = None,
 ) -> dict[str, Any]:
     """What the trained models depend on; a run dir resumes only with the same.
 
-    ``causal_lm`` is given for causal-LM runs only: encoder runs keep their fingerprint
-    and still resume."""
+    ``causal_lm`` is given for causal-LM runs only, and ``layout`` only when it is not
+    the default one: runs that need neither keep their fingerprint and still resume."""
     stamp = {
         "train": train.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED)),
         "backbone": backbone,
         "seed": seed,
         "folds": train.folds,
-        "questions": file_digest(questions),
-        "valid": file_digest(valid) if valid is not None else None,
+        "questions": input_digest(questions),
+        "valid": input_digest(valid) if valid is not None else None,
     }
+    if layout is not None and (layout.preset != AUTO or layout.columns):
+        stamp["layout"] = {"preset": layout.preset, "columns": dict(layout.columns)}
     if causal_lm is not None:
         exclude = set(CAUSAL_NOT_FINGERPRINTED)
         stamp["causal_lm"] = causal_lm.model_dump(mode="json", exclude=exclude)
@@ -150,11 +157,13 @@ class TrainData:
         return pd.concat([self.frame, self.valid_frame])
 
 
-def load_data(questions: Path, valid: Path | None, folds: int, seed: int) -> TrainData:
+def load_data(
+    questions: Path, valid: Path | None, folds: int, seed: int, layout: Layout | None = None
+) -> TrainData:
     """Read and check the questions (and the ``--valid`` file) and split them into folds."""
-    frame = load_labelled(questions)
+    frame = load_labelled(questions, layout=layout)
     letters = option_letters(frame.columns)
-    valid_frame = load_labelled(valid, letters) if valid is not None else None
+    valid_frame = load_labelled(valid, letters, layout) if valid is not None else None
     splits = split_rows(frame, folds, valid_frame, seed, str(questions))
     return TrainData(questions, valid, frame, valid_frame, letters, splits)
 
@@ -175,7 +184,8 @@ def run_train(
     check_out_dir(out)
     plan = fold_plan(train.folds, fold)
     check_valid(train.folds, valid is not None)
-    data = load_data(questions, valid, train.folds, seed)
+    layout = Layout.of(config)
+    data = load_data(questions, valid, train.folds, seed, layout)
 
     from accelerate import PartialState
 
@@ -193,7 +203,7 @@ def run_train(
             data.frame, data.letters, backbone=backbone, train=train, causal_lm=config.causal_lm
         )
     causal_lm = config.causal_lm if backend.family == "causal_lm" else None
-    stamp = fingerprint(train, backbone, seed, questions, valid, causal_lm=causal_lm)
+    stamp = fingerprint(train, backbone, seed, questions, valid, causal_lm=causal_lm, layout=layout)
     head = {"fingerprint": stamp, "family": backend.family, "n_questions": len(data.frame)}
     # One writer per run dir; a --fold job locks only its fold, so a job array runs.
     locked = out if fold is None else layout.fold_dir(out, fold)
