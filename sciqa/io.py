@@ -29,10 +29,7 @@ FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "js
 def table_format(path: str | os.PathLike[str]) -> str:
     """Format name for ``path``'s suffix; raises naming the supported suffixes."""
     if Path(path).is_dir():  # else a folder reads as "unsupported file type ''"
-        raise SciqaError(
-            f"{path}: is a directory, expected a .csv/.parquet/.jsonl file (questions may "
-            "also be a datasets save_to_disk folder, which holds state.json or dataset_dict.json)"
-        )
+        raise SciqaError(f"{path}: is a directory, expected a .csv/.parquet/.jsonl file")
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         supported = ", ".join(sorted(FORMATS))
@@ -161,6 +158,11 @@ def read_questions(
     :mod:`sciqa.layouts` knows (``layout``: the config's, else the default config's)."""
     name = os.fspath(source)
     dataset = is_dataset_source(name)
+    if not dataset and Path(name).is_dir():
+        raise SciqaError(
+            f"{name}: is a directory but not a datasets save_to_disk folder (no state.json or "
+            "dataset_dict.json); pass a .csv/.parquet/.jsonl file, such a folder or hf:OWNER/NAME"
+        )
     raw = read_split(name) if dataset else read_table(name)
     mapped = to_sciqa(raw, name, layout or Layout.default(), strict=dataset)
     if mapped.dropped:

@@ -232,7 +232,7 @@ def content_ids(prompts: Iterable[str], options: Iterable[Sequence[str]]) -> lis
     run (any seed), in any row order; a repeated question gets ``-2``, ``-3``, ...
 
     >>> content_ids(["Why?", "Why?"], [["a", "b"], ["a", "b"]])
-    ['6e37d4cb4ba4', '6e37d4cb4ba4-2']
+    ['101ea0edbc34', '101ea0edbc34-2']
     """
     seen: Counter[str] = Counter()
     ids = []
@@ -270,7 +270,9 @@ class _Rows:
         row_id = self.frame[self.column_id].iat[position] if self.column_id else None
         return f"{self.source}: {describe_row(position, row_id)}"
 
-    def table(self, options: list[list[str]], answers: list[str] | None, keep: list[bool]):
+    def table(
+        self, options: list[list[str]], answers: list[str] | None, keep: list[bool]
+    ) -> pd.DataFrame:
         """The sciqa frame of the rows in ``keep``; ids come from the input's options
         order, before any shuffle, so they do not depend on the seed."""
         if self.column_id:
@@ -293,7 +295,7 @@ class _Rows:
         return table
 
 
-def _one_count(options: list[list[str]], source: str) -> tuple[list[bool], int]:
+def _one_count(options: list[list[str]]) -> tuple[list[bool], int]:
     """Rows with the most common option count (a table has one set of option columns),
     and how many others are left out."""
     if not options:
@@ -308,7 +310,7 @@ def _arc(frame: pd.DataFrame, source: str, layout: Layout) -> Mapped:
     choices = frame[_find(frame.columns, CHOICES)].tolist()
     key_column = _find(frame.columns, ANSWER_KEY)
     options = [[_text(t) for t in c["text"]] for c in choices]
-    keep, dropped = _one_count(options, source)
+    keep, dropped = _one_count(options)
     answers = None
     if key_column is not None:
         answers = []
@@ -343,7 +345,7 @@ def _index_answer(value: Any, n_options: int) -> str | None:
 def _choices(frame: pd.DataFrame, source: str, layout: Layout) -> Mapped:
     rows = _Rows(frame, source)
     options = [[_text(t) for t in c] for c in frame[_find(frame.columns, CHOICES)]]
-    keep, dropped = _one_count(options, source)
+    keep, dropped = _one_count(options)
     answer_column = _find(frame.columns, ANSWER_INDEX)
     answers = None
     if answer_column is not None:
