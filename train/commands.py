@@ -75,11 +75,11 @@ def check_valid(folds: int, has_valid: bool) -> None:
 
 
 def load_labelled(
-    path: Path, letters: list[str] | None = None, layout: Layout | None = None
+    path: Path, letters: list[str] | None = None, reading: Layout | None = None
 ) -> pd.DataFrame:
     """Schema-valid questions (a file, a save_to_disk folder or hf:NAME) where every row
     has an answer."""
-    frame = read_questions(path, require_answer=True, layout=layout)
+    frame = read_questions(path, require_answer=True, layout=reading)
     found = option_letters(frame.columns)
     if letters is not None and found != letters:
         raise SciqaError(
@@ -97,12 +97,13 @@ def fingerprint(
     valid: Path | None,
     *,
     causal_lm: CausalLMConfig | None = None,
-    layout: Layout | None = None,
+    reading: Layout | None = None,
 ) -> dict[str, Any]:
     """What the trained models depend on; a run dir resumes only with the same.
 
-    ``causal_lm`` is given for causal-LM runs only, and ``layout`` only when it is not
-    the default one: runs that need neither keep their fingerprint and still resume."""
+    ``causal_lm`` is given for causal-LM runs only, and ``reading`` (the questions'
+    layout) joins only when it is not the default: runs that need neither keep their
+    fingerprint and still resume."""
     stamp = {
         "train": train.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED)),
         "backbone": backbone,
@@ -111,8 +112,8 @@ def fingerprint(
         "questions": input_digest(questions),
         "valid": input_digest(valid) if valid is not None else None,
     }
-    if layout is not None and (layout.preset != AUTO or layout.columns):
-        stamp["layout"] = {"preset": layout.preset, "columns": dict(layout.columns)}
+    if reading is not None and (reading.preset != AUTO or reading.columns):
+        stamp["layout"] = {"preset": reading.preset, "columns": dict(reading.columns)}
     if causal_lm is not None:
         exclude = set(CAUSAL_NOT_FINGERPRINTED)
         stamp["causal_lm"] = causal_lm.model_dump(mode="json", exclude=exclude)
@@ -158,12 +159,12 @@ class TrainData:
 
 
 def load_data(
-    questions: Path, valid: Path | None, folds: int, seed: int, layout: Layout | None = None
+    questions: Path, valid: Path | None, folds: int, seed: int, reading: Layout | None = None
 ) -> TrainData:
     """Read and check the questions (and the ``--valid`` file) and split them into folds."""
-    frame = load_labelled(questions, layout=layout)
+    frame = load_labelled(questions, reading=reading)
     letters = option_letters(frame.columns)
-    valid_frame = load_labelled(valid, letters, layout) if valid is not None else None
+    valid_frame = load_labelled(valid, letters, reading) if valid is not None else None
     splits = split_rows(frame, folds, valid_frame, seed, str(questions))
     return TrainData(questions, valid, frame, valid_frame, letters, splits)
 
@@ -184,8 +185,8 @@ def run_train(
     check_out_dir(out)
     plan = fold_plan(train.folds, fold)
     check_valid(train.folds, valid is not None)
-    layout = Layout.of(config)
-    data = load_data(questions, valid, train.folds, seed, layout)
+    reading = Layout.of(config)  # `layout` is the run dir's module here
+    data = load_data(questions, valid, train.folds, seed, reading)
 
     from accelerate import PartialState
 
@@ -203,7 +204,9 @@ def run_train(
             data.frame, data.letters, backbone=backbone, train=train, causal_lm=config.causal_lm
         )
     causal_lm = config.causal_lm if backend.family == "causal_lm" else None
-    stamp = fingerprint(train, backbone, seed, questions, valid, causal_lm=causal_lm, layout=layout)
+    stamp = fingerprint(
+        train, backbone, seed, questions, valid, causal_lm=causal_lm, reading=reading
+    )
     head = {"fingerprint": stamp, "family": backend.family, "n_questions": len(data.frame)}
     # One writer per run dir; a --fold job locks only its fold, so a job array runs.
     locked = out if fold is None else layout.fold_dir(out, fold)
