@@ -51,6 +51,7 @@ from sciqa.config import SciqaConfig
 from sciqa.errors import SciqaError
 from sciqa.evaluation.audit import one_line
 from sciqa.io import read_questions, table_format, write_questions, write_table, write_text
+from sciqa.layouts import Layout
 from sciqa.outdir import OutLock, check_out_file, fresh_partial
 from sciqa.runs import CONFIG, MANIFEST, write_run_files
 
@@ -105,7 +106,7 @@ def _run(
 ) -> dict[str, Any]:
     started = time.monotonic()
     gen, seed = config.gen, config.seed
-    excluded = {str(p): read_questions(p) for p in excludes}
+    excluded = {str(p): read_questions(p, layout=Layout.of(config)) for p in excludes}
     if scorer is None:
         check_scorer(gen)
     if encoder is None and needs_encoder(gen, excluding=bool(excludes)):

@@ -31,6 +31,7 @@ from infer.questions import Questions
 from sciqa.config import SciqaConfig
 from sciqa.errors import SciqaError
 from sciqa.io import write_json
+from sciqa.layouts import Layout
 from sciqa.outdir import OutLock, check_out_dir
 from sciqa.runs import FINISHED, SCORES, STOPPED, SUBMISSION
 
@@ -105,7 +106,7 @@ def run_infer(
     # Every argument is parsed before the clock starts or anything is loaded.
     budget_seconds = parse_duration(cfg.time_budget) if cfg.time_budget else None
     budget = Budget(budget_seconds, cfg.budget_margin if budget_seconds else 0.0, clock)
-    asked = Questions.read(questions)
+    asked = Questions.read(questions, Layout.of(config))
     specs = expand_model_dirs(model_dirs, max_length=cfg.max_length, use_context=cfg.use_context)
     check_letters(specs, asked.letters, str(questions))
     perms = rotations(len(asked.letters), cfg.tta)

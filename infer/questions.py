@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from sciqa.io import read_questions
+from sciqa.layouts import Layout
 from sciqa.schema import ANSWER, CONTEXT, ID, PROMPT, option_letters
 
 
@@ -19,8 +20,9 @@ class Questions:
     letters: list[str]  # the option columns, A.. in order
 
     @classmethod
-    def read(cls, path: Path) -> Questions:
-        frame = read_questions(path)
+    def read(cls, path: Path, layout: Layout | None = None) -> Questions:
+        """A questions file, save_to_disk folder or hf:NAME, read in ``layout``."""
+        frame = read_questions(path, layout=layout)
         return cls(frame, option_letters(frame.columns))
 
     @cached_property

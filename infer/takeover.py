@@ -32,7 +32,7 @@ from infer.member import Members
 from infer.models import ModelSpec
 from sciqa.config import InferConfig
 from sciqa.outdir import partial_dir, publish, recover
-from sciqa.runs import CONFIG, LOGITS, MANIFEST, SCORES, SUBMISSION, file_digest
+from sciqa.runs import CONFIG, LOGITS, MANIFEST, SCORES, SUBMISSION, input_digest
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class RunId:
     ) -> RunId:
         settings = cfg.model_dump(mode="json")
         parts: dict[str, Any] = {
-            "questions": file_digest(questions),
+            "questions": input_digest(questions),
             "members": [_member_part(spec, members) for spec in specs],
             "settings": {key: settings[key] for key in RUN_SETTINGS},
         }

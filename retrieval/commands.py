@@ -18,6 +18,7 @@ from retrieval.search import BM25, DENSE, Retriever
 from sciqa.assets.registry import resolve_corpus, resolve_model
 from sciqa.config import DEFAULT, SciqaConfig
 from sciqa.io import read_questions, table_format, write_questions, write_table
+from sciqa.layouts import Layout
 from sciqa.outdir import OutLock, check_out_dir, check_out_file
 from sciqa.runs import MANIFEST, write_run_files
 from sciqa.schema import CONTEXT, ID
@@ -146,7 +147,7 @@ def run_retrieve(questions: Path, index: Path, out: Path, config: SciqaConfig) -
 def _retrieve(questions: Path, index: Path, out: Path, config: SciqaConfig) -> str:
     started = time.perf_counter()
     k = config.retrieval.k  # >= 1: the config checks it
-    frame = read_questions(questions)
+    frame = read_questions(questions, layout=Layout.of(config))
     retriever = Retriever.open(
         index, config.retrieval, embedding=config.models.embedding, reranker=config.models.reranker
     )

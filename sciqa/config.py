@@ -27,6 +27,7 @@ from pydantic import (
 
 from sciqa.config_sources import apply_override, describe, flag_overrides, read_file
 from sciqa.errors import ConfigError
+from sciqa.layouts import MAPPABLE, is_mappable
 
 DEFAULT = "default"
 
@@ -46,7 +47,33 @@ class ModelsConfig(_Section):
 
 
 class DataConfig(_Section):
+    """Inputs. Questions are a table file, a ``datasets`` save_to_disk folder
+    (``FOLDER[@SPLIT]``) or ``hf:OWNER/NAME[:CONFIG][@SPLIT]`` (docs/inputs.md)."""
+
     corpus: str = DEFAULT  # Wikipedia articles (dir or file); default = package-shipped sample
+    # How question tables map to the sciqa columns; auto = the one preset that fits
+    layout: Literal["auto", "kaggle", "arc", "choices", "distractors"] = "auto"
+    columns: dict[str, str] = {}  # sciqa column: input column, e.g. prompt: question (--columns)
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _column_pairs(cls, value: Any) -> Any:
+        """``"prompt=question,A=opa"`` (a --columns/--set value) or a mapping."""
+        if not isinstance(value, str):
+            return value
+        pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+        bad = [f"{k}{sep}{v}" for k, sep, v in pairs if not (sep and k.strip() and v.strip())]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not SCIQA_COLUMN=INPUT_COLUMN, e.g. prompt=question")
+        return {k.strip(): v.strip() for k, _, v in pairs}
+
+    @field_validator("columns")
+    @classmethod
+    def _known_targets(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = [name for name in value if not is_mappable(name)]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a column sciqa reads; {MAPPABLE}")
+        return value
 
 
 # --- Stage sections. Each stage owns its class below; keep one key per line with a

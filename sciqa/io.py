@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -17,8 +18,11 @@ from typing import Any
 import pandas as pd
 
 from sciqa.errors import DISK_FULL, DiskFullError, SchemaError, SciqaError
+from sciqa.hf_datasets import is_dataset_source, read_split
+from sciqa.layouts import Layout, to_sciqa
 from sciqa.schema import validate_questions
 
+log = logging.getLogger("sciqa")
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}
 
 
@@ -142,9 +146,34 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
-def read_questions(path: str | os.PathLike[str], *, require_answer: bool = False) -> pd.DataFrame:
-    """Load and validate a questions file (see :mod:`sciqa.schema` for the columns)."""
-    return validate_questions(read_table(path), str(path), require_answer=require_answer)
+def read_questions(
+    source: str | os.PathLike[str],
+    *,
+    require_answer: bool = False,
+    layout: Layout | None = None,
+) -> pd.DataFrame:
+    """Load and validate questions (see :mod:`sciqa.schema` for the columns): a table
+    file, a ``datasets`` save_to_disk folder (``FOLDER[@SPLIT]``) or a Hub dataset
+    (``hf:OWNER/NAME[:CONFIG][@SPLIT]``, :mod:`sciqa.hf_datasets`), in any layout
+    :mod:`sciqa.layouts` knows (``layout``: the config's, else the default config's)."""
+    name = os.fspath(source)
+    dataset = is_dataset_source(name)
+    if not dataset and Path(name).is_dir():
+        raise SciqaError(
+            f"{name}: is a directory but not a datasets save_to_disk folder (no state.json or "
+            "dataset_dict.json); pass a .csv/.parquet/.jsonl file, such a folder or hf:OWNER/NAME"
+        )
+    raw = read_split(name) if dataset else read_table(name)
+    mapped = to_sciqa(raw, name, layout or Layout.default(), strict=dataset)
+    if mapped.dropped:
+        log.warning(
+            "%s: %d questions left out, their option count is not the other %d's "
+            "(one option count per table)",
+            name,
+            mapped.dropped,
+            len(mapped.frame),
+        )
+    return validate_questions(mapped.frame, name, require_answer=require_answer)
 
 
 def write_questions(

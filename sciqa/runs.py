@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sciqa.config import SciqaConfig, dump_config
+from sciqa.hf_datasets import describe, is_dataset_source
 from sciqa.io import write_json, write_text
 
 MANIFEST = "manifest.json"
@@ -62,10 +63,22 @@ def file_digest(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+def input_digest(source: str | os.PathLike[str]) -> str:
+    """What a fingerprint holds of an input: a file's sha256, or a ``datasets`` input's
+    fingerprint (an ``hf:`` name or a save_to_disk folder, :mod:`sciqa.hf_datasets`)."""
+    if is_dataset_source(source):
+        return describe(os.fspath(source))["fingerprint"]
+    return file_digest(source)
+
+
 def describe_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
-    """Path, size and sha256 of each input file (folders: each file inside, sorted)."""
+    """Path, size and sha256 of each input file (folders: each file inside, sorted); a
+    ``datasets`` input is one entry with its rows and fingerprint."""
     described = []
     for path in map(Path, paths):
+        if is_dataset_source(path):
+            described.append(describe(os.fspath(path)))
+            continue
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
             described.append(

@@ -37,6 +37,7 @@ def pytest_configure(config):
     # Tests never download: a model that is not packaged must fail, not fetch.
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
 @pytest.fixture

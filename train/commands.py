@@ -20,8 +20,9 @@ import pandas as pd
 from sciqa.config import CausalLMConfig, SciqaConfig, TrainConfig
 from sciqa.errors import SciqaError
 from sciqa.io import follow_umask, read_questions
+from sciqa.layouts import AUTO, Layout
 from sciqa.outdir import OutLock, check_out_dir, fresh_partial, partial_dir
-from sciqa.runs import file_digest, write_run_files
+from sciqa.runs import input_digest, write_run_files
 from sciqa.schema import ANSWER, ID, option_letters
 from train import run_dir as layout
 
@@ -74,9 +75,12 @@ def check_valid(folds: int, has_valid: bool) -> None:
         )
 
 
-def load_labelled(path: Path, letters: list[str] | None = None) -> pd.DataFrame:
-    """A schema-valid questions file where every row has an answer."""
-    frame = read_questions(path, require_answer=True)
+def load_labelled(
+    path: Path, letters: list[str] | None = None, reading: Layout | None = None
+) -> pd.DataFrame:
+    """Schema-valid questions (a file, a save_to_disk folder or hf:NAME) where every row
+    has an answer."""
+    frame = read_questions(path, require_answer=True, layout=reading)
     found = option_letters(frame.columns)
     if letters is not None and found != letters:
         raise SciqaError(
@@ -94,24 +98,28 @@ def fingerprint(
     valid: Path | None,
     *,
     causal_lm: CausalLMConfig | None = None,
+    reading: Layout | None = None,
 ) -> dict[str, Any]:
     """What the trained models depend on; a run dir resumes only with the same.
 
-    ``causal_lm`` is given for causal-LM runs only: encoder runs keep their fingerprint
-    and still resume."""
+    ``causal_lm`` is given for causal-LM runs only, and ``reading`` (the questions'
+    layout) joins only when it is not the default: runs that need neither keep their
+    fingerprint and still resume."""
     stamp = {
         "train": train.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED)),
         "backbone": backbone,
         "seed": seed,
         "folds": train.folds,
-        # One file: its digest alone, as before several were accepted (old runs resume).
+        # One input: its digest alone, as before several were accepted (old runs resume).
         "questions": (
-            file_digest(questions[0])
+            input_digest(questions[0])
             if len(questions) == 1
-            else [file_digest(q) for q in questions]
+            else [input_digest(q) for q in questions]
         ),
-        "valid": file_digest(valid) if valid is not None else None,
+        "valid": input_digest(valid) if valid is not None else None,
     }
+    if reading is not None and (reading.preset != AUTO or reading.columns):
+        stamp["layout"] = {"preset": reading.preset, "columns": dict(reading.columns)}
     if causal_lm is not None:
         exclude = set(CAUSAL_NOT_FINGERPRINTED)
         stamp["causal_lm"] = causal_lm.model_dump(mode="json", exclude=exclude)
@@ -156,25 +164,33 @@ class TrainData:
         return pd.concat([self.frame, self.valid_frame])
 
 
-def load_data(questions: Sequence[Path], valid: Path | None, folds: int, seed: int) -> TrainData:
-    """Read and check the questions files (one table, in order) and the ``--valid`` file,
-    and split them into folds."""
+def load_data(
+    questions: Sequence[Path],
+    valid: Path | None,
+    folds: int,
+    seed: int,
+    reading: Layout | None = None,
+) -> TrainData:
+    """Read and check the questions inputs (one table, in order) and the ``--valid``
+    input, and split them into folds."""
     questions = list(questions)
-    frame = load_labelled(questions[0])
+    frame = load_labelled(questions[0], reading=reading)
     letters = option_letters(frame.columns)
     if len(questions) > 1:
-        frame = _concat(frame, questions, letters)
-    valid_frame = load_labelled(valid, letters) if valid is not None else None
+        frame = _concat(frame, questions, letters, reading)
+    valid_frame = load_labelled(valid, letters, reading) if valid is not None else None
     source = ",".join(str(q) for q in questions)
     splits = split_rows(frame, folds, valid_frame, seed, source)
     return TrainData(questions, valid, frame, valid_frame, letters, splits)
 
 
-def _concat(first: pd.DataFrame, questions: list[Path], letters: list[str]) -> pd.DataFrame:
-    """Several training files as one table: the same options, each id once."""
+def _concat(
+    first: pd.DataFrame, questions: list[Path], letters: list[str], reading: Layout | None
+) -> pd.DataFrame:
+    """Several training inputs as one table: the same options, each id once."""
     frames, owner = [first], dict.fromkeys(first[ID], questions[0])
     for path in questions[1:]:
-        frame = load_labelled(path)
+        frame = load_labelled(path, reading=reading)
         found = option_letters(frame.columns)
         if found != letters:
             raise SciqaError(
@@ -210,7 +226,8 @@ def run_train(
     plan = fold_plan(train.folds, fold)
     check_valid(train.folds, valid is not None)
     questions = [questions] if isinstance(questions, Path) else list(questions)
-    data = load_data(questions, valid, train.folds, seed)
+    reading = Layout.of(config)  # `layout` is the run dir's module here
+    data = load_data(questions, valid, train.folds, seed, reading)
 
     from accelerate import PartialState
 
@@ -228,7 +245,9 @@ def run_train(
             data.frame, data.letters, backbone=backbone, train=train, causal_lm=config.causal_lm
         )
     causal_lm = config.causal_lm if backend.family == "causal_lm" else None
-    stamp = fingerprint(train, backbone, seed, questions, valid, causal_lm=causal_lm)
+    stamp = fingerprint(
+        train, backbone, seed, questions, valid, causal_lm=causal_lm, reading=reading
+    )
     head = {"fingerprint": stamp, "family": backend.family, "n_questions": len(data.frame)}
     # One writer per run dir; a --fold job locks only its fold, so a job array runs.
     locked = out if fold is None else layout.fold_dir(out, fold)

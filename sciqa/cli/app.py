@@ -28,6 +28,24 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config key: section.key=value (repeatable)."),
 ]
+# Every command that reads questions: FILE, a save_to_disk FOLDER[@SPLIT] or
+# hf:OWNER/NAME[:CONFIG][@SPLIT], in a layout preset or mapped by --columns (docs/inputs.md)
+QUESTIONS_HELP = (
+    "a .csv/.parquet/.jsonl file, a save_to_disk FOLDER[@SPLIT] or hf:OWNER/NAME[:CONFIG][@SPLIT]"
+)
+ColumnsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--columns", help="Map input columns: prompt=question,A=opa,...,answer=cop (data.columns)."
+    ),
+]
+
+
+def columns_flag(columns: str | None) -> dict:
+    """``--columns``, sugar for ``data.columns``."""
+    return {"--columns": ("data.columns", columns)}
+
+
 # infer's ensemble options, shared by `sciqa pack` (it writes them into the bundle's config)
 WeightsOpt = Annotated[
     str | None,

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from sciqa.cli.app import ConfigOpt, ResamplesOpt, SeedOpt, SetOpt, app, user_errors
+from sciqa.cli.app import (
+    QUESTIONS_HELP,
+    ColumnsOpt,
+    ConfigOpt,
+    ResamplesOpt,
+    SeedOpt,
+    SetOpt,
+    app,
+    columns_flag,
+    user_errors,
+)
 from sciqa.errors import SciqaError
 
 
@@ -21,7 +31,7 @@ def eval_(
             "dir: every member's logits and the ensemble are scored."
         ),
     ],
-    labels: Annotated[Path, typer.Argument(help="Questions file with an 'answer' column.")],
+    labels: Annotated[Path, typer.Argument(help=f"Labelled questions: {QUESTIONS_HELP}.")],
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the scores to this JSON file.")
     ] = None,
@@ -31,9 +41,17 @@ def eval_(
     ] = None,
     resamples: ResamplesOpt = 10_000,
     seed: SeedOpt = 0,
+    columns: ColumnsOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Score a submission against labelled questions: MAP@3 (95% bootstrap interval), accuracy."""
+    """Score a submission against labelled questions: MAP@3 (95% bootstrap interval), accuracy.
+    (--seed seeds the bootstrap; the config's seed places a distractors preset's answers.)"""
+    from sciqa.config import load_config
+    from sciqa.layouts import Layout
     from sciqa.outdir import check_out_file
+
+    layout = Layout.of(load_config(config, set_, columns_flag(columns)))
 
     if json_out is not None:
         check_out_file(json_out, "--json")
@@ -42,10 +60,10 @@ def eval_(
     if submission.is_dir():
         if against is not None:
             raise SciqaError("--against compares two submission files, not a directory")
-        result = evaluate_dir([submission], labels, n_resamples=resamples, seed=seed)
+        result = evaluate_dir([submission], labels, n_resamples=resamples, seed=seed, layout=layout)
     else:
         result = evaluate_submission(
-            submission, labels, against=against, n_resamples=resamples, seed=seed
+            submission, labels, against=against, n_resamples=resamples, seed=seed, layout=layout
         )
     typer.echo("\n".join(format_eval(result, str(submission))))
     if json_out is not None:
@@ -87,16 +105,22 @@ def report(
 @app.command()
 @user_errors
 def validate(
-    path: Annotated[Path, typer.Argument(help="Questions file (.csv, .parquet, .jsonl).")],
+    path: Annotated[Path, typer.Argument(help=f"Questions: {QUESTIONS_HELP}.")],
     require_answer: Annotated[
         bool, typer.Option("--labelled", help="Also require a valid 'answer' on every row.")
     ] = False,
+    columns: ColumnsOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Check a questions file against the schema and summarise it."""
+    """Check questions against the schema (after any layout preset) and summarise them."""
+    from sciqa.config import load_config
     from sciqa.io import read_questions
+    from sciqa.layouts import Layout
     from sciqa.schema import ANSWER, option_letters
 
-    frame = read_questions(path, require_answer=require_answer)
+    layout = Layout.of(load_config(config, set_, columns_flag(columns)))
+    frame = read_questions(path, require_answer=require_answer, layout=layout)
     letters = option_letters(frame.columns)
     labelled = ANSWER in frame.columns and frame[ANSWER].astype(bool).all()
     typer.echo(
@@ -108,7 +132,7 @@ def validate(
 @app.command()
 @user_errors
 def audit(
-    questions: Annotated[Path, typer.Argument(help="Labelled questions (.csv, .parquet, .jsonl).")],
+    questions: Annotated[Path, typer.Argument(help=f"Labelled questions: {QUESTIONS_HELP}.")],
     passages: Annotated[
         Path | None,
         typer.Option(
@@ -127,6 +151,7 @@ def audit(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the audit, every flag included, here.")
     ] = None,
+    columns: ColumnsOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -138,10 +163,11 @@ def audit(
         check_out_file(json_out, "--json")
     from sciqa.evaluation.audit import audit_questions, format_report, load_for_audit
     from sciqa.io import write_json
+    from sciqa.layouts import Layout
 
-    cfg = load_config(config, set_)
+    cfg = load_config(config, set_, columns_flag(columns))
     frame, texts, baselines = load_for_audit(
-        str(questions), str(passages) if passages else None, baseline
+        str(questions), str(passages) if passages else None, baseline, Layout.of(cfg)
     )
     report = audit_questions(
         frame,

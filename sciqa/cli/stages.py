@@ -11,12 +11,15 @@ from typing import Annotated
 import typer
 
 from sciqa.cli.app import (
+    QUESTIONS_HELP,
+    ColumnsOpt,
     ConfigOpt,
     SetOpt,
     TimeBudgetOpt,
     TtaOpt,
     WeightsOpt,
     app,
+    columns_flag,
     ensemble_flags,
     user_errors,
 )
@@ -31,7 +34,9 @@ def gen(
     n: Annotated[int | None, typer.Option("--n", min=1, help="Passages to use (gen.n).")] = None,
     exclude: Annotated[
         list[Path] | None,
-        typer.Option("--exclude", help="Evaluation questions to keep out (repeatable)."),
+        typer.Option(
+            "--exclude", help=f"Evaluation questions to keep out (repeatable): {QUESTIONS_HELP}."
+        ),
     ] = None,
     batch: Annotated[
         bool, typer.Option("--batch", help="Send first requests through the OpenAI Batch API.")
@@ -46,6 +51,7 @@ def gen(
         float | None,
         typer.Option("--max-cost", min=0, help="Stop once this USD is spent (gen.max_cost)."),
     ] = None,
+    columns: ColumnsOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -55,7 +61,7 @@ def gen(
 
     check_out_file(out)
     flags = {"--n": ("gen.n", n), "--max-requests": ("gen.max_requests", max_requests)}
-    flags["--max-cost"] = ("gen.max_cost", max_cost)
+    flags |= {"--max-cost": ("gen.max_cost", max_cost), **columns_flag(columns)}
     cfg = load_config(config, set_, flags)
     from data_gen.commands import run_gen, summary
 
@@ -114,12 +120,13 @@ def index(
 @app.command()
 @user_errors
 def retrieve(
-    questions: Annotated[Path, typer.Argument(help="Questions file (.csv, .parquet, .jsonl).")],
+    questions: Annotated[Path, typer.Argument(help=f"Questions: {QUESTIONS_HELP}.")],
     index: Annotated[Path, typer.Option("--index", "-i", help="Folder made by `sciqa index`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Questions with `context` filled.")],
     k: Annotated[
         int | None, typer.Option("--k", "-k", help="Passages per question (retrieval.k).")
     ] = None,
+    columns: ColumnsOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -129,7 +136,7 @@ def retrieve(
 
     check_out_file(out)
 
-    cfg = load_config(config, set_, {"--k": ("retrieval.k", k)})
+    cfg = load_config(config, set_, {"--k": ("retrieval.k", k), **columns_flag(columns)})
     from retrieval.commands import run_retrieve
 
     typer.echo(run_retrieve(questions, index, out, cfg))
@@ -140,7 +147,9 @@ def retrieve(
 def train(
     questions: Annotated[
         list[Path],
-        typer.Argument(help="Labelled questions (context is used); several files = one table."),
+        typer.Argument(
+            help=f"Labelled questions (context is used): {QUESTIONS_HELP}; several = one table."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run dir: fold_<i>/, oof.parquet.")],
     folds: Annotated[
@@ -150,18 +159,19 @@ def train(
         int | None, typer.Option("--fold", help="Train only this fold (0-based), e.g. per job.")
     ] = None,
     valid: Annotated[
-        Path | None, typer.Option("--valid", help="Validation file for --folds 1.")
+        Path | None, typer.Option("--valid", help="Validation questions for --folds 1.")
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a run dir of a different config.")
     ] = False,
+    columns: ColumnsOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Fine-tune a multiple-choice model over k folds (resumes an interrupted run)."""
     from sciqa.config import load_config
 
-    cfg = load_config(config, set_, {"--folds": ("train.folds", folds)})
+    cfg = load_config(config, set_, {"--folds": ("train.folds", folds), **columns_flag(columns)})
     from train.commands import run_train  # imports torch only after its own checks
 
     run_train(questions, out, cfg, fold=fold, valid=valid, overwrite=overwrite)
@@ -170,7 +180,9 @@ def train(
 @app.command()
 @user_errors
 def infer(
-    questions: Annotated[Path, typer.Argument(help="Questions (labelled or not; context used).")],
+    questions: Annotated[
+        Path, typer.Argument(help=f"Questions (labelled or not; context used): {QUESTIONS_HELP}.")
+    ],
     model_dirs: Annotated[
         list[str] | None,
         typer.Argument(
@@ -184,6 +196,7 @@ def infer(
     weights: WeightsOpt = None,
     time_budget: TimeBudgetOpt = None,
     tta: TtaOpt = None,
+    columns: ColumnsOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -198,7 +211,7 @@ def infer(
     from sciqa.config import load_config
     from sciqa.runs import SUBMISSION
 
-    flags = ensemble_flags(weights, time_budget, tta)
+    flags = ensemble_flags(weights, time_budget, tta) | columns_flag(columns)
     result = run_infer(questions, model_dirs or [], out, load_config(config, set_, flags))
     typer.echo(format_table(result["models"]))
     typer.echo(f"{out / SUBMISSION}: {result['questions']} predictions")

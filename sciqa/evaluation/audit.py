@@ -34,7 +34,8 @@ from sciqa.evaluation.chance import (
     tie_aware_top1,
 )
 from sciqa.evaluation.intervals import bootstrap_interval
-from sciqa.io import read_table
+from sciqa.io import read_questions, read_table
+from sciqa.layouts import Layout
 from sciqa.schema import ANSWER, CONTEXT, ID, PROMPT, SOURCE_ID, option_letters, validate_questions
 
 FORMAT = "sciqa-audit/1"
@@ -63,9 +64,10 @@ def content_words(text: object) -> set[str]:
 # --- reading --------------------------------------------------------------------------
 
 
-def read_labelled(path: str) -> pd.DataFrame:
-    """Questions with an answer on every row; a file without labels is refused by name."""
-    frame = read_table(path)
+def read_labelled(path: str, layout: Layout | None = None) -> pd.DataFrame:
+    """Questions (a file, a save_to_disk folder or hf:NAME) with an answer on every row;
+    questions without labels are refused by name."""
+    frame = read_questions(path, layout=layout)
     if ANSWER not in frame.columns:
         found = ", ".join(repr(str(c)) for c in frame.columns) or "no columns"
         raise SchemaError(
@@ -290,7 +292,10 @@ def audit_questions(
 
 
 def load_for_audit(
-    path: str, passages_path: str | None = None, baselines: Sequence[str] | None = None
+    path: str,
+    passages_path: str | None = None,
+    baselines: Sequence[str] | None = None,
+    layout: Layout | None = None,
 ) -> tuple[pd.DataFrame, pd.Series | None, list[str]]:
     """Questions, their passages (or None) and the baselines to run, for ``sciqa audit``.
 
@@ -303,7 +308,7 @@ def load_for_audit(
             f"--baseline: unknown baseline(s) {', '.join(unknown)}; "
             f"choose from {', '.join(BASELINES)}"
         )
-    frame = read_labelled(path)
+    frame = read_labelled(path, layout)
     if passages_path is not None:
         passages = passages_by_source(frame, passages_path, path)
     else:

@@ -17,6 +17,7 @@ from sciqa.evaluation.intervals import (
     bootstrap_interval,
     paired_bootstrap,
 )
+from sciqa.layouts import Layout
 from sciqa.metrics import accuracy, map_at_3
 from sciqa.runs import ENSEMBLE, RUNNING, STOPPED
 from sciqa.schema import ANSWER, ID, option_letters
@@ -119,13 +120,14 @@ def evaluate_submission(
     against: Path | None = None,
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
+    layout: Layout | None = None,
 ) -> dict[str, Any]:
     """``sciqa eval SUBMISSION LABELS [--against OTHER]``: scores with a 95% bootstrap
     interval; with ``against``, the paired interval of SUBMISSION minus OTHER."""
     from sciqa.evaluation.report.data import diff_dict
     from sciqa.io import read_questions
 
-    labels = read_questions(labels_path, require_answer=True)
+    labels = read_questions(labels_path, require_answer=True, layout=layout)
     result, aps = _score_file(submission, labels, labels_path, n_resamples, seed)
     if against is not None:
         other, other_aps = _score_file(against, labels, labels_path, n_resamples, seed)
@@ -139,7 +141,12 @@ def evaluate_submission(
 
 
 def evaluate_dir(
-    paths: list[Path], labels: Path, *, n_resamples: int = N_RESAMPLES, seed: int = SEED
+    paths: list[Path],
+    labels: Path,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+    layout: Layout | None = None,
 ) -> dict[str, Any]:
     """``sciqa eval INFER_DIR LABELS``: every member's and the ensemble's MAP@3 with its
     interval, and the paired interval of the ensemble minus its best member.
@@ -149,7 +156,7 @@ def evaluate_dir(
     from sciqa.evaluation.evidence import load_evidence
     from sciqa.evaluation.report.data import ensemble_minus_best, system_scores
 
-    ev = load_evidence(paths, labels)
+    ev = load_evidence(paths, labels, layout)
     systems = system_scores(ev, n_resamples=n_resamples, seed=seed)
     final = systems[-1]
     result = {

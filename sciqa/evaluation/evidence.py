@@ -24,7 +24,9 @@ import numpy as np
 import pandas as pd
 
 from sciqa.errors import SciqaError
+from sciqa.hf_datasets import is_dataset_source
 from sciqa.io import read_questions, read_table
+from sciqa.layouts import Layout
 from sciqa.metrics import softmax
 from sciqa.runs import ENSEMBLE, FOLD_METRICS, FOLD_PREFIX, LOGIT_IDS, LOGITS, MANIFEST, OOF
 from sciqa.schema import ANSWER, ID, SOURCE, option_letters
@@ -69,8 +71,11 @@ class Evidence:
         return self.members + ([self.ensemble] if self.ensemble is not None else [])
 
 
-def load_evidence(paths: list[Path], labels: Path | None = None) -> Evidence:
-    """An infer OUT_DIR, or one or more train run dirs, as :class:`Evidence`."""
+def load_evidence(
+    paths: list[Path], labels: Path | None = None, layout: Layout | None = None
+) -> Evidence:
+    """An infer OUT_DIR, or one or more train run dirs, as :class:`Evidence`; ``layout``
+    reads ``labels`` (questions a run names are read in the run's own layout)."""
     if not paths:
         raise EvidenceError("no directory given")
     for path in paths:
@@ -83,15 +88,15 @@ def load_evidence(paths: list[Path], labels: Path | None = None) -> Evidence:
                 f"{infer_dirs[0]} is a sciqa infer OUT dir: report one at a time "
                 "(several directories are for sciqa train runs on the same questions)"
             )
-        return load_infer_dir(paths[0], labels)
-    return load_train_runs(paths, labels)
+        return load_infer_dir(paths[0], labels, layout)
+    return load_train_runs(paths, labels, layout)
 
 
 # --- labels ---------------------------------------------------------------------------
 
 
-def _read_labels(path: Path, what: str) -> pd.DataFrame:
-    frame = read_questions(path)
+def _read_labels(path: Path, what: str, layout: Layout | None) -> pd.DataFrame:
+    frame = read_questions(path, layout=layout)
     if ANSWER not in frame.columns or not frame[ANSWER].astype(bool).all():
         raise EvidenceError(
             f"{path}: {what} has no 'answer' on every row; pass --labels FILE with the answers"
@@ -152,22 +157,24 @@ def _manifest_questions(out: Path, manifest: dict[str, Any]) -> Path:
             f"{out / MANIFEST}: names no questions file; pass --labels FILE with the answers"
         )
     path = Path(inputs[0]["path"] if isinstance(inputs[0], dict) else inputs[0])
-    if not path.is_file():
+    if not (path.is_file() or is_dataset_source(path)):
         raise EvidenceError(
             f"{out / MANIFEST}: its questions file {path} is not here; pass --labels FILE"
         )
     return path
 
 
-def load_infer_dir(out: Path, labels: Path | None = None) -> Evidence:
+def load_infer_dir(out: Path, labels: Path | None = None, layout: Layout | None = None) -> Evidence:
     """Members (``logits/<model>.npy``), ensemble and manifest of a ``sciqa infer`` run."""
     logits_dir = out / LOGITS
     ids_path = logits_dir / LOGIT_IDS
     ids = [str(i) for i in json.loads(ids_path.read_text(encoding="utf-8"))]
     manifest_path = out / MANIFEST
     manifest = _read_json(manifest_path) if manifest_path.is_file() else {}
-    labels_path = labels if labels is not None else _manifest_questions(out, manifest)
-    frame = _align_labels(_read_labels(labels_path, "the labels"), ids, labels_path)
+    if labels is None:
+        labels, layout = _manifest_questions(out, manifest), Layout.of_dump(_read_config(out))
+    labels_path = labels
+    frame = _align_labels(_read_labels(labels_path, "the labels", layout), ids, labels_path)
     letters = option_letters(frame.reset_index().columns)
     answers = _answer_indices(frame[ANSWER], letters, labels_path)
 
@@ -254,10 +261,10 @@ def _train_labels(run: Path, ids: list[str]) -> pd.DataFrame | None:
     wanted = set(ids)
     for entry in _read_json(manifest).get("inputs", []):
         path = Path(entry.get("path", "") if isinstance(entry, dict) else entry)
-        if not path.is_file():
+        if not (path.is_file() or is_dataset_source(path)):
             continue
         try:
-            frame = read_questions(path).set_index(ID)
+            frame = read_questions(path, layout=Layout.of_dump(_read_config(run))).set_index(ID)
         except SciqaError:
             continue
         if wanted <= set(frame.index):
@@ -281,7 +288,9 @@ def _member_names(runs: list[Path]) -> list[str]:
     return [str(run) for run in runs]
 
 
-def load_train_runs(runs: list[Path], labels: Path | None = None) -> Evidence:
+def load_train_runs(
+    runs: list[Path], labels: Path | None = None, layout: Layout | None = None
+) -> Evidence:
     """Each run's out-of-fold logits as one member, aligned on the first run's ids."""
     frames = [_oof(run) for run in runs]
     first = frames[0]
@@ -296,7 +305,7 @@ def load_train_runs(runs: list[Path], labels: Path | None = None) -> Evidence:
             )
     letters = option_letters(first.columns)
     if labels is not None:
-        label_frame = _align_labels(_read_labels(labels, "the labels"), ids, labels)
+        label_frame = _align_labels(_read_labels(labels, "the labels", layout), ids, labels)
     else:
         label_frame = _train_labels(runs[0], ids)
         if ANSWER in first.columns and first[ANSWER].astype(bool).all():

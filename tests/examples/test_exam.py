@@ -10,6 +10,7 @@ import pytest
 
 from examples import exam, exam_results
 
+
 class Killed(Exception):
     pass
 

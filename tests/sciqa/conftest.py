@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 # The stage runtimes (extras ml, retrieval, gen, report): never loaded by the kernel.
-HEAVY = frozenset({"torch", "faiss", "openai", "transformers", "matplotlib"})
+HEAVY = frozenset({"torch", "faiss", "openai", "transformers", "matplotlib", "datasets"})
 
 # Runs argv[1] as a script, then writes every module loaded (even after SystemExit).
 _WRAPPER = """\
