@@ -36,8 +36,10 @@ QWEN = "configs/demo_final.yaml"  # the demo's Qwen reader (letter mode, 4 rotat
 
 # The split by article: 30% of the science articles are the test side (725 passages).
 SPLIT = ["--set", "gen.test_articles=0.3"]
-# 720 passages -> >= 300 questions: 92% valid replies, about half then pass both judges.
+# The test side has 725 science passages; one question each kept 235 (84% valid replies,
+# 39% of those pass both judges), so each passage is asked twice (2 samples, seeds s, s+1).
 TEST_PASSAGES = 720
+TEST_SAMPLES = 2
 # The training pool. Training questions skip the too-easy judge (an easy question still
 # teaches the reader; the judge shapes the exam's difficulty, not the curriculum, and is
 # half the judging), keep the answerability judge (a wrong key teaches a wrong answer),
@@ -142,9 +144,11 @@ def gen_steps(sizes: Sequence[int]) -> list[Step]:
                 *SPLIT,
                 "--set",
                 "gen.articles=test",
+                "--set",
+                f"gen.questions_per_passage={TEST_SAMPLES}",
             ],
             test,
-            TEST_PASSAGES * RATE["gen"],
+            TEST_PASSAGES * TEST_SAMPLES * RATE["gen"],
         ),
         Step(
             "the training pool (4 options, training articles, --exclude the exam)",
