@@ -166,12 +166,32 @@ def facts(folder: Path) -> list[str]:
     return lines
 
 
+def shortcuts(folder: Path) -> list[str]:
+    """The exam's bias audit: what a reader that only measures options would score."""
+    path = folder / "audit_test.json"
+    if not path.is_file():
+        return []
+    audit = json.loads(path.read_text(encoding="utf-8"))
+    lines = [
+        f"- the exam: {audit['questions']} questions, {audit['options']} options, chance "
+        f"MAP@3 {audit['chance_map_at_3']:.3f}; answer letters balanced: "
+        f"{audit['answer_letters']['balanced']}"
+    ]
+    for name, base in audit["baselines"].items():
+        low, high = base["ci95"]
+        lines.append(
+            f"- shortcut `{name}`: MAP@3 {base['map_at_3']:.3f} [{low:.3f}, {high:.3f}] "
+            f"({base['verdict']})"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=EXAM)
     opts = parser.parse_args()
     evals = read_evals(opts.out)
-    text = "\n".join([table(evals), "", *facts(opts.out)]) + "\n"
+    text = "\n".join([table(evals), "", *facts(opts.out), *shortcuts(opts.out)]) + "\n"
     (opts.out / "results.md").write_text(text, encoding="utf-8")
     print(text)
     if evals:

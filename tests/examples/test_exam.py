@@ -135,6 +135,18 @@ def test_results_table_and_plot_from_the_evaluations(demo):
     assert "0.470 [0.420, 0.520] | +0.060 [+0.020, +0.100]" in rows["arcgen_250"]
     assert "| 0.550 [0.500, 0.600] |" in rows["arc_0"]
     assert "nothing (as shipped)" in rows["gen_0"]
+    audit = {
+        "questions": 300,
+        "options": 5,
+        "chance_map_at_3": 0.3667,
+        "answer_letters": {"balanced": True},
+        "baselines": {
+            "longest": {"map_at_3": 0.53, "ci95": [0.48, 0.58], "verdict": "above chance"}
+        },
+    }
+    (folder / "audit_test.json").write_text(json.dumps(audit))
+    lines = exam_results.shortcuts(folder)
+    assert lines[1] == "- shortcut `longest`: MAP@3 0.530 [0.480, 0.580] (above chance)"
     png = exam_results.plot(evals, folder / "exam.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
