@@ -148,9 +148,9 @@ def _rejection(
 
 async def ask_all(client: ChatClient, jobs: list[Job], asking: Asking) -> list[Outcome]:
     """Every job concurrently (the client limits what is in flight); order kept."""
-    from tqdm.auto import tqdm
+    from sciqa.progress import progress as progress_bar
 
-    progress = tqdm(total=len(jobs), desc="gen", unit="q", disable=None)
+    progress = progress_bar(len(jobs), "gen")
 
     async def one(job: Job) -> Outcome:
         result = await ask(client, job, asking)

@@ -156,8 +156,7 @@ class LLMJudge:
     ) -> np.ndarray:
         """``(len(rows), letters)`` logits (all rows by default), longest prompts first in
         batches (less padding); each batch is stored in the cache as it is scored."""
-        from tqdm.auto import tqdm
-
+        from sciqa.progress import progress as progress_bar
         from sciqa.scoring.llm_scoring import ScoreHead
 
         rows = list(range(len(enc))) if rows is None else rows
@@ -165,7 +164,7 @@ class LLMJudge:
         at = {row: i for i, row in enumerate(rows)}
         order = sorted(rows, key=lambda i: -enc.lengths[i])
         logits = np.zeros((len(rows), enc.n_options), dtype=np.float32)
-        with tqdm(total=len(rows), desc=desc, unit="q", disable=None) as progress:
+        with progress_bar(len(rows), desc) as progress:
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
                 scores = self._scores(enc, batch, head)
