@@ -7,7 +7,8 @@ Modules, from the command down:
 * ``build``: corpus -> complete index folder (one machine, or train/shard/merge);
 * ``search``: ``Retriever``, an opened index: dense + BM25 hits, fused, reranked;
 * ``index_dir``: the folder's layout, manifest and checks;
-* ``corpus``, ``chunking``: articles in, passages out;
+* ``corpus_sources``, ``corpus``, ``chunking``, ``ingest``: articles in (streamed, a batch at
+  a time), passages out;
 * ``embed``, ``dense``, ``lexical``, ``fusion``, ``rerank``, ``context``: one step each.
 
 Below ``commands`` a function takes the ``retrieval`` section (``RetrievalConfig``) plus

@@ -11,18 +11,23 @@ own: ``embedding`` (``models.embedding``), ``seed``, and ``write_run``, which wr
 folder's ``config.yaml`` and ``manifest.json`` (the command binds it to its resolved
 config).
 
-Nothing is lost to a failed rebuild: the corpus, the model and the faiss factory are
-checked before OUT is touched, the new index is built whole in ``.OUT.partial`` with its
-manifest written last, and :func:`sciqa.outdir.publish` swaps it in only then. A kill or
+The corpus is read as a stream (:mod:`retrieval.ingest`): one pass writes the passages
+and BM25's token ids, embedding reads the passages back in blocks, so memory grows with
+the index, not with the text.
+
+Nothing is lost to a failed rebuild: the new index is built whole in ``.OUT.partial``
+(the corpus read first, then the model and the faiss factory checked) with its manifest
+written last, and :func:`sciqa.outdir.publish` swaps it in only then. A kill or
 an error at any point leaves the previous index in OUT, complete and usable. One build
 writes an OUT at a time (:class:`sciqa.outdir.OutLock`).
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,15 +36,14 @@ from typing import Any, Protocol
 import pandas as pd
 
 from retrieval import dense, index_dir, lexical
-from retrieval.chunking import chunk_corpus, passage_texts
+from retrieval.chunking import passage_texts
 from retrieval.context import check_template
-from retrieval.corpus import read_corpus
+from retrieval.corpus_sources import Source, corpus_sources
 from retrieval.embed import embedding_dim, encode, encode_blocks, load_encoder
 from retrieval.errors import CorpusError, IndexDirError, RetrievalInputError
+from retrieval.ingest import Ingested, ingest, passage_blocks, texts_at
 from sciqa.config import RetrievalConfig
-from sciqa.io import write_table
 from sciqa.outdir import OutLock, fresh_partial, publish
-from sciqa.runs import file_digest
 
 
 class RunWriter(Protocol):
@@ -53,26 +57,34 @@ class RunWriter(Protocol):
 
 @dataclass
 class Corpus:
-    """Passages of a corpus plus what identifies it (files, digests, article count)."""
+    """A corpus as a build sees it before reading it: its sources and their digests."""
 
-    passages: pd.DataFrame
-    files: list[Path]
+    name: str  # as given: a path or an hf: name
+    sources: list[Source]
     digests: list[str]
-    n_articles: int
+
+    @property
+    def files(self) -> list[Path]:
+        """Its local files (a manifest's inputs; a Hub corpus has none)."""
+        return [source.path for source in self.sources if source.path is not None]
 
 
-def load_passages(corpus_path: Path, settings: RetrievalConfig) -> Corpus:
+def open_corpus(corpus: str | Path, settings: RetrievalConfig) -> Corpus:
+    """The corpus's sources and digests (files are hashed, not parsed), after checking
+    the passage template."""
     check_template(settings.passage_template, "passage_template", ("title", "text"))
-    articles, files = read_corpus(corpus_path)
-    passages = chunk_corpus(
-        articles, settings.chunk_words, settings.chunk_overlap, settings.min_chunk_words
-    )
-    if passages.empty:
+    sources = corpus_sources(corpus)
+    return Corpus(str(corpus), sources, [source.digest() for source in sources])
+
+
+def ingested(corpus: Corpus, done: Ingested, settings: RetrievalConfig) -> Ingested:
+    """``done``, unless no passage came out of the corpus."""
+    if done.passages == 0:
         raise CorpusError(
-            f"{corpus_path}: no passage has retrieval.min_chunk_words "
+            f"{corpus.name}: no passage has retrieval.min_chunk_words "
             f"({settings.min_chunk_words}) words or more"
         )
-    return Corpus(passages, files, [file_digest(f) for f in files], len(articles))
+    return done
 
 
 @contextmanager
@@ -89,19 +101,24 @@ def staged(out: Path) -> Iterator[Path]:
 
 
 def embed_into(
-    index: Any, model: Any, texts: list[str], settings: RetrievalConfig, offset: int = 0
+    index: Any, model: Any, passages: Path, settings: RetrievalConfig, total: int
 ) -> float:
-    """Embed ``texts`` block by block into ``index`` (ids from ``offset``); seconds spent."""
+    """Embed ``passages.parquet`` block by block into ``index`` (ids = row numbers in that
+    file); seconds spent."""
     started = time.perf_counter()
+    blocks = (
+        passage_texts(frame, settings.passage_template)
+        for frame in passage_blocks(passages, settings.encode_block)
+    )
     for start, vectors in encode_blocks(
         model,
-        texts,
-        block=settings.encode_block,
+        blocks,
+        total=total,
         prefix=settings.passage_prefix,
         batch_size=settings.batch_size,
         devices=settings.encode_devices,
     ):
-        dense.add(index, vectors, offset + start)
+        dense.add(index, vectors, start)
     return time.perf_counter() - started
 
 
@@ -112,14 +129,20 @@ def empty_index(model: Any, settings: RetrievalConfig) -> Any:
 
 
 def train_index(
-    index: Any, model: Any, texts: list[str], settings: RetrievalConfig, seed: int
+    index: Any,
+    model: Any,
+    blocks: Callable[[], Iterable[pd.DataFrame]],
+    total: int,
+    settings: RetrievalConfig,
+    seed: int,
 ) -> Any:
-    """``index``, trained on a seeded sample of ``texts`` when its factory needs it."""
+    """``index``, trained when its factory needs it on a seeded sample of the ``total``
+    passages that ``blocks()`` streams."""
     if dense.needs_training(index):
-        rows = dense.sample_rows(len(texts), settings.train_sample, seed)
+        rows = dense.sample_rows(total, settings.train_sample, seed)
         sample = encode(
             model,
-            [texts[i] for i in rows],
+            texts_at(blocks(), rows, settings.passage_template),
             prefix=settings.passage_prefix,
             batch_size=settings.batch_size,
             devices=settings.encode_devices,
@@ -138,14 +161,19 @@ def fingerprint_of(
     return recipe, index_dir.fingerprint(recipe, corpus.digests)
 
 
-def corpus_extra(corpus: Corpus, recipe: dict[str, Any], fingerprint: str) -> dict[str, Any]:
-    return {
+def corpus_extra(
+    corpus: Corpus, done: Ingested, recipe: dict[str, Any], fingerprint: str
+) -> dict[str, Any]:
+    extra = {
         "format": index_dir.FORMAT,
         "format_version": index_dir.FORMAT_VERSION,
         "fingerprint": fingerprint,
         "settings": recipe,
-        "counts": {"articles": corpus.n_articles, "passages": len(corpus.passages)},
+        "counts": {"articles": done.articles, "passages": done.passages},
     }
+    if not corpus.files:  # a Hub corpus: its data files (URLs pinned to a commit)
+        extra["corpus"] = {"name": corpus.name, "data_files": corpus.digests}
+    return extra
 
 
 def embedding_info(model: Any, embedding: str, settings: RetrievalConfig) -> dict[str, Any]:
@@ -157,15 +185,10 @@ def embedding_info(model: Any, embedding: str, settings: RetrievalConfig) -> dic
     }
 
 
-def write_bm25(passages: pd.DataFrame, folder: Path, settings: RetrievalConfig) -> float:
+def write_bm25(tokens: lexical.TokenIds, folder: Path, settings: RetrievalConfig) -> float:
     started = time.perf_counter()
     retriever = lexical.build(
-        passage_texts(passages, settings.passage_template),
-        method=settings.bm25_method,
-        k1=settings.bm25_k1,
-        b=settings.bm25_b,
-        stemmer=settings.bm25_stemmer,
-        stopwords=settings.bm25_stopwords,
+        tokens, method=settings.bm25_method, k1=settings.bm25_k1, b=settings.bm25_b
     )
     lexical.save(retriever, folder / index_dir.BM25)
     return time.perf_counter() - started
@@ -187,30 +210,38 @@ def _existing_fingerprint(out: Path) -> str | None:
 
 
 def _write_parts(
-    folder: Path, corpus: Corpus, model: Any, index: Any, settings: RetrievalConfig, seed: int
-) -> tuple[list[str], dict[str, float]]:
-    """Passages, then the dense and BM25 parts asked for, into ``folder``; their file
-    names and timings."""
-    write_table(corpus.passages, folder / index_dir.PASSAGES)
+    folder: Path, corpus: Corpus, embedding: str, settings: RetrievalConfig, seed: int
+) -> tuple[Ingested, list[str], dict[str, float], dict[str, Any]]:
+    """Passages (one pass over the corpus), then the dense and BM25 parts asked for, into
+    ``folder``; what was read, the file names, timings and the dense part's manifest
+    entries. The corpus is read before the model is loaded, so its errors come first."""
+    started = time.perf_counter()
+    path = folder / index_dir.PASSAGES
+    done = ingested(corpus, ingest(corpus.sources, path, settings, bm25=settings.bm25), settings)
     files = [index_dir.PASSAGES]
-    timings: dict[str, float] = {}
-    if index is not None:
-        texts = passage_texts(corpus.passages, settings.passage_template)
+    timings = {"read_s": time.perf_counter() - started}
+    extra: dict[str, Any] = {}
+    if settings.dense:
+        model = load_encoder(embedding, settings.device)
+        index = empty_index(model, settings)
         train_started = time.perf_counter()
-        train_index(index, model, texts, settings, seed)
+        blocks = functools.partial(passage_blocks, path, settings.encode_block)
+        train_index(index, model, blocks, done.passages, settings, seed)
         timings["train_s"] = time.perf_counter() - train_started
-        timings["embed_s"] = embed_into(index, model, texts, settings)
-        timings["passages_per_s"] = len(texts) / max(timings["embed_s"], 1e-9)
+        timings["embed_s"] = embed_into(index, model, path, settings, done.passages)
+        timings["passages_per_s"] = done.passages / max(timings["embed_s"], 1e-9)
         dense.write(index, folder / index_dir.DENSE)
         files.append(index_dir.DENSE)
-    if settings.bm25:
-        timings["bm25_s"] = write_bm25(corpus.passages, folder, settings)
+        extra["embedding"] = embedding_info(model, embedding, settings)
+        extra["faiss"] = {"factory": settings.faiss_factory, "ntotal": index.ntotal}
+    if done.tokens is not None:
+        timings["bm25_s"] = write_bm25(done.tokens, folder, settings)
         files.append(index_dir.BM25)
-    return files, timings
+    return done, files, timings, extra
 
 
 def build_index(
-    corpus_path: Path,
+    corpus_path: str | Path,
     out: Path,
     settings: RetrievalConfig,
     *,
@@ -228,21 +259,16 @@ def build_index(
     with OutLock(out):
         started = time.perf_counter()
         index_dir.check_replaceable(out)
-        corpus = load_passages(corpus_path, settings)
+        corpus = open_corpus(corpus_path, settings)
         recipe, fingerprint = fingerprint_of(corpus, settings, embedding, seed)
         if not force and _existing_fingerprint(out) == fingerprint:
             try:
                 return {**index_dir.check_index(out), "skipped": True}
             except IndexDirError:
                 pass  # damaged: rebuild below
-        model = load_encoder(embedding, settings.device) if settings.dense else None
-        index = empty_index(model, settings) if settings.dense else None
-        extra = corpus_extra(corpus, recipe, fingerprint)
         with staged(out) as staging:
-            files, timings = _write_parts(staging, corpus, model, index, settings, seed)
-            if index is not None:
-                extra["embedding"] = embedding_info(model, embedding, settings)
-                extra["faiss"] = {"factory": settings.faiss_factory, "ntotal": index.ntotal}
+            done, files, timings, parts = _write_parts(staging, corpus, embedding, settings, seed)
+            extra = {**corpus_extra(corpus, done, recipe, fingerprint), **parts}
             timings["total_s"] = time.perf_counter() - started
             extra.update(files=index_dir.file_sizes(staging, files), timings=timings)
             write_run(staging, "index", inputs=corpus.files, extra=extra)

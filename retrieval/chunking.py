@@ -17,7 +17,6 @@ import re
 from collections.abc import Iterator
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from retrieval.corpus import ARTICLE_ID, TEXT, TITLE
 from retrieval.errors import RetrievalInputError
@@ -85,7 +84,7 @@ def _rows(
     articles: pd.DataFrame, chunk_words: int, overlap: int, min_words: int
 ) -> Iterator[tuple[str, str, str, str, int]]:
     columns = zip(articles[ARTICLE_ID], articles[TITLE], articles[TEXT], strict=True)
-    for article_id, title, text in tqdm(columns, total=len(articles), desc="chunk", leave=False):
+    for article_id, title, text in columns:
         for position, chunk in enumerate(chunk_article(text, chunk_words, overlap)):
             if len(chunk.split()) >= min_words:
                 yield f"{article_id}#{position}", title, chunk, article_id, position
@@ -94,7 +93,8 @@ def _rows(
 def chunk_corpus(
     articles: pd.DataFrame, chunk_words: int, overlap: int, min_words: int = 1
 ) -> pd.DataFrame:
-    """``passage_id, title, text, article_id, chunk`` for every article, in corpus order."""
+    """``passage_id, title, text, article_id, chunk`` for every article, in corpus order
+    (one batch of a corpus at a time: :mod:`retrieval.ingest`)."""
     if overlap >= chunk_words:
         raise RetrievalInputError(
             f"retrieval.chunk_overlap ({overlap}) must be smaller than retrieval.chunk_words "

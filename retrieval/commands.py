@@ -17,6 +17,7 @@ from retrieval.errors import RetrievalInputError
 from retrieval.search import BM25, DENSE, Retriever
 from sciqa.assets.registry import resolve_corpus, resolve_model
 from sciqa.config import DEFAULT, SciqaConfig
+from sciqa.hf_datasets import HF
 from sciqa.io import read_questions, table_format, write_questions, write_table
 from sciqa.layouts import Layout
 from sciqa.outdir import OutLock, check_out_dir, check_out_file
@@ -26,18 +27,20 @@ from sciqa.schema import CONTEXT, ID
 AUDIT_SUFFIX = ".retrieval.parquet"
 
 
-def corpus_path(corpus: Path | None, configured: str) -> Path:
+def corpus_path(corpus: str | Path | None, configured: str) -> str | Path:
     """CORPUS argument, else ``configured`` (``data.corpus``; ``default`` = the packaged
-    sample)."""
+    sample); an ``hf:`` name is passed on as it is."""
     if corpus is not None:
         return corpus
     if configured == DEFAULT:
         return default_corpus_path()
+    if configured.startswith(HF):
+        return configured
     return resolve_corpus(configured)
 
 
 def run_index(
-    corpus: Path | None,
+    corpus: str | Path | None,
     out: Path,
     config: SciqaConfig,
     *,

@@ -1,10 +1,14 @@
-"""Read a corpus of articles into one table: ``article_id, title, text``.
+"""A corpus of articles as a stream of ``article_id, title, text`` batches.
 
-Accepted: the packaged Wikipedia sample (``data.corpus = "default"``), a JSONL / parquet /
-CSV file with a ``text`` column (``title`` and ``id`` optional; wikiextractor's JSON
-output qualifies), or a folder of such files (read recursively, in sorted order, so the
-same folder always gives the same ids). wikiextractor's extension-less ``wiki_00`` files
-are read as JSONL.
+Accepted (:mod:`retrieval.corpus_sources` reads each): the packaged Wikipedia sample
+(``data.corpus = "default"``), a JSONL / parquet / CSV file with a ``text`` column
+(``title`` and ``id`` optional), wikiextractor output, a folder of such files (read
+recursively, in sorted order, so the same folder always gives the same ids), e.g. the
+Hugging Face Wikipedia dump's parquet shards, a ``save_to_disk`` folder, or
+``hf:OWNER/NAME[:CONFIG][@SPLIT]`` streamed from the Hub.
+
+Nothing holds the whole corpus: articles arrive a batch at a time, and what is kept per
+article across batches is an 8-byte hash of its id (to refuse an id used twice).
 
 >>> normalise_text("  Light: 3.0\\u00a010⁸ m/s\\n\\n in vacuum ")
 'Light: 3.0 10⁸ m/s in vacuum'
@@ -15,14 +19,16 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pandas as pd
 
+from retrieval.corpus_sources import Source, corpus_sources, missing_text
 from retrieval.errors import CorpusError
 from sciqa.assets.registry import CORPUS as PACKAGED_CORPUS
-from sciqa.assets.registry import packaged_path, packaged_wikipedia
-from sciqa.io import FORMATS, read_table
+from sciqa.assets.registry import packaged_path
 
 ARTICLE_ID = "article_id"
 TITLE = "title"
@@ -43,107 +49,86 @@ def normalise_text(text: object) -> str:
     return _SPACE.sub(" ", _CONTROL.sub(" ", text)).strip()
 
 
-def corpus_files(path: Path) -> list[Path]:
-    """The files a corpus path stands for: itself, or the readable files under a folder."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise CorpusError(f"{path}: no such file or directory")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and _readable(p))
-    if not files:
-        raise CorpusError(
-            f"{path}: folder holds no corpus files ({', '.join(sorted(FORMATS))} or wiki_NN)"
-        )
-    return files
-
-
-def _readable(path: Path) -> bool:
-    if path.name.startswith("."):
-        return False
-    return (
-        path.suffix.lower() in FORMATS or path.suffix.lower() == ".json" or _is_wikiextractor(path)
-    )
-
-
-def _is_wikiextractor(path: Path) -> bool:
-    return path.suffix == "" and path.name.startswith("wiki_")
-
-
-def _read_file(path: Path) -> pd.DataFrame:
-    if path.suffix.lower() == ".json":
-        # The packaged sample's layout: {key: {"title", "extract", ...}}.
-        try:
-            return packaged_wikipedia(path)
-        except Exception as exc:
-            raise CorpusError(f"{path}: cannot be read as a corpus: {exc}") from None
-    if _is_wikiextractor(path):
-        try:
-            return pd.read_json(path, lines=True, dtype=False)
-        except ValueError as exc:
-            reason = str(exc).strip().splitlines()[0]
-            raise CorpusError(f"{path}: cannot be read as JSONL: {reason}") from None
-    return read_table(path)
-
-
-def _article_ids(frame: pd.DataFrame, source: Path) -> pd.Series:
-    """The corpus's own ``id`` when present and unique, else a content hash.
-
-    Both are stable: the same corpus always gives the same ids.
-    """
-    if "id" in frame.columns:
-        ids = frame["id"].astype(str).str.strip()
-        if ids.ne("").all() and ids.is_unique:
-            return ids
-    stem = source.stem
-    return pd.Series(
-        [f"{stem}:{_content_hash(t, x)}" for t, x in zip(frame[TITLE], frame[TEXT], strict=True)],
-        index=frame.index,
-    )
-
-
 def _content_hash(title: str, text: str) -> str:
     return hashlib.sha1(f"{title}\n{text}".encode()).hexdigest()[:16]
 
 
-def read_file_articles(path: Path) -> pd.DataFrame:
-    """One corpus file as ``article_id, title, text``, normalised, empty texts dropped."""
-    frame = _read_file(path)
-    if frame.empty and TEXT not in frame.columns:  # an empty file: nothing to add
-        return pd.DataFrame(columns=list(COLUMNS))
+def _id_hash(article_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(article_id.encode(), digest_size=8).digest(), "little")
+
+
+def _stem(label: str) -> str:
+    return PurePosixPath(label.split("?")[0]).stem  # a path or a data file's URL
+
+
+def _normalised(frame: pd.DataFrame, source: Source, seen: set[str]) -> pd.DataFrame:
+    """One raw frame as ``article_id, title, text``: normalised, empty texts and articles
+    already in ``seen`` (same title and text, same source) dropped.
+
+    Ids are the corpus's own ``id`` where it has one, else ``<stem>:<sha1 of title+text>``;
+    both are stable: the same corpus always gives the same ids.
+    """
     if TEXT not in frame.columns:
-        found = ", ".join(repr(str(c)) for c in frame.columns) or "no columns"
-        raise CorpusError(
-            f"{path}: missing column 'text' (the article body); found {found}. "
-            "A corpus needs 'text' and, ideally, 'title'"
-        )
+        raise missing_text(source.label, list(frame.columns))
     frame = frame.reset_index(drop=True)
     titles = frame[TITLE] if TITLE in frame.columns else pd.Series([""] * len(frame))
-    out = pd.DataFrame({TITLE: titles.map(normalise_text), TEXT: frame[TEXT].map(normalise_text)})
-    if "id" in frame.columns:
-        out["id"] = frame["id"]
-    out = out[out[TEXT] != ""].drop_duplicates(subset=[TITLE, TEXT])
-    out.insert(0, ARTICLE_ID, _article_ids(out, path))
-    return out[list(COLUMNS)].reset_index(drop=True)
+    titles, texts = titles.map(normalise_text), frame[TEXT].map(normalise_text)
+    own = frame["id"] if "id" in frame.columns else pd.Series([None] * len(frame))
+    stem, rows = _stem(source.label), []
+    for title, text, given in zip(titles, texts, own, strict=True):
+        content = _content_hash(title, text)
+        if not text or content in seen:
+            continue
+        seen.add(content)
+        given = "" if given is None or pd.isna(given) else str(given).strip()
+        rows.append((given or f"{stem}:{content}", title, text))
+    return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def read_corpus(path: Path) -> tuple[pd.DataFrame, list[Path]]:
-    """All articles under ``path`` and the files they came from.
+def _batches(sources: Sequence[Source]) -> Iterator[pd.DataFrame]:
+    for source in sources:
+        seen: set[str] = set()  # content hashes of this source: duplicates are dropped
+        for frame in source.frames():
+            if frame.empty and TEXT not in frame.columns:  # an empty file: nothing to add
+                continue
+            batch = _normalised(frame, source, seen)
+            if not batch.empty:
+                yield batch
 
-    Raises :class:`CorpusError` naming the file when nothing usable is found.
+
+def article_batches(sources: Sequence[Source]) -> Iterator[pd.DataFrame]:
+    """Normalised ``article_id, title, text`` batches of ``sources``, in order.
+
+    Raises :class:`CorpusError` naming the source when one cannot be read, and at the
+    end when no article had text or an id appears twice.
     """
-    files = corpus_files(path)
-    frames = [read_file_articles(file) for file in files]
-    articles = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
-    if articles.empty:
-        raise CorpusError(f"{path}: corpus has no usable text (every 'text' value is empty)")
-    duplicated = articles[ARTICLE_ID].duplicated()
-    if duplicated.any():
-        first = articles[ARTICLE_ID][duplicated].iloc[0]
+    hashes: list[np.ndarray] = []
+    for batch in _batches(sources):
+        hashes.append(np.fromiter(map(_id_hash, batch[ARTICLE_ID]), np.uint64, len(batch)))
+        yield batch
+    if not hashes:
+        where = sources[0].label if len(sources) == 1 else "the corpus"
+        raise CorpusError(f"{where}: corpus has no usable text (every 'text' value is empty)")
+    ordered = np.sort(np.concatenate(hashes))
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if len(repeated):
+        # Rare and fatal: read the corpus again for the id to name.
+        wanted = int(repeated[0])
+        first = next(
+            i for batch in _batches(sources) for i in batch[ARTICLE_ID] if _id_hash(i) == wanted
+        )
         raise CorpusError(
-            f"{path}: article id {first!r} appears in more than one row/file; "
+            f"article id {first!r} appears in more than one row/file of the corpus; "
             "make the 'id' column unique or drop it"
         )
-    return articles, files
+
+
+def read_corpus(corpus: str | Path) -> tuple[pd.DataFrame, list[Source]]:
+    """The whole of a small corpus in one frame, and its sources (tests, small tools;
+    ``sciqa index`` streams with :func:`article_batches`)."""
+    sources = corpus_sources(corpus)
+    frames = list(article_batches(sources))
+    return pd.concat(frames, ignore_index=True), sources
 
 
 def default_corpus_path() -> Path:

@@ -156,9 +156,18 @@ def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
-def merge(trained: Path, shards: Sequence[Path], out: Path, *, final: Path | None = None) -> None:
+def merge(
+    trained: Path,
+    shards: Sequence[Path],
+    out: Path,
+    *,
+    offsets: Sequence[int],
+    final: Path | None = None,
+) -> None:
     """One index from shard files: ``merge_ondisk`` for IVF, ``merge_from`` otherwise.
 
+    Each shard numbers its vectors from 0; ``offsets`` are the rows of the shards before
+    it (an IVF index's ids are shifted by them; other indexes number in merge order).
     ``final``: where ``out`` will be once its folder is published (default ``out``); an
     IVF index records its ``.ivfdata`` path beside it.
     """
@@ -172,6 +181,7 @@ def merge(trained: Path, shards: Sequence[Path], out: Path, *, final: Path | Non
         _check_room(shards, ivfdata)
         with atomic_path(ivfdata) as tmp_data:
             merge_ondisk(index, [str(s) for s in shards], str(tmp_data))
+            _shift_ids(faiss.extract_index_ivf(index).invlists, shards, offsets)
         # The index points at the .ivfdata by path; re-point it at the final name.
         invlists = faiss.extract_index_ivf(index).invlists
         faiss.downcast_InvertedLists(invlists).filename = str((final or out).parent / IVF_DATA)
@@ -187,3 +197,22 @@ def merge(trained: Path, shards: Sequence[Path], out: Path, *, final: Path | Non
                 "use a Flat, PQ or IVF retrieval.faiss_factory for sharded builds"
             ) from None
     write(index, out)
+
+
+def _shift_ids(merged: Any, shards: Sequence[Path], offsets: Sequence[int]) -> None:
+    """Add each shard's offset to its ids in the merged lists, in place: merge_ondisk
+    puts list j's entries of shard 0 first, then shard 1's, and so on. (Its own
+    ``shift_ids`` shifts by other amounts than the rows before, faiss 1.15.)"""
+    import faiss
+
+    sizes = np.zeros((len(shards), merged.nlist), dtype=np.int64)
+    for row, shard in enumerate(shards):
+        part = faiss.read_index(str(shard), faiss.IO_FLAG_MMAP)  # owns the lists read below
+        lists = faiss.extract_index_ivf(part).invlists
+        sizes[row] = [lists.list_size(j) for j in range(merged.nlist)]
+    shifts = np.asarray(offsets, dtype=np.int64)
+    for j in range(merged.nlist):
+        n = merged.list_size(j)
+        if n and shifts.any():
+            ids = faiss.rev_swig_ptr(merged.get_ids(j), n)
+            ids += np.repeat(shifts, sizes[:, j])

@@ -10,7 +10,7 @@ sentence-transformers starts for several GPUs (``retrieval.encode_devices``).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -80,14 +80,15 @@ def encode(
 
 def encode_blocks(
     model: Any,
-    texts: Sequence[str],
+    blocks: Iterable[Sequence[str]],
     *,
-    block: int,
+    total: int,
     prefix: str = "",
     batch_size: int = 64,
     devices: Sequence[str] = (),
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(start, vectors)`` for consecutive blocks of ``texts``.
+    """Yield ``(start, vectors)`` for each block of texts (``total`` of them in all, for
+    the progress bar); ``start`` counts the texts of the blocks before.
 
     With two or more ``devices`` one pool serves every block (starting it per block
     would reload the model each time).
@@ -96,9 +97,9 @@ def encode_blocks(
 
     pool = model.start_multi_process_pool(list(devices)) if len(devices) > 1 else None
     try:
-        with tqdm(total=len(texts), desc="embed", unit="passage") as bar:
-            for start in range(0, len(texts), block):
-                part = texts[start : start + block]
+        with tqdm(total=total, desc="embed", unit="passage") as bar:
+            start = 0
+            for part in blocks:
                 vectors = encode(
                     model,
                     part,
@@ -108,6 +109,7 @@ def encode_blocks(
                     show_progress_bar=len(part) >= 1000,  # batches within a big block
                 )
                 yield start, vectors
+                start += len(part)
                 bar.update(len(part))
     finally:
         if pool is not None:

@@ -1,15 +1,17 @@
 """BM25 with ``bm25s``: sparse scores precomputed at index time, memory-mapped on load.
 
 Tokenisation (lower-case words, stopwords, PyStemmer stem) is the same for passages and
-queries because both go through :func:`tokenize` with the settings stored in the
-index manifest.
+queries: queries go through :func:`tokenize`, passages through bm25s's ``Tokenizer`` with
+the same settings (those stored in the index manifest), batch by batch into
+:class:`TokenIds`, so an index of millions of passages never holds their text at once.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +41,58 @@ def tokenize(texts: Sequence[str], stemmer: str | None, stopwords: str | None) -
     )
 
 
+class TokenIds:
+    """What BM25 needs of a corpus without its text: every passage's token ids, in one
+    vocabulary grown batch by batch, kept as int32 arrays (4 bytes a token).
+
+    The tokenisation is :func:`tokenize`'s (lower case, words of 2+ letters, stopwords,
+    stem), so queries match; bm25s builds from it as from its own ``Tokenized``.
+    """
+
+    def __init__(self, stemmer: str | None, stopwords: str | None) -> None:
+        from bm25s.tokenization import Tokenizer
+
+        self._tokenizer = Tokenizer(stopwords=stopwords or [], stemmer=_stemmer(stemmer))
+        self._ids: list[np.ndarray] = []
+        self._lengths: list[np.ndarray] = []
+
+    def add(self, texts: Sequence[str]) -> None:
+        docs = self._tokenizer.tokenize(
+            list(texts), update_vocab=True, show_progress=False, allow_empty=False
+        )
+        self._lengths.append(np.fromiter(map(len, docs), np.int64, len(docs)))
+        self._ids.append(np.fromiter(itertools.chain.from_iterable(docs), np.int32))
+
+    def __len__(self) -> int:
+        return sum(len(lengths) for lengths in self._lengths)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # One array each, so bm25s's three passes walk them without the batch lists.
+        if len(self._ids) > 1:
+            self._ids, self._lengths = [np.concatenate(self._ids)], [np.concatenate(self._lengths)]
+        if not self._ids:
+            return
+        ids, ends = self._ids[0], np.cumsum(self._lengths[0])
+        for start, end in zip(itertools.chain([0], ends), ends, strict=False):
+            yield ids[start:end].tolist()
+
+    def vocab(self) -> dict[str, int]:
+        return self._tokenizer.get_vocab_dict()
+
+
 def build(
-    texts: Sequence[str],
+    tokens: TokenIds,
     *,
     method: str,
     k1: float,
     b: float,
-    stemmer: str | None,
-    stopwords: str | None,
 ) -> Any:
     import bm25s
+    from bm25s.tokenization import Tokenized
 
     retriever = bm25s.BM25(method=method, k1=k1, b=b)
-    retriever.index(tokenize(texts, stemmer, stopwords), show_progress=len(texts) > 10_000)
+    corpus = Tokenized(ids=tokens, vocab=tokens.vocab())
+    retriever.index(corpus, show_progress=len(tokens) > 10_000)
     return retriever
 
 

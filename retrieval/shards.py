@@ -35,8 +35,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from retrieval import dense, index_dir
 from retrieval.build import (
     RunWriter,
@@ -45,16 +43,25 @@ from retrieval.build import (
     embedding_info,
     empty_index,
     fingerprint_of,
-    load_passages,
+    ingested,
+    open_corpus,
     staged,
     train_index,
     write_bm25,
 )
-from retrieval.chunking import passage_texts
 from retrieval.embed import load_encoder
 from retrieval.errors import IndexDirError, RetrievalInputError
+from retrieval.ingest import (
+    Ingested,
+    PassageWriter,
+    bm25_tokens,
+    count_passages,
+    ingest,
+    passage_blocks,
+    passages_of,
+)
 from sciqa.config import RetrievalConfig
-from sciqa.io import read_table, write_json, write_table
+from sciqa.io import write_json
 from sciqa.outdir import OutLock
 from sciqa.runs import MANIFEST
 
@@ -74,19 +81,23 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def shard_bounds(n_rows: int, shard: int, n_shards: int) -> tuple[int, int]:
-    """Contiguous row range of one shard; the shards cover every row exactly once."""
+    """Contiguous range of one shard; the shards cover every row exactly once."""
     return n_rows * shard // n_shards, n_rows * (shard + 1) // n_shards
 
 
 def train_shared(
-    corpus_path: Path, out: Path, settings: RetrievalConfig, *, embedding: str, seed: int
+    corpus_path: str | Path, out: Path, settings: RetrievalConfig, *, embedding: str, seed: int
 ) -> Path:
     """Train the empty faiss index every shard adds into (``out/trained.faiss``)."""
     with OutLock(out):
-        corpus = load_passages(corpus_path, settings)
+        corpus = open_corpus(corpus_path, settings)
         model = load_encoder(embedding, settings.device)
-        texts = passage_texts(corpus.passages, settings.passage_template)
-        index = train_index(empty_index(model, settings), model, texts, settings, seed)
+        total = count_passages(corpus.sources, settings)
+
+        def blocks() -> Any:
+            return (passages for _, passages in passages_of(corpus.sources, settings))
+
+        index = train_index(empty_index(model, settings), model, blocks, total, settings, seed)
         _, fingerprint = fingerprint_of(corpus, settings, embedding, seed)
         out.mkdir(parents=True, exist_ok=True)
         (out / index_dir.TRAINED_META).unlink(missing_ok=True)
@@ -117,7 +128,7 @@ def _shared_trained(out: Path, fingerprint: str, factory: str) -> Any:
 
 
 def build_shard(
-    corpus_path: Path,
+    corpus_path: str | Path,
     out: Path,
     settings: RetrievalConfig,
     shard: int,
@@ -127,7 +138,13 @@ def build_shard(
     seed: int,
     write_run: RunWriter,
 ) -> Path:
-    """Embed rows ``shard_bounds(...)`` of the passages into ``out/shards/i-of-n/``."""
+    """Embed one shard of the corpus into ``out/shards/i-of-n/``.
+
+    With at least ``n_shards`` sources (files, data files) the shard is a contiguous run of
+    them and reads nothing else; with fewer, it is a contiguous range of the passages,
+    found by chunking the whole corpus (``"by": "rows"``). Vector ids are the shard's own
+    row numbers: the merge shifts them by the rows of the shards before.
+    """
     if not settings.dense:
         raise RetrievalInputError(
             "--shard builds the dense index; BM25 alone needs no shards (drop --shard)"
@@ -135,22 +152,29 @@ def build_shard(
     folder = index_dir.shard_dir(out, shard, n_shards)
     with OutLock(folder):
         started = time.perf_counter()
-        corpus = load_passages(corpus_path, settings)
+        corpus = open_corpus(corpus_path, settings)
         recipe, fingerprint = fingerprint_of(corpus, settings, embedding, seed)
-        model = load_encoder(embedding, settings.device)
-        index = empty_index(model, settings)
-        if dense.needs_training(index):
-            index = _shared_trained(out, fingerprint, settings.faiss_factory)
-        lo, hi = shard_bounds(len(corpus.passages), shard, n_shards)
-        part = corpus.passages.iloc[lo:hi]
+        sources, rows, where = corpus.sources, None, {}
+        if len(sources) >= n_shards:
+            lo, hi = shard_bounds(len(sources), shard, n_shards)
+            sources, where = sources[lo:hi], {"by": "files", "range": [lo, hi]}
+        else:
+            rows = shard_bounds(count_passages(sources, settings), shard, n_shards)
+            where = {"by": "rows", "range": list(rows)}
         with staged(folder) as staging:
-            write_table(part, staging / index_dir.PASSAGES)
-            texts = passage_texts(part, settings.passage_template)
-            embed_s = embed_into(index, model, texts, settings, offset=lo)
+            path = staging / index_dir.PASSAGES
+            done = ingest(sources, path, settings, bm25=False, rows=rows)
+            if where["by"] == "files":
+                done = ingested(corpus, done, settings)
+            model = load_encoder(embedding, settings.device)
+            index = empty_index(model, settings)
+            if dense.needs_training(index):
+                index = _shared_trained(out, fingerprint, settings.faiss_factory)
+            embed_s = embed_into(index, model, path, settings, done.passages)
             dense.write(index, staging / index_dir.DENSE)
-            extra = corpus_extra(corpus, recipe, fingerprint)
+            extra = corpus_extra(corpus, done, recipe, fingerprint)
             extra.update(
-                shard={"index": shard, "of": n_shards, "rows": [lo, hi]},
+                shard={"index": shard, "of": n_shards, **where},
                 embedding=embedding_info(model, embedding, settings),
                 timings={"embed_s": embed_s, "total_s": time.perf_counter() - started},
             )
@@ -182,6 +206,11 @@ def _shard_manifests(out: Path, n_shards: int) -> list[tuple[Path, dict[str, Any
             f"{out}: shards were built from different corpora or settings; rebuild them "
             "all with the same corpus and config"
         )
+    for folder, manifest in found:
+        if "by" not in manifest.get("shard", {}):  # numbered its vectors corpus-wide
+            raise IndexDirError(
+                f"{folder}: built by an older sciqa; rebuild every shard with this one"
+            )
     return found
 
 
@@ -207,7 +236,9 @@ def _carry_inputs(out: Path, staging: Path) -> None:
             _link_or_copy(str(out / name), str(staging / name))
 
 
-def _merge_dense(out: Path, staging: Path, shards: list[Path], first: dict[str, Any]) -> None:
+def _merge_dense(
+    out: Path, staging: Path, shards: list[Path], first: dict[str, Any], rows: list[int]
+) -> None:
     trained = out / index_dir.TRAINED
     if not trained.is_file():  # Flat and other untrained factories: start from empty
         empty = dense.new_index(first["embedding"]["dim"], first["settings"]["faiss_factory"])
@@ -217,10 +248,23 @@ def _merge_dense(out: Path, staging: Path, shards: list[Path], first: dict[str, 
         trained,
         [f / index_dir.DENSE for f in shards],
         staging / index_dir.DENSE,
+        offsets=[sum(rows[:k]) for k in range(len(rows))],
         final=out / index_dir.DENSE,
     )
     if trained.parent == staging:
         trained.unlink()
+
+
+def _merge_passages(folders: list[Path], staging: Path, settings: RetrievalConfig) -> Ingested:
+    """The shards' passages, in shard order, into one ``passages.parquet`` (and BM25's
+    token ids), a block at a time."""
+    tokens = bm25_tokens(settings) if settings.bm25 else None
+    path = staging / index_dir.PASSAGES
+    with PassageWriter(path, settings.passage_template, tokens) as writer:
+        for folder in folders:
+            for block in passage_blocks(folder / index_dir.PASSAGES, settings.encode_block):
+                writer.add(block)
+    return Ingested(0, writer.rows, tokens)
 
 
 def merge_shards(out: Path, settings: RetrievalConfig, *, write_run: RunWriter) -> dict[str, Any]:
@@ -235,28 +279,29 @@ def merge_shards(out: Path, settings: RetrievalConfig, *, write_run: RunWriter) 
         shards = _shard_manifests(out, n_shards)
         first = shards[0][1]
         folders = [f for f, _ in shards]
-        passages = pd.concat(
-            [read_table(f / index_dir.PASSAGES) for f in folders], ignore_index=True
-        )
-        passages["chunk"] = passages["chunk"].astype("int64")
-        if len(passages) != first["counts"]["passages"]:
-            raise IndexDirError(
-                f"{out}: shards hold {len(passages)} passages, the corpus has "
-                f"{first['counts']['passages']}; rebuild the missing shards"
-            )
         with staged(out) as staging:
             _carry_inputs(out, staging)
-            write_table(passages, staging / index_dir.PASSAGES)
-            _merge_dense(out, staging, folders, first)
+            done = _merge_passages(folders, staging, settings)
+            rows = [m["counts"]["passages"] for _, m in shards]
+            _merge_dense(out, staging, folders, first, rows)
             files = [index_dir.PASSAGES, index_dir.DENSE]
             if (staging / index_dir.IVF_DATA).exists():
                 files.append(index_dir.IVF_DATA)
-            timings = {"bm25_s": write_bm25(passages, staging, settings) if settings.bm25 else 0.0}
-            if settings.bm25:
+            timings = {"bm25_s": 0.0}
+            if done.tokens is not None:
+                timings["bm25_s"] = write_bm25(done.tokens, staging, settings)
                 files.append(index_dir.BM25)
             timings["merge_s"] = time.perf_counter() - started
-            keys = ("format", "format_version", "fingerprint", "settings", "counts", "embedding")
-            extra = {key: first[key] for key in keys}
+            keys = ("format", "format_version", "fingerprint", "settings", "embedding")
+            extra = {key: first[key] for key in keys if key in first}
+            by_files = first["shard"]["by"] == "files"  # else each shard read every article
+            counts = [m["counts"]["articles"] for _, m in shards]
+            extra["counts"] = {
+                "articles": sum(counts) if by_files else counts[0],
+                "passages": done.passages,
+            }
+            if "corpus" in first:
+                extra["corpus"] = first["corpus"]
             extra["settings"] = {**extra["settings"], "bm25": settings.bm25}
             ntotal = int(dense.read(staging / index_dir.DENSE, mmap=True).ntotal)
             extra.update(

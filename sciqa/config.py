@@ -50,7 +50,7 @@ class DataConfig(_Section):
     """Inputs. Questions are a table file, a ``datasets`` save_to_disk folder
     (``FOLDER[@SPLIT]``) or ``hf:OWNER/NAME[:CONFIG][@SPLIT]`` (docs/inputs.md)."""
 
-    corpus: str = DEFAULT  # Wikipedia articles (dir or file); default = package-shipped sample
+    corpus: str = DEFAULT  # articles: dir, file or hf:OWNER/NAME[:CONFIG]; default = packaged
     # How question tables map to the sciqa columns; auto = the one preset that fits
     layout: Literal["auto", "kaggle", "arc", "choices", "distractors"] = "auto"
     columns: dict[str, str] = {}  # sciqa column: input column, e.g. prompt: question (--columns)

@@ -1,4 +1,5 @@
-"""Question tables through Hugging Face ``datasets``, the two inputs that are not a file:
+"""Question tables and corpora through Hugging Face ``datasets``, the two inputs that are
+not a file:
 
 * ``hf:OWNER/NAME[:CONFIG][@SPLIT]``: the Hub, through ``datasets.load_dataset``. It
   honours ``HF_HUB_OFFLINE`` and reads the datasets cache, so an offline machine with a
@@ -6,8 +7,9 @@
 * ``FOLDER`` or ``FOLDER@SPLIT``: what ``Dataset.save_to_disk`` (or
   ``DatasetDict.save_to_disk``) wrote, through ``datasets.load_from_disk``.
 
-``@SPLIT`` may be left out when there is one split. ``datasets`` is imported inside the
-functions, so ``sciqa --help`` and file inputs never import it.
+``@SPLIT`` may be left out when there is one split. A Hub corpus is streamed instead
+(:func:`stream_split`): a Wikipedia dump need not fit on disk or in memory. ``datasets``
+is imported inside the functions, so ``sciqa --help`` and file inputs never import it.
 
 >>> HubSpec.parse("hf:allenai/ai2_arc:ARC-Challenge@test")
 HubSpec(name='allenai/ai2_arc', config='ARC-Challenge', split='test')
@@ -15,9 +17,11 @@ HubSpec(name='allenai/ai2_arc', config='ARC-Challenge', split='test')
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,13 +132,20 @@ def _split_named(names: list[str], split: str | None, source: str, base: str) ->
 
 def _hub_split(source: str, spec: HubSpec) -> Any:
     datasets = _datasets()
-    base = source.partition("@")[0]
-    try:
+    with _hub_errors(source, spec, datasets):
         split = spec.split
         if split is None:
             names = datasets.get_dataset_split_names(spec.name, spec.config)
-            split = _split_named(names, None, source, base)
+            split = _split_named(names, None, source, source.partition("@")[0])
         return datasets.load_dataset(spec.name, spec.config, split=split)
+
+
+@contextlib.contextmanager
+def _hub_errors(source: str, spec: HubSpec, datasets: Any) -> Iterator[None]:
+    """What ``datasets`` raises for a Hub name, as one line saying what to do."""
+    base = source.partition("@")[0]
+    try:
+        yield
     except ConnectionError:
         # datasets raises this offline (HF_HUB_OFFLINE=1) and when the Hub is unreachable,
         # once its cache has no copy either.
@@ -153,6 +164,33 @@ def _hub_split(source: str, spec: HubSpec) -> Any:
             names = datasets.get_dataset_split_names(spec.name, spec.config)
             _split_named(names, spec.split, source, base)
         raise SciqaError(f"{source}: {_reason(exc)}") from None
+
+
+def stream_split(source: str, spec: HubSpec | None = None) -> tuple[Any, list[str]]:
+    """The split ``source`` names as a ``datasets.IterableDataset`` read from the Hub as
+    it is iterated (nothing downloaded first), and its data files, one per shard: their
+    URLs name the commit they were resolved at, so they identify the data.
+
+    ``spec`` defaults to ``HubSpec.parse(source)``; its name may also be a local folder
+    laid out like a Hub repository (``load_dataset`` reads both the same way).
+    """
+    spec = spec or HubSpec.parse(source)
+    datasets = _datasets()
+    if datasets.config.HF_HUB_OFFLINE:
+        # Streaming reads the Hub's files as it goes, so no cache can stand in for it.
+        include = f" --include '{spec.config}/*'" if spec.config else ""
+        raise SciqaError(
+            f"{source}: streamed from the Hub, which cannot be reached (HF_HUB_OFFLINE=1); "
+            f"on a machine with network run `hf download {spec.name} --repo-type dataset"
+            f"{include} --local-dir DIR` and pass DIR{'/' + spec.config if spec.config else ''}"
+            f" (a folder of parquet shards) instead ({DOCS})"
+        )
+    with _hub_errors(source, spec, datasets):
+        builder = datasets.load_dataset_builder(spec.name, spec.config)
+        data_files = builder.config.data_files or {}
+        split = _split_named(list(data_files), spec.split, source, source.partition("@")[0])
+        files = [str(file) for file in data_files[split]]
+        return builder.as_streaming_dataset(split=split), files
 
 
 def read_split(source: str) -> pd.DataFrame:

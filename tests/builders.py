@@ -426,6 +426,34 @@ def write_wiki(path: Path) -> Path:
     return path
 
 
+DUMP_CONFIG = "20231101.en"
+
+
+def write_wiki_dump(folder: Path, articles: pd.DataFrame, n_files: int = 3) -> Path:
+    """``articles`` (``title``, ``text``) laid out as the Hugging Face Wikipedia dump
+    (``wikimedia/wikipedia``): a README declaring the config, and
+    ``<config>/train-0000k-of-0000n.parquet`` shards of ``id, url, title, text``.
+    Returns the folder of shards (what `hf download ... --local-dir` leaves)."""
+    shards = folder / DUMP_CONFIG
+    shards.mkdir(parents=True)
+    (folder / "README.md").write_text(
+        f"---\nconfigs:\n- config_name: {DUMP_CONFIG}\n  data_files:\n  - split: train\n"
+        f"    path: {DUMP_CONFIG}/train-*\n---\n"
+    )
+    table = pd.DataFrame(
+        {
+            "id": [str(1000 + i) for i in range(len(articles))],
+            "url": [f"https://en.wikipedia.org/wiki/{i}" for i in range(len(articles))],
+            "title": articles["title"].tolist(),
+            "text": articles["text"].tolist(),
+        }
+    )
+    for k in range(n_files):
+        part = table.iloc[len(table) * k // n_files : len(table) * (k + 1) // n_files]
+        part.to_parquet(shards / f"train-{k:05d}-of-{n_files:05d}.parquet", index=False)
+    return shards
+
+
 def wiki_questions(n_options: int = 3) -> pd.DataFrame:
     """WIKI_QUESTIONS' prompts with placeholder options and no answer, ids ``q0``..."""
     letters = "ABCDE"[:n_options]

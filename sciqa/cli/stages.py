@@ -85,7 +85,7 @@ def serve_llm(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 def index(
     corpus: Annotated[
         Path | None,
-        typer.Argument(help="Corpus file/folder (title, text); default: data.corpus."),
+        typer.Argument(help="Corpus file/folder (title, text) or hf:NAME; default: data.corpus."),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write.")] = Path(
         "runs/index"

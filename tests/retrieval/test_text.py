@@ -112,8 +112,8 @@ def _write_corpus(folder: Path) -> None:
 
 def test_folder_corpus_reads_every_format_normalises_and_drops_empty(tmp_path: Path) -> None:
     _write_corpus(tmp_path / "corpus")
-    articles, files = read_corpus(tmp_path / "corpus")
-    assert [f.name for f in files] == ["wiki_00", "a.jsonl", "b.csv", "c.parquet"]
+    articles, sources = read_corpus(tmp_path / "corpus")
+    assert [s.path.name for s in sources] == ["wiki_00", "a.jsonl", "b.csv", "c.parquet"]
     assert articles["title"].tolist() == ["Moon", "Atom", "Cell", "Star"]
     assert articles.loc[1, "text"] == "An atom is small."
     assert articles.loc[3, "text"] == "A star shines at 5,778 K."
