@@ -170,6 +170,7 @@ class TrainConfig(_Section):
     logging_steps: int = Field(50, ge=1)  # optimiser steps between loss log lines
     dataloader_workers: int = Field(0, ge=0)  # DataLoader worker processes
     report_to: list[str] = ["none"]  # HF Trainer trackers: tensorboard, mlflow ([track] extra)
+    tokenize_cache: Path | None = None  # tokenized questions; None = ~/.cache/sciqa/tokenized
 
     @field_validator("report_to", mode="before")
     @classmethod
