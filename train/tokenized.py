@@ -99,13 +99,15 @@ def fingerprint(encoder: RowEncoder, frame: pd.DataFrame) -> str:
 def column_features(columns: list[str]) -> Features | None:
     """Compact arrow types (int32 ids, int8 masks) when every column is known, else
     ``None`` (arrow infers them)."""
-    from datasets import Features, List, Value
+    import datasets
+    from datasets import Features, Value
 
     if any(c not in COLUMN_TYPES for c in columns):
         return None
+    nested = getattr(datasets, "List", None) or datasets.Sequence  # List: datasets >= 4
 
     def build(spec: tuple[str, ...]) -> Any:
-        return List(build(spec[1:])) if spec[0] == "list" else Value(spec[0])
+        return nested(build(spec[1:])) if spec[0] == "list" else Value(spec[0])
 
     return Features({ID: Value("string"), **{c: build(COLUMN_TYPES[c]) for c in columns}})
 
