@@ -5,11 +5,13 @@ select passages (:mod:`~data_gen.passages`) -> jobs and their prompts
 reply parsed and invalid ones re-asked (:mod:`~data_gen.generate`) -> questions -> filter
 and audit (:mod:`~data_gen.postprocess`) -> write.
 
-Writes OUT (sciqa schema, labelled, ``context`` = source passage), ``<OUT stem>.rejected.jsonl``
-(every dropped reply or question with its reason), and ``config.yaml`` + ``manifest.json``
-beside OUT. Requests are cached in ``<OUT stem>.cache.sqlite`` so a rerun resumes.
+Writes OUT (sciqa schema, labelled, ``context`` = source passage): a .csv/.parquet/.jsonl
+file, or without a suffix a ``datasets`` save_to_disk folder; beside it
+``<OUT stem>.rejected.jsonl`` (every dropped reply or question with its reason), the
+dataset card ``README.md`` (:mod:`~data_gen.dataset_card`), and ``config.yaml`` +
+``manifest.json``. Requests are cached in ``<OUT stem>.cache.sqlite`` so a rerun resumes.
 
-The four files always describe one run: they are written at the end into
+The five outputs always describe one run: they are written at the end into
 ``.<OUT name>.partial/`` and renamed into place, the manifest last (and the old manifest
 removed first), so a kill leaves the previous run's files or no manifest, never a manifest
 that vouches for another run's questions. One gen at a time writes OUT and, because
@@ -33,12 +35,13 @@ from typing import Any
 import pandas as pd
 
 from data_gen.cache import ReplyCache
+from data_gen.dataset_card import CARD, card_path, card_text, check_card
 from data_gen.engine import Endpoint, serve_llm
 from data_gen.generate import Asked, ask_questions, questions_frame, reply_counts
 from data_gen.judge import LLMJudge
 from data_gen.passages import read_passages, select_passages
 from data_gen.postprocess import audit_frame, postprocess
-from data_gen.prompts import Asking, load_templates, make_jobs
+from data_gen.prompts import Asking, load_templates, make_jobs, templates_path
 from data_gen.scorers import (
     Scorer,
     check_scorer,
@@ -50,10 +53,12 @@ from data_gen.scorers import (
 from sciqa.config import SciqaConfig
 from sciqa.errors import SciqaError
 from sciqa.evaluation.audit import one_line
+from sciqa.hf_datasets import is_saved_folder
 from sciqa.io import read_questions, table_format, write_questions, write_table, write_text
 from sciqa.layouts import Layout
-from sciqa.outdir import OutLock, check_out_file, fresh_partial
+from sciqa.outdir import OutLock, check_out_file, fresh_partial, publish
 from sciqa.runs import CONFIG, MANIFEST, write_run_files
+from sciqa.schema import validate_questions
 
 
 def rejected_path(out: Path) -> Path:
@@ -65,13 +70,33 @@ def cache_path(out: Path, cache: Path | None) -> Path:
     return cache or out.with_name(f"{out.stem}.cache.sqlite")
 
 
+def is_folder_out(out: Path) -> bool:
+    """An OUT without a suffix is a ``datasets`` save_to_disk folder, else a table file."""
+    return not out.suffix
+
+
 def check_out(out: Path) -> Path:
-    """OUT must be a table file path in a folder that can exist: checked before anything is
-    read or asked."""
-    out = check_out_file(out)
+    """OUT must be a table file path, or without a suffix a save_to_disk folder (new, or
+    one to replace), in a folder that can exist and whose README.md, if any, is gen's:
+    checked before anything is read or asked."""
+    if is_folder_out(out):
+        if out.is_file():
+            raise SciqaError(
+                f"{out}: --out is an existing file; an --out without a suffix names a "
+                "datasets save_to_disk folder: give a new path, or a .csv/.parquet/.jsonl file"
+            )
+        if out.is_dir() and not is_saved_folder(out):
+            raise SciqaError(
+                f"{out}: --out is an existing folder but not a datasets save_to_disk folder; "
+                "gen replaces OUT whole, so give a new path or a .csv/.parquet/.jsonl file"
+            )
+    else:
+        out = check_out_file(out)
     if out.parent.exists() and not out.parent.is_dir():
         raise SciqaError(f"{out.parent}: is a file, so --out {out} cannot be created in it")
-    table_format(out)  # a bad suffix fails before any request is paid for
+    if not is_folder_out(out):
+        table_format(out)  # a bad suffix fails before any request is paid for
+    check_card(out)
     return out
 
 
@@ -144,7 +169,18 @@ def _run(
     }
     counts = _manifest_counts(out, gen.cache, selection, asked, post, audits, endpoint, seconds)
     run_config = _as_run(config, endpoint)
-    _publish(out, kept, asked.rejections() + drops, run_config, [passages, *excludes], counts)
+    card = card_text(
+        kept,
+        out,
+        run_config,
+        counts,
+        writer=endpoint.label,
+        prompts=templates_path(gen.prompts, gen.reply_layout),
+        passages=passages,
+        excludes=list(excludes),
+    )
+    rejects = asked.rejections() + drops
+    _publish(out, kept, rejects, run_config, [passages, *excludes], counts, card)
     return counts
 
 
@@ -155,30 +191,54 @@ def _publish(
     config: SciqaConfig,
     inputs: list[Path],
     counts: dict[str, Any],
+    card: str,
 ) -> None:
-    """OUT, its rejects, ``config.yaml`` and ``manifest.json``, written aside in full then
-    renamed beside OUT. The old manifest goes first and the new one comes last, so a kill
-    between the renames leaves no manifest rather than one describing another run."""
+    """OUT, its rejects, the card, ``config.yaml`` and ``manifest.json``, written aside in
+    full then renamed beside OUT (a folder OUT swapped in whole). The old manifest goes
+    first and the new one comes last, so a kill between the renames leaves no manifest
+    rather than one describing another run."""
     staging = fresh_partial(out)
     try:
-        _write_outputs(staging / out.name, kept, rejects)
+        _write_outputs(staging / out.name, kept, rejects, config.gen.source_license)
+        write_text(card, staging / CARD)
         write_run_files(staging, "gen", config, inputs=inputs, extra=counts)
         (out.parent / MANIFEST).unlink(missing_ok=True)
-        for name in (out.name, rejected_path(out).name, CONFIG, MANIFEST):
+        names = [rejected_path(out).name, CARD, CONFIG, MANIFEST]
+        if is_folder_out(out):
+            publish(staging / out.name, out)  # a folder is swapped in whole
+        else:
+            names.insert(0, out.name)
+        for name in names:
             os.replace(staging / name, out.parent / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_outputs(out: Path, kept: pd.DataFrame, rejects: list[dict[str, Any]]) -> None:
+def _write_outputs(
+    out: Path, kept: pd.DataFrame, rejects: list[dict[str, Any]], license_: str
+) -> None:
     """OUT (the kept questions) and ``<OUT stem>.rejected.jsonl`` (every drop)."""
-    if kept.empty:  # the schema check refuses an empty file; write the header alone
+    if is_folder_out(out):
+        _save_to_disk(kept, out, license_)
+    elif kept.empty:  # the schema check refuses an empty file; write the header alone
         write_table(kept, out)
     else:
         write_questions(kept, out, require_answer=True)
     write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects), rejected_path(out)
     )
+
+
+def _save_to_disk(kept: pd.DataFrame, folder: Path, license_: str) -> None:
+    """The questions as a ``datasets`` save_to_disk folder that describes itself."""
+    from datasets import Dataset
+
+    if not kept.empty:
+        kept = validate_questions(kept, str(folder), require_answer=True)
+    dataset = Dataset.from_pandas(kept, preserve_index=False)
+    dataset.info.license = license_
+    dataset.info.description = f"sciqa gen questions; the dataset card is ../{CARD}"
+    dataset.save_to_disk(str(folder))
 
 
 def _manifest_counts(
@@ -204,6 +264,7 @@ def _manifest_counts(
         "outputs": {
             "questions": str(out),
             "rejected": str(rejected_path(out)),
+            "card": str(card_path(out)),
             "cache": str(cache_path(out, cache)),
         },
         "seconds": seconds,

@@ -70,9 +70,14 @@ class Templates:
     few_shot: tuple[Message, ...] = ()
 
 
+def templates_path(name: str = DEFAULT, layout: Layout = "letters") -> Path:
+    """The templates file ``gen.prompts = name`` means: a YAML path or the layout's own."""
+    return LAYOUT_TEMPLATES[layout] if name == DEFAULT else Path(name).expanduser()
+
+
 def load_templates(name: str = DEFAULT, layout: Layout = "letters") -> Templates:
     """Templates from ``name`` (a YAML path) or, for ``default``, the layout's file."""
-    path = LAYOUT_TEMPLATES[layout] if name == DEFAULT else Path(name).expanduser()
+    path = templates_path(name, layout)
     if not path.is_file():
         raise SciqaError(f"gen.prompts = {name!r}: templates file {path} not found")
     try:

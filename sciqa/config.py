@@ -170,6 +170,7 @@ class TrainConfig(_Section):
     logging_steps: int = Field(50, ge=1)  # optimiser steps between loss log lines
     dataloader_workers: int = Field(0, ge=0)  # DataLoader worker processes
     report_to: list[str] = ["none"]  # HF Trainer trackers: tensorboard, mlflow ([track] extra)
+    tokenize_cache: Path | None = None  # tokenized questions; None = ~/.cache/sciqa/tokenized
 
     @field_validator("report_to", mode="before")
     @classmethod
@@ -305,6 +306,7 @@ class GenConfig(_Section):
     scorer_max_length: int = Field(1024, ge=16)  # llm: judge tokens per prompt; passage cut first
     scorer_batch_size: int = Field(4, ge=1)  # llm: judge questions per forward pass
     batch_poll_seconds: float = Field(30.0, gt=0)  # --batch: seconds between status polls
+    source_license: str = "cc-by-sa-4.0"  # the passages' licence (Hub id), in gen's card
     # Bias audit of the kept questions (sciqa/evaluation/audit.py, docs/audit.md); `sciqa audit`.
     audit_action: Literal["report", "drop", "rebalance"] = "report"  # flagged: count/drop/trim
     audit_shortcuts: list[Literal["longest", "question_overlap", "passage_overlap"]] = [

@@ -29,11 +29,10 @@ from sciqa.assets.llm import (
 )
 from sciqa.config import DEFAULT, CausalLMConfig, TrainConfig
 from sciqa.errors import AssetError, ConfigError
-from sciqa.schema import ID
 from sciqa.scoring.llm_prompts import PromptSpec, encode_for_llm
 from sciqa.scoring.llm_scoring import ScoreHead, collate_full, full_features, full_scores
 from sciqa.weights import check_weights
-from train.dataset import Split
+from train.dataset import CUT, LENGTH, OVERLONG, Split, as_columns, code_digest, flags
 from train.model import mergeable, resolve_precision
 from train.trainer import LengthGroupedTrainer
 
@@ -164,25 +163,44 @@ class CausalBackend:
         # A 4/8-bit base cannot take merged weights without rounding them away.
         self.adapter_only = causal_lm.load_in != "none"
 
-    def encode(self, frame: pd.DataFrame, name: str) -> Split:
+    def encode_batch(self, frame: pd.DataFrame) -> dict[str, list[Any]]:
+        enc = encode_for_llm(self.tokenizer, frame, self.spec, letters=self.letters, name=self.name)
+        columns = as_columns(full_features(enc))
+        columns[LENGTH] = enc.lengths
+        columns[OVERLONG] = flags(len(frame), enc.overlong_rows)
+        columns[CUT] = flags(len(frame), enc.cut_rows)
+        return columns
+
+    def encoding_key(self) -> dict[str, Any]:
+        import sciqa.scoring.llm_prompts
+        import sciqa.scoring.llm_scoring
+        import train.dataset
+
+        modules = (sciqa.scoring.llm_prompts, sciqa.scoring.llm_scoring, train.dataset)
+        return {
+            "family": FAMILY,
+            "prompt": self.spec.to_meta(),
+            "letters": self.letters,
+            "code": code_digest(*modules),
+        }
+
+    def report(self, split: Split, name: str) -> None:
         spec = self.spec
-        enc = encode_for_llm(self.tokenizer, frame, spec, letters=self.letters, name=self.name)
-        if enc.truncated:
+        if split.cut:
             log.info(
                 "%s: context cut to fit causal_lm.max_length=%d in %d question(s)",
                 name,
                 spec.max_length,
-                enc.truncated,
+                split.cut,
             )
-        if enc.overlong:
+        if split.overlong:
             log.warning(
                 "%s: %d question(s) do not fit causal_lm.max_length=%d even without context; "
                 "they were kept whole (longer sequences)",
                 name,
-                enc.overlong,
+                split.overlong,
                 spec.max_length,
             )
-        return Split(frame[ID].astype(str).tolist(), full_features(enc), enc.lengths)
 
     def load_model(self) -> Any:
         # fp32 master weights whatever the checkpoint's dtype; bf16 comes from autocast.

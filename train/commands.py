@@ -28,10 +28,12 @@ from train import run_dir as layout
 
 if TYPE_CHECKING:
     from train.dataset import Split
+    from train.tokenized import TokenizedTables
 
 log = logging.getLogger("train")
 # Keys that change nothing in the trained model, so a rerun with other values resumes.
 NOT_FINGERPRINTED = ("logging_steps", "dataloader_workers", "eval_batch_size", "report_to")
+NOT_FINGERPRINTED += ("tokenize_cache",)
 # causal_lm keys that only matter to infer (or only to where layers sit), same reason.
 CAUSAL_NOT_FINGERPRINTED = ("batch_size", "prefix_cache", "shared_head", "onednn_fp32")
 CAUSAL_NOT_FINGERPRINTED += ("device_map",)
@@ -44,7 +46,12 @@ class FoldBackend(Protocol):
     family: str  # sciqa_model.json "family", what infer dispatches on
     tokenizer: Any
 
-    def encode(self, frame: pd.DataFrame, name: str) -> Split: ...
+    # Per-row columns of a frame (train.dataset): what train.tokenized maps and caches.
+    def encode_batch(self, frame: pd.DataFrame) -> dict[str, list[Any]]: ...
+
+    def encoding_key(self) -> dict[str, Any]: ...  # settings + code the token ids depend on
+
+    def report(self, split: Split, name: str) -> None: ...  # log its overlong/cut rows
 
     def load_model(self) -> Any: ...
 
@@ -156,6 +163,10 @@ class TrainData:
     def inputs(self) -> list[Path]:
         return [*self.questions] + ([self.valid] if self.valid is not None else [])
 
+    def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The tables every fold's training and validation rows are taken from."""
+        return self.frame, self.frame if self.valid_frame is None else self.valid_frame
+
     @property
     def labels(self) -> pd.DataFrame:
         """Every labelled row an out-of-fold logit can belong to."""
@@ -253,6 +264,12 @@ def run_train(
     locked = out if fold is None else layout.fold_dir(out, fold)
     with OutLock(locked) if state.is_main_process else contextlib.nullcontext():
         work = _open_run(out, config, data, head, state, overwrite=overwrite)
+        from train.tokenized import TokenizedTables
+
+        # Tokenized once on the first fold trained (or read from the cache), then shared.
+        tokens = TokenizedTables(
+            backend, data.letters, train.tokenize_cache, first=state.main_process_first
+        )
         trained = []
         for index in plan:
             if layout.is_finished(work, index):
@@ -261,12 +278,20 @@ def run_train(
                 continue
             trained.append(
                 train_one(
-                    index, data, backend, work, state, train=train, seed=seed, backbone=backbone
+                    index,
+                    data,
+                    backend,
+                    tokens,
+                    work,
+                    state,
+                    train=train,
+                    seed=seed,
+                    backbone=backbone,
                 )
             )
             state.wait_for_everyone()
         if state.is_main_process:
-            _finish_run(work, config, data, head, state)
+            _finish_run(work, config, data, {**head, "tokenized": tokens.summary()}, state)
             if work != out:
                 layout.replace_run(work, out)
     return trained
@@ -402,6 +427,7 @@ def train_one(
     index: int,
     data: TrainData,
     backend: FoldBackend,
+    tokens: TokenizedTables,
     out: Path,
     state: Any,
     *,
@@ -421,8 +447,11 @@ def train_one(
     letters = data.letters
     fold_dir = layout.fold_dir(out, index)
     label = f"fold {index}"
-    train_split = backend.encode(train_frame, f"{label} train")
-    valid_split = backend.encode(valid_frame, f"{label} valid")
+    train_table, valid_table = data.tables()
+    train_split = tokens.split(train_table, train_frame)
+    valid_split = tokens.split(valid_table, valid_frame)
+    backend.report(train_split, f"{label} train")
+    backend.report(valid_split, f"{label} valid")
     if state.is_main_process:
         log.info("%s: %d train / %d valid questions", label, len(train_split), len(valid_split))
 

@@ -16,7 +16,7 @@ from sciqa.assets.registry import ModelSource, resolve_model
 from sciqa.config import TrainConfig
 from sciqa.errors import ConfigError, SciqaError
 from sciqa.weights import check_weights, loading_weights
-from train.dataset import Split, encode_split
+from train.dataset import Split, code_digest, mc_columns
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -174,15 +174,36 @@ class EncoderBackend:
         check_weights(self.source.name_or_path)  # a cut copy fails before the run dir is written
         self.tokenizer = load_tokenizer(self.source)
 
-    def encode(self, frame: Any, name: str) -> Split:
-        return encode_split(
+    def encode_batch(self, frame: Any) -> dict[str, list[Any]]:
+        return mc_columns(
             self.tokenizer,
             frame,
             max_length=self.train.max_length,
             use_context=self.train.use_context,
             letters=self.letters,
-            name=name,
         )
+
+    def encoding_key(self) -> dict[str, Any]:
+        import sciqa.scoring.mc_encoding
+        import train.dataset
+
+        return {
+            "family": self.family,
+            "max_length": self.train.max_length,
+            "use_context": self.train.use_context,
+            "letters": self.letters,
+            "code": code_digest(sciqa.scoring.mc_encoding, train.dataset),
+        }
+
+    def report(self, split: Split, name: str) -> None:
+        if split.overlong:
+            log.warning(
+                "%s: %d question(s) do not fit train.max_length=%d even without context; "
+                "their question/option text was truncated",
+                name,
+                split.overlong,
+                self.train.max_length,
+            )
 
     def load_model(self) -> Any:
         return load_backbone(self.source, self.train)

@@ -30,7 +30,15 @@ from sciqa.errors import SciqaError
 @user_errors
 def gen(
     passages: Annotated[Path, typer.Argument(help="passages.parquet: passage_id, title, text.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Questions file to write.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Questions to write: a .csv/.parquet/.jsonl file, or (no suffix) a datasets "
+            "save_to_disk folder; README.md (the dataset card) goes beside it.",
+        ),
+    ],
     n: Annotated[int | None, typer.Option("--n", min=1, help="Passages to use (gen.n).")] = None,
     exclude: Annotated[
         list[Path] | None,
@@ -56,14 +64,13 @@ def gen(
     set_: SetOpt = None,
 ) -> None:
     """Generate MCQs from Wikipedia passages with an LLM (resumable; see docs/data_gen.md)."""
+    from data_gen.commands import check_out, run_gen, summary
     from sciqa.config import load_config
-    from sciqa.outdir import check_out_file
 
-    check_out_file(out)
+    check_out(out)
     flags = {"--n": ("gen.n", n), "--max-requests": ("gen.max_requests", max_requests)}
     flags |= {"--max-cost": ("gen.max_cost", max_cost), **columns_flag(columns)}
     cfg = load_config(config, set_, flags)
-    from data_gen.commands import run_gen, summary
 
     typer.echo(summary(run_gen(passages, out, cfg, excludes=exclude or [], batch=batch)))
 

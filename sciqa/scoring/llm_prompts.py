@@ -104,6 +104,8 @@ class LLMEncoded:
     no_ids: list[int] = field(default_factory=list)
     truncated: int = 0  # questions whose context was cut to fit max_length
     overlong: int = 0  # questions over max_length even without context (kept whole)
+    cut_rows: list[int] = field(default_factory=list)  # positions of the `truncated` ones
+    overlong_rows: list[int] = field(default_factory=list)  # positions of the `overlong` ones
 
     @property
     def lengths(self) -> list[int]:
@@ -288,13 +290,13 @@ def encode_for_llm(
         return out
 
     encoded = encode_rows(list(range(len(frame))))
-    truncated = overlong = 0
+    cut_rows, overlong_rows = [], []
     for i, (prefix, suffixes) in list(encoded.items()):
         total = len(prefix) + max((len(s) for s in suffixes), default=0)
         if total <= spec.max_length:
             continue
         if contexts[i]:
-            truncated += 1
+            cut_rows.append(i)
             for _ in range(3):  # re-tokenizing a cut context can shift a token or two
                 ctx_ids = tokenizer(contexts[i], add_special_tokens=False)["input_ids"]
                 keep = len(ctx_ids) - (total - spec.max_length) - CONTEXT_MARGIN
@@ -305,7 +307,7 @@ def encode_for_llm(
                     break
             encoded[i] = (prefix, suffixes)
         if total > spec.max_length:
-            overlong += 1
+            overlong_rows.append(i)
 
     prefixes = [encoded[i][0] for i in range(len(frame))]
     suffixes = [encoded[i][1] for i in range(len(frame))]
@@ -317,8 +319,9 @@ def encode_for_llm(
     if ANSWER in frame.columns and frame[ANSWER].astype(bool).all():
         index = {letter: k for k, letter in enumerate(letters)}
         labels = [index[a] for a in frame[ANSWER]]
-    result = LLMEncoded(spec.mode, prefixes, suffixes, norms, labels, n, truncated=truncated)
-    result.overlong = overlong
+    result = LLMEncoded(spec.mode, prefixes, suffixes, norms, labels, n)
+    result.truncated, result.overlong = len(cut_rows), len(overlong_rows)
+    result.cut_rows, result.overlong_rows = cut_rows, overlong_rows
     if spec.mode == "cloze" and spec.normalise == "pmi" and len(frame):
         result.uncond_prefix, result.uncond_suffixes = _unconditional(
             tokenizer, prefixes[0], options, special

@@ -35,6 +35,7 @@ class EncodedQuestions:
     n_options: int
     overlong: int = 0  # questions where question + option alone exceeded max_length
     lengths: list[int] = field(default_factory=list)  # longest option sequence per question
+    overlong_rows: list[int] = field(default_factory=list)  # their row positions, sorted
 
 
 def first_segment(prompt: str, context: str | None) -> str:
@@ -95,7 +96,7 @@ def encode_questions(
             feature["labels"] = index[answers[row]]
         features.append(feature)
         lengths.append(max(len(ids) for ids in feature["input_ids"]))
-    return EncodedQuestions(features, n_options, len(overlong_rows), lengths)
+    return EncodedQuestions(features, n_options, len(overlong_rows), lengths, sorted(overlong_rows))
 
 
 def _encode_with_fallback(

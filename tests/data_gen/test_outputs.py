@@ -1,5 +1,6 @@
 """What `sciqa gen` leaves on disk when things go wrong: one writer per OUT and per folder,
-OUT + rejects + manifest always from one run, and a damaged reply cache named in one line."""
+OUT + rejects + card + manifest always from one run, and a damaged reply cache named in one
+line."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from sciqa.cli import app
 from sciqa.errors import DiskFullError, SciqaError
 from sciqa.outdir import OutLock
 
-OUTPUTS = ("q.csv", "q.rejected.jsonl", "config.yaml", "manifest.json")
+OUTPUTS = ("q.csv", "q.rejected.jsonl", "README.md", "config.yaml", "manifest.json")
 
 
 def _gen(passages: Path, out: Path, fake: FakeLLM, fake_args, *extra: str):
@@ -119,7 +120,7 @@ def test_a_manifest_present_always_describes_the_questions_beside_it(
 
         monkeypatch.setattr(os, "replace", replace)
         with pytest.raises(OSError, match="killed here"):
-            data_gen.commands._publish(out, *_run_parts(out), counts={"run": 2})
+            data_gen.commands._publish(out, *_run_parts(out), counts={"run": 2}, card="card")
     assert not (tmp_path / "manifest.json").exists()
     assert not list(tmp_path.glob(".q.csv.*"))
 

@@ -22,7 +22,7 @@ from data_gen.cache import request_key
 from data_gen.fake_server import FakeLLM, write_fake_passages
 from sciqa.cli import app
 
-OUTPUTS = ("q.csv", "q.rejected.jsonl", "config.yaml", "manifest.json")
+OUTPUTS = ("q.csv", "q.rejected.jsonl", "README.md", "config.yaml", "manifest.json")
 # gen against the fake server, fast (as tests/data_gen/conftest.py's FAST); 2 in flight
 FAST = (
     "llm.model=fake-model",
@@ -98,7 +98,7 @@ def test_sigkill_mid_requests_keeps_the_old_out_and_the_rerun_pays_nothing_twice
         _wait(lambda: len(fake.answered) >= 8)
         killed.send_signal(signal.SIGKILL)
         killed.wait()
-        assert _files(out.parent) == before  # the previous run's four files, untouched
+        assert _files(out.parent) == before  # the previous run's five files, untouched
         assert _names(out.parent) == sorted(
             [*OUTPUTS, "q.cache.sqlite", ".q.csv.lock", ".manifest.json.lock"]
         )  # nothing half-written: only the cache (and the dead run's locks) changed

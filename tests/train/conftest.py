@@ -163,12 +163,21 @@ def run_files(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def bert_config(tiny_bert):
-    """The tiny BERT with the small train preset, plus ``--set`` overrides."""
-    return lambda *extra: make_config(f"models.backbone={tiny_bert}", *TRAIN_SMALL, *extra)
+def tokenize_cache(tmp_path_factory) -> str:
+    """``train.tokenize_cache=<a session folder>``: the configs below tokenize there, not
+    into ~/.cache."""
+    return f"train.tokenize_cache={tmp_path_factory.mktemp('tokenized')}"
 
 
 @pytest.fixture(scope="session")
-def deberta_config(tiny_deberta):
+def bert_config(tiny_bert, tokenize_cache):
+    """The tiny BERT with the small train preset, plus ``--set`` overrides."""
+    preset = (f"models.backbone={tiny_bert}", *TRAIN_SMALL, tokenize_cache)
+    return lambda *extra: make_config(*preset, *extra)
+
+
+@pytest.fixture(scope="session")
+def deberta_config(tiny_deberta, tokenize_cache):
     """The tiny DeBERTa-v2 with the small train preset, plus ``--set`` overrides."""
-    return lambda *extra: make_config(f"models.backbone={tiny_deberta}", *TRAIN_SMALL, *extra)
+    preset = (f"models.backbone={tiny_deberta}", *TRAIN_SMALL, tokenize_cache)
+    return lambda *extra: make_config(*preset, *extra)

@@ -46,9 +46,10 @@ def tiny_llama(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def llama_config(tiny_llama):
+def llama_config(tiny_llama, tokenize_cache):
     """The tiny Llama with the small causal train preset, plus ``--set`` overrides."""
-    return lambda *extra: make_config(f"models.backbone={tiny_llama}", *CAUSAL_TRAIN_SMALL, *extra)
+    preset = (f"models.backbone={tiny_llama}", *CAUSAL_TRAIN_SMALL, tokenize_cache)
+    return lambda *extra: make_config(*preset, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +280,9 @@ def test_letter_mode_with_a_tokenizer_that_splits_letters_is_refused(tmp_path, r
     assert "use causal_lm.mode=cloze" in output
 
 
-def test_the_qwen_lora_recipe_trains_a_letter_scorer_that_infer_reads(tmp_path, tiny_llama):
+def test_the_qwen_lora_recipe_trains_a_letter_scorer_that_infer_reads(
+    tmp_path, tiny_llama, tokenize_cache
+):
     """configs/llm_qwen_lora.yaml as shipped, with the 1.5B backbone swapped for the tiny
     Llama (the recipe's CPU smoke test): LoRA adapters in letter mode, merged on save,
     and the fold scored by sciqa infer with the prompt it was trained with."""
@@ -293,7 +296,7 @@ def test_the_qwen_lora_recipe_trains_a_letter_scorer_that_infer_reads(tmp_path, 
     assert shipped.models.backbone == "llm:qwen" and shipped.train.lora
     assert shipped.causal_lm.mode == "letter"
     small = [f"models.backbone={tiny_llama}", "train.batch_size=4", "causal_lm.max_length=48"]
-    config = load_config(recipe, [*small, "train.folds=2"])
+    config = load_config(recipe, [*small, "train.folds=2", tokenize_cache])
     questions = write_table(learnable_questions(16), tmp_path / "q.csv")
     run_train(questions, tmp_path / "run", config, fold=0)
     fold = tmp_path / "run" / "fold_0"

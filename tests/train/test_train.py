@@ -22,7 +22,7 @@ from sciqa.io import read_table, write_table  # noqa: E402
 from sciqa.metrics import map_at_3, top3_letters  # noqa: E402
 from tests.builders import TRAIN_SMALL, cut_in_half, train_questions  # noqa: E402
 from train.commands import run_train  # noqa: E402
-from train.dataset import encode_split  # noqa: E402
+from train.dataset import mc_columns  # noqa: E402
 from train.folds import fold_indices, groups_of  # noqa: E402
 
 runner = CliRunner()
@@ -72,17 +72,15 @@ def test_truncation_cuts_context_never_question_or_option(tiny_bert):
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     frame = train_questions(4)
     frame["context"] = " ".join(["energy"] * 500)
-    split = encode_split(
-        tokenizer, frame, max_length=32, use_context=True, letters=list("ABCD"), name="t"
-    )
-    for row, feature in enumerate(split.features):
+    columns = mc_columns(tokenizer, frame, max_length=32, use_context=True, letters=list("ABCD"))
+    for row, option_ids in enumerate(columns["input_ids"]):
         question = tokenizer(frame["prompt"][row], add_special_tokens=False)["input_ids"]
-        for letter, ids in zip("ABCD", feature["input_ids"], strict=True):
+        for letter, ids in zip("ABCD", option_ids, strict=True):
             option = tokenizer(frame[letter][row], add_special_tokens=False)["input_ids"]
             assert len(ids) == 32
             assert ids[1 : 1 + len(question)] == question
             assert ids[-1 - len(option) : -1] == option
-    assert split.lengths == [32] * 4
+    assert columns["length"] == [32] * 4 and columns["overlong"] == [False] * 4
 
 
 # --- the run dir contract -----------------------------------------------------------------
@@ -257,6 +255,7 @@ def test_torchrun_two_processes_train_one_model_saved_once(tmp_path, tiny_bert):
     command += ["2", "-m", "sciqa", "train", str(questions), "--out", str(out)]
     command += ["--folds", "2", "--fold", "0", "--set", f"models.backbone={tiny_bert}"]
     command += ["--set", "train.epochs=1", "--set", "train.batch_size=2"]
+    command += ["--set", f"train.tokenize_cache={tmp_path / 'tokenized'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -267,6 +266,10 @@ def test_torchrun_two_processes_train_one_model_saved_once(tmp_path, tiny_bert):
     assert done.stderr.count("fold 0: MAP@3") == 1  # only rank 0 reports and writes
     assert len(list((out / "fold_0").glob("*.safetensors"))) == 1
     assert len(pd.read_parquet(out / "oof.parquet")) == metrics["n_valid"]
+    # Rank 0 tokenized; rank 1 waited, then read its cache file.
+    assert len(list((tmp_path / "tokenized").glob("*.arrow"))) == 1
+    assert done.stderr.count("questions tokenized in") == 1
+    assert done.stderr.count("questions read from") == 1
 
 
 # --- bad input ------------------------------------------------------------------------------

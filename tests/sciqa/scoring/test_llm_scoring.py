@@ -133,6 +133,7 @@ def test_only_the_context_is_cut_and_counted(llm):
     short = _spec(tok, "causal_lm.max_length=60")
     full, cut = encode_for_llm(tok, FRAME, long), encode_for_llm(tok, FRAME, short)
     assert full.truncated == 0 and cut.truncated == 1  # only q1's context is that long
+    assert cut.cut_rows == [0] and cut.overlong_rows == []
     assert max(cut.lengths) <= 60 < full.lengths[0]
     text = tok.decode(cut.prefixes[0])
     assert text.startswith("Context: Water is") and text.endswith(
@@ -145,7 +146,7 @@ def test_only_the_context_is_cut_and_counted(llm):
 def test_question_longer_than_the_window_is_kept_and_counted(llm):
     _, tok, _ = llm
     enc = encode_for_llm(tok, FRAME, _spec(tok, "causal_lm.max_length=16"))
-    assert enc.overlong == 3
+    assert enc.overlong == 3 and enc.overlong_rows == [0, 1, 2]
     assert "Question: Which planet is red?" in tok.decode(enc.prefixes[1])
 
 

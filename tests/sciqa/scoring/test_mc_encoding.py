@@ -67,5 +67,5 @@ def test_without_context_flag_ignores_context(frame):
 def test_overlong_question_is_counted_and_still_fits(frame):
     frame.loc[0, "prompt"] = "very " * 30
     enc = encode_questions(WordTokenizer(), frame, max_length=12)
-    assert enc.overlong == 1
+    assert enc.overlong == 1 and enc.overlong_rows == [0]
     assert all(len(ids) <= 12 for f in enc.features for ids in f["input_ids"])
