@@ -130,7 +130,6 @@ def ctx_file(path: Path) -> Path:
 
 
 def gen_steps(sizes: Sequence[int]) -> list[Step]:
-    test = TEST
     steps = [
         Step(
             "the test exam (5 options, test articles, both judges)",
@@ -138,7 +137,7 @@ def gen_steps(sizes: Sequence[int]) -> list[Step]:
                 "gen",
                 str(PASSAGES),
                 "--out",
-                str(test),
+                str(TEST),
                 "--n",
                 str(TEST_PASSAGES),
                 *SPLIT,
@@ -147,7 +146,7 @@ def gen_steps(sizes: Sequence[int]) -> list[Step]:
                 "--set",
                 f"gen.questions_per_passage={TEST_SAMPLES}",
             ],
-            test,
+            TEST,
             TEST_PASSAGES * TEST_SAMPLES * RATE["gen"],
         ),
         Step(
@@ -160,7 +159,7 @@ def gen_steps(sizes: Sequence[int]) -> list[Step]:
                 "--n",
                 str(POOL_PASSAGES),
                 "--exclude",
-                str(test),
+                str(TEST),
                 *POOL,
             ],
             gen_file(None),
@@ -179,7 +178,7 @@ def gen_steps(sizes: Sequence[int]) -> list[Step]:
                     "--n",
                     str(POOL_PASSAGES),
                     "--exclude",
-                    str(test),
+                    str(TEST),
                     *POOL,
                     "--set",
                     f"gen.max_questions={n}",
@@ -190,7 +189,7 @@ def gen_steps(sizes: Sequence[int]) -> list[Step]:
         )
     audit = EXAM / "audit_test.json"
     steps.append(
-        Step("bias audit of the exam", ["audit", str(test), "--json", str(audit)], audit, 20)
+        Step("bias audit of the exam", ["audit", str(TEST), "--json", str(audit)], audit, 20)
     )
     return steps
 
@@ -275,12 +274,11 @@ def eval_step(name: str, exam: str, labels: Path, reference: str | None) -> Step
 def qwen_steps(context: bool) -> list[Step]:
     """The writer reading its own exam: closed book (4 rotations, as in the demo) and, with
     ``context``, open book (1 rotation: the context makes each pass ~5x longer)."""
-    test = TEST
-    steps = []
-    runs = [("qwen", test, [], RATE["qwen"])]
+    runs = [("qwen", TEST, [])]
     if context:
-        runs.append(("qwen_ctx", ctx_file(test), ["--set", "infer.tta=1"], RATE["qwen"]))
-    for name, questions, extra, rate in runs:
+        runs.append(("qwen_ctx", ctx_file(TEST), ["--set", "infer.tta=1"]))
+    steps = []
+    for name, questions, extra in runs:
         out = EXAM / "infer" / name / "test"
         steps.append(
             Step(
@@ -296,11 +294,11 @@ def qwen_steps(context: bool) -> list[Step]:
                     *extra,
                 ],
                 out / "submission.csv",
-                30 + 330 * rate,
+                30 + 330 * RATE["qwen"],
                 [questions],
             )
         )
-        steps.append(eval_step(name, "test", test, "arc_0"))
+        steps.append(eval_step(name, "test", TEST, "arc_0"))
     return steps
 
 
