@@ -44,7 +44,10 @@ TEST_SAMPLES = 2
 # teaches the reader; the judge shapes the exam's difficulty, not the curriculum, and is
 # half the judging), keep the answerability judge (a wrong key teaches a wrong answer),
 # and have 4 options, as ARC-Easy and OpenBookQA do, so the files train as one table.
-POOL_PASSAGES = 1600  # of the 1,749 training-side passages; ~70% pass the one judge
+# Of the 1,749 training-side passages; ~52% of those asked pass (valid reply, the one
+# judge). A pool of n is a seeded permutation's first n, so a larger --pool asks only the
+# new passages and its first-N cuts are the smaller pool's.
+POOL_PASSAGES = 1600
 POOL = [*SPLIT, "--set", "gen.articles=train", "--set", "gen.n_options=4"]
 POOL += ["--set", "gen.too_easy_filter=false", "--set", f"gen.cache={EXAM / 'train.cache.sqlite'}"]
 SIZES = (250, 500, 1000)
@@ -118,9 +121,15 @@ def readers(sizes: Sequence[int], context_sizes: Sequence[int]) -> list[Reader]:
 TEST = EXAM / "test" / "questions.parquet"
 
 
-def gen_file(n: int | None) -> Path:
+def gen_file(n: int) -> Path:
     """A generated training set; each gen run has its folder (its manifest, config)."""
-    return EXAM / ("train_all" if n is None else f"train_{n}") / "questions.parquet"
+    return EXAM / f"train_{n}" / "questions.parquet"
+
+
+def pool_file(passages: int) -> Path:
+    """The training pool asked of ``passages`` passages (named by it: a larger pool is a
+    new step, answered from the cache as far as the smaller one went)."""
+    return EXAM / f"pool_{passages}" / "questions.parquet"
 
 
 def ctx_file(path: Path) -> Path:
@@ -129,7 +138,7 @@ def ctx_file(path: Path) -> Path:
     return EXAM / "ctx" / f"{name}.parquet"
 
 
-def gen_steps(sizes: Sequence[int]) -> list[Step]:
+def gen_steps(sizes: Sequence[int], pool: int = POOL_PASSAGES) -> list[Step]:
     steps = [
         Step(
             "the test exam (5 options, test articles, both judges)",
@@ -155,15 +164,15 @@ def gen_steps(sizes: Sequence[int]) -> list[Step]:
                 "gen",
                 str(PASSAGES),
                 "--out",
-                str(gen_file(None)),
+                str(pool_file(pool)),
                 "--n",
-                str(POOL_PASSAGES),
+                str(pool),
                 "--exclude",
                 str(TEST),
                 *POOL,
             ],
-            gen_file(None),
-            POOL_PASSAGES * RATE["gen"] * 0.8,
+            pool_file(pool),
+            pool * RATE["gen"] * 0.8,
         ),
     ]
     for n in sizes:
@@ -176,7 +185,7 @@ def gen_steps(sizes: Sequence[int]) -> list[Step]:
                     "--out",
                     str(gen_file(n)),
                     "--n",
-                    str(POOL_PASSAGES),
+                    str(pool),
                     "--exclude",
                     str(TEST),
                     *POOL,
@@ -302,19 +311,30 @@ def qwen_steps(context: bool) -> list[Step]:
     return steps
 
 
-def plan(sizes: Sequence[int] = SIZES, context_sizes: Sequence[int] | None = None) -> list[Step]:
+def plan(
+    sizes: Sequence[int] = SIZES,
+    context_sizes: Sequence[int] | None = None,
+    pool: int = POOL_PASSAGES,
+) -> list[Step]:
     """Every step of the experiment, in order."""
     context_sizes = sizes if context_sizes is None else context_sizes
     chosen = readers(sizes, context_sizes)
-    steps = gen_steps(sizes)
+    steps = gen_steps(sizes, pool)
     context = any(r.context for r in chosen)
     if context:
         files = [TEST, ARC_C, ARC_EASY, OBQA]
         files += [gen_file(n) for n in context_sizes if n]
         steps += retrieve_steps(files, {gen_file(n): n for n in context_sizes})
-    for reader in chosen:
+    # Closed book first, the writer's reference among them: a run stopped part way has
+    # the whole closed-book comparison.
+    closed, qwen_closed = [r for r in chosen if not r.context], qwen_steps(False)
+    for reader in closed:
         steps += reader_steps(reader)
-    return steps + qwen_steps(context) + report_steps(chosen)
+    steps += qwen_closed
+    for reader in chosen:
+        if reader.context:
+            steps += reader_steps(reader)
+    return steps + qwen_steps(context)[len(qwen_closed) :] + report_steps(chosen)
 
 
 def report_steps(chosen: Sequence[Reader]) -> list[Step]:
@@ -388,12 +408,18 @@ def main(args: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--context-sizes", type=int, nargs="*", default=None, help="default: --sizes"
     )
+    parser.add_argument(
+        "--pool",
+        type=int,
+        default=POOL_PASSAGES,
+        help="training-side passages asked (the largest size needs ~2x as many)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the steps only")
     opts = parser.parse_args(args)
     for needed in (PASSAGES, ARC_EASY, OBQA, ARC_C):
         if not needed.exists():
             raise SystemExit(f"exam: {needed} is missing; run `make demo` first")
-    steps = plan(opts.sizes, opts.context_sizes)
+    steps = plan(opts.sizes, opts.context_sizes, opts.pool)
     if opts.dry_run:
         for index, step in enumerate(steps, 1):
             done = "done" if step.output.exists() else f"~{minutes(step.seconds)}"

@@ -156,3 +156,43 @@ def test_chance_map3():
     assert exam_results.chance_map3(4) == pytest.approx(0.4583, abs=1e-4)
     assert exam_results.parse_name("arcgen_500_ctx") == ("arcgen", 500, True)
     assert exam_results.parse_name("qwen") == ("qwen", 0, False)
+
+
+def _written_before(steps: list) -> list[tuple[str, set[Path]]]:
+    """Each step's line with the files and folders that earlier steps wrote."""
+    written: set[Path] = set()
+    out = []
+    for step in steps:
+        out.append((step.line(), set(written)))
+        written |= {step.output, *step.output.parents}
+    return out
+
+
+@pytest.mark.parametrize("context_sizes", [None, [0], []])
+def test_every_step_reads_only_what_make_demo_or_an_earlier_step_wrote(context_sizes):
+    steps = exam.plan(sizes=[250, 500], context_sizes=context_sizes, pool=900)
+    for step, (line, written) in zip(steps, _written_before(steps), strict=True):
+        for arg in step.argv[1:]:
+            path = Path(arg)
+            if path.parts[:2] != exam.EXAM.parts or path in {step.output, *step.output.parents}:
+                continue
+            produced = path in written or path.with_suffix("") in written
+            is_out = step.argv[step.argv.index(arg) - 1] == "--out"
+            assert produced or is_out, f"{line}: {arg} is read before any step writes it"
+
+
+def test_a_larger_pool_asks_new_passages_under_a_new_name_and_keeps_the_cuts():
+    small = {s.title: s for s in exam.plan(sizes=[250], context_sizes=[], pool=1000)}
+    large = {s.title: s for s in exam.plan(sizes=[250], context_sizes=[], pool=1600)}
+    title = next(t for t in small if t.startswith("the training pool"))
+    assert small[title].output != large[title].output  # a done small pool does not skip it
+    assert "1600" in large[title].argv and "1000" in small[title].argv
+    cut = "training set 250: the first 250 of the pool"
+    assert small[cut].output == large[cut].output  # the same first 250 (a permutation's prefix)
+
+
+def test_the_closed_book_comparison_comes_before_any_context_step():
+    steps = exam.plan(sizes=[250], context_sizes=[250])
+    first_ctx = next(i for i, s in enumerate(steps) if "use_context=true" in s.line())
+    closed = [i for i, s in enumerate(steps) if s.argv[0] == "eval" and "_ctx" not in s.line()]
+    assert max(closed) < first_ctx
