@@ -103,7 +103,7 @@ demo-ensemble: demo
 # judges an exam from the indexed Wikipedia sample, SmolLM2-135M learns from generated
 # questions. Many CPU hours; every step resumes, so rerun it after a kill. After `make demo`.
 exam: install engine
-	$(BIN)/python examples/exam.py
+	$(BIN)/python examples/exam.py $(EXAM_ARGS)
 	$(BIN)/python examples/exam_results.py
 
 clean:
