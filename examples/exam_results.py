@@ -152,7 +152,8 @@ def plot(evals: dict[str, dict[str, dict[str, Any]]], out: Path) -> Path:
 def facts(folder: Path) -> list[str]:
     """The sizes, the split's evidence and the audit, from the gen manifests."""
     lines = []
-    for name in sorted(p.name for p in folder.glob("t*") if (p / "manifest.json").exists()):
+    runs = [*folder.glob("test"), *folder.glob("pool_*"), *folder.glob("train_*")]
+    for name in sorted(p.name for p in runs if (p / "manifest.json").exists()):
         manifest = json.loads((folder / name / "manifest.json").read_text(encoding="utf-8"))
         post = manifest.get("postprocess", {})
         line = f"- {name}: {post.get('kept')} kept of {post.get('valid')} valid replies"

@@ -196,3 +196,17 @@ def test_the_closed_book_comparison_comes_before_any_context_step():
     first_ctx = next(i for i, s in enumerate(steps) if "use_context=true" in s.line())
     closed = [i for i, s in enumerate(steps) if s.argv[0] == "eval" and "_ctx" not in s.line()]
     assert max(closed) < first_ctx
+
+
+def test_facts_list_every_gen_run_the_driver_writes(demo):
+    folder = demo / "runs" / "exam"
+    steps = exam.plan(sizes=[250], context_sizes=[], pool=900)
+    gen_runs = [s.output.parent for s in steps if s.argv[0] == "gen"]
+    near = {"cosine": 0.71, "prompt": "Q?", "nearest_prompt": "P?"}
+    for run in [*gen_runs, folder / "readers" / "arc_0"]:
+        (demo / run).mkdir(parents=True)
+        post = {"kept": 3, "valid": 4, "nearest_excluded": near}
+        (demo / run / "manifest.json").write_text(json.dumps({"postprocess": post}))
+    lines = exam_results.facts(folder)
+    assert [line.split(":")[0] for line in lines] == ["- pool_900", "- test", "- train_250"]
+    assert "cosine 0.710 ('Q?' vs 'P?')" in lines[0]
