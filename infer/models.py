@@ -231,9 +231,14 @@ def expand_model_dirs(args: list[str], *, max_length: int, use_context: bool) ->
 
 
 def check_letters(specs: list[ModelSpec], letters: list[str], source: str) -> None:
-    """Refuse models trained on another option count than the questions have."""
+    """Refuse models trained on another option count than the questions have, except
+    cloze-scored causal LMs: they score each option alone, so the count only changes the
+    softmax (a letter prompt that never showed E could not answer it)."""
     for spec in specs:
-        if spec.letters is not None and len(spec.letters) != len(letters):
+        cloze = (
+            spec.family == "causal_lm" and spec.prompt is not None and spec.prompt.mode == "cloze"
+        )
+        if spec.letters is not None and len(spec.letters) != len(letters) and not cloze:
             raise InferError(
                 f"{spec.path}: trained on {len(spec.letters)} options "
                 f"({spec.letters[0]}-{spec.letters[-1]}) but {source} has {len(letters)} "
