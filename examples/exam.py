@@ -282,34 +282,20 @@ def eval_step(name: str, exam: str, labels: Path, reference: str | None) -> Step
 
 
 def qwen_steps(context: bool) -> list[Step]:
-    """The writer reading its own exam: closed book (4 rotations, as in the demo) and, with
+    """The writer reading its own exam: closed book (4 rotations, as in the demo) or, with
     ``context``, open book (1 rotation: the context makes each pass ~5x longer)."""
-    runs = [("qwen", TEST, [])]
+    name, questions, extra = ("qwen", TEST, [])
     if context:
-        runs.append(("qwen_ctx", ctx_file(TEST), ["--set", "infer.tta=1"]))
-    steps = []
-    for name, questions, extra in runs:
-        out = EXAM / "infer" / name / "test"
-        steps.append(
-            Step(
-                f"Qwen (the writer) answers its exam{' with context' if extra else ''}",
-                [
-                    "infer",
-                    str(questions),
-                    "llm:qwen?mode=letter",
-                    "--out",
-                    str(out),
-                    "-c",
-                    QWEN,
-                    *extra,
-                ],
-                out / "submission.csv",
-                30 + 330 * RATE["qwen"],
-                [questions],
-            )
-        )
-        steps.append(eval_step(name, "test", TEST, "arc_0"))
-    return steps
+        name, questions, extra = ("qwen_ctx", ctx_file(TEST), ["--set", "infer.tta=1"])
+    out = EXAM / "infer" / name / "test"
+    answer = Step(
+        f"Qwen (the writer) answers its exam{' with context' if context else ''}",
+        ["infer", str(questions), "llm:qwen?mode=letter", "--out", str(out), "-c", QWEN, *extra],
+        out / "submission.csv",
+        30 + 330 * RATE["qwen"],
+        [questions],
+    )
+    return [answer, eval_step(name, "test", TEST, "arc_0")]
 
 
 def plan(
@@ -328,14 +314,13 @@ def plan(
         steps += retrieve_steps(files, {gen_file(n): n for n in context_sizes})
     # Closed book first, the writer's reference among them: a run stopped part way has
     # the whole closed-book comparison.
-    closed, qwen_closed = [r for r in chosen if not r.context], qwen_steps(False)
-    for reader in closed:
-        steps += reader_steps(reader)
-    steps += qwen_closed
-    for reader in chosen:
-        if reader.context:
-            steps += reader_steps(reader)
-    return steps + qwen_steps(context)[len(qwen_closed) :] + report_steps(chosen)
+    for with_context in (False, True):
+        for reader in chosen:
+            if reader.context == with_context:
+                steps += reader_steps(reader)
+        if with_context == context or not with_context:
+            steps += qwen_steps(with_context)
+    return steps + report_steps(chosen)
 
 
 def report_steps(chosen: Sequence[Reader]) -> list[Step]:
