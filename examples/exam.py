@@ -103,6 +103,11 @@ class Reader:
         return Reader("arc", 0, self.context)
 
     @property
+    def closed_book(self) -> Reader:
+        """The same reader without context (what context is paired against)."""
+        return Reader(self.data, self.n, False)
+
+    @property
     def trained(self) -> bool:
         return not (self.data == "gen" and self.n == 0)  # gen_0: SmolLM2 as shipped
 
@@ -270,15 +275,27 @@ def reader_steps(reader: Reader) -> list[Step]:
             )
         )
         steps.append(eval_step(reader.name, exam, labels, reader.reference.name))
+        if ctx:
+            steps.append(context_step(reader.name, exam, labels, reader.closed_book.name))
     return steps
 
 
-def eval_step(name: str, exam: str, labels: Path, reference: str | None) -> Step:
-    json_out = EXAM / "eval" / f"{name}_{exam}.json"
+def eval_step(
+    name: str, exam: str, labels: Path, reference: str | None, folder: str = "eval"
+) -> Step:
+    json_out = EXAM / folder / f"{name}_{exam}.json"
     argv = ["eval", str(EXAM / "infer" / name / exam / "submission.csv"), str(labels)]
     if reference is not None and reference != name:
         argv += ["--against", str(EXAM / "infer" / reference / exam / "submission.csv")]
     return Step(f"evaluate {name} on {exam}", [*argv, "--json", str(json_out)], json_out, 8)
+
+
+def context_step(name: str, exam: str, labels: Path, closed_book: str) -> Step:
+    """``name`` (with context) paired against the same reader closed book: what context
+    adds, on the same questions (``runs/exam/eval_context/``)."""
+    step = eval_step(name, exam, labels, closed_book, folder="eval_context")
+    step.title = f"does context help {closed_book} on {exam}"
+    return step
 
 
 def qwen_steps(context: bool) -> list[Step]:
@@ -295,7 +312,10 @@ def qwen_steps(context: bool) -> list[Step]:
         30 + 330 * RATE["qwen"],
         [questions],
     )
-    return [answer, eval_step(name, "test", TEST, "arc_0")]
+    steps = [answer, eval_step(name, "test", TEST, "arc_0")]
+    if context:
+        steps.append(context_step(name, "test", TEST, "qwen"))
+    return steps
 
 
 def plan(

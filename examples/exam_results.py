@@ -38,10 +38,11 @@ def parse_name(name: str) -> tuple[str, int, bool]:
     return parts[0], n, context
 
 
-def read_evals(folder: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{reader: {"test"|"arcc": eval json}}`` for every evaluation written so far."""
+def read_evals(folder: Path, kind: str = "eval") -> dict[str, dict[str, dict[str, Any]]]:
+    """``{reader: {"test"|"arcc": eval json}}`` for every evaluation written so far
+    (``kind="eval_context"``: each context reader paired against itself closed book)."""
     found: dict[str, dict[str, dict[str, Any]]] = {}
-    for path in sorted((folder / "eval").glob("*.json")):
+    for path in sorted((folder / kind).glob("*.json")):
         name, _, exam = path.stem.rpartition("_")
         found.setdefault(name, {})[exam] = json.loads(path.read_text(encoding="utf-8"))
     return found
@@ -84,6 +85,25 @@ def table(evals: dict[str, dict[str, dict[str, Any]]]) -> str:
             f"| {name} | {trained} | {n if data != 'qwen' else ''} | "
             f"{'retrieved' if context else 'none'} | {_score(test)} | {_difference(test)} | "
             f"{_score(arcc)} | {_difference(arcc)} |"
+        )
+    return "\n".join(lines)
+
+
+def context_table(paired: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Does context help: each reader with retrieved context against itself closed book,
+    paired on the same questions."""
+    if not paired:
+        return ""
+    lines = [
+        "| reader | exam: context minus closed book | ARC-Challenge: context minus closed book |",
+        "|---|---|---|",
+    ]
+    for name in sorted(paired, key=_order):
+        closed = name.removesuffix("_ctx")
+        results = paired[name]
+        lines.append(
+            f"| {closed} | {_difference(results.get('test'))} | "
+            f"{_difference(results.get('arcc'))} |"
         )
     return "\n".join(lines)
 
@@ -192,7 +212,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=EXAM)
     opts = parser.parse_args()
     evals = read_evals(opts.out)
-    text = "\n".join([table(evals), "", *facts(opts.out), *shortcuts(opts.out)]) + "\n"
+    paired = context_table(read_evals(opts.out, "eval_context"))
+    parts = [table(evals), "", *([paired, ""] if paired else [])]
+    text = "\n".join([*parts, *facts(opts.out), *shortcuts(opts.out)]) + "\n"
     (opts.out / "results.md").write_text(text, encoding="utf-8")
     print(text)
     if evals:

@@ -44,10 +44,27 @@ def test_training_sets_are_cut_from_one_pool_and_mix_with_arc_easy():
 
 def test_each_reader_is_paired_with_the_arc_easy_reader_of_its_context():
     for step in exam.plan():
-        if step.argv[0] == "eval" and "--against" in step.argv:
+        if step.output.parent == exam.EXAM / "eval" and "--against" in step.argv:
             against = step.argv[step.argv.index("--against") + 1]
             mine = step.argv[1]
             assert ("_ctx" in mine) == ("arc_0_ctx" in against) or "qwen" in mine, step.line()
+
+
+def test_each_context_reader_is_paired_with_itself_closed_book_run_earlier():
+    steps = exam.plan()
+    written = {}
+    paired = []
+    for index, step in enumerate(steps):
+        written[step.output] = index
+        if step.output.parent == exam.EXAM / "eval_context":
+            mine, against = Path(step.argv[1]), Path(step.argv[step.argv.index("--against") + 1])
+            assert mine.parts[-3] == against.parts[-3] + "_ctx", step.line()
+            assert mine.parent.name == against.parent.name  # the same exam
+            assert written[against] < index  # the closed-book answers exist by then
+            paired.append(mine.parts[-3])
+    context_readers = {r.name for r in exam.readers(exam.SIZES, exam.SIZES) if r.context}
+    assert set(paired) == context_readers | {"qwen_ctx"}
+    assert len(paired) == 2 * len(context_readers) + 1  # Qwen reads the exam only
 
 
 @pytest.fixture
@@ -147,6 +164,15 @@ def test_results_table_and_plot_from_the_evaluations(demo):
     (folder / "audit_test.json").write_text(json.dumps(audit))
     lines = exam_results.shortcuts(folder)
     assert lines[1] == "- shortcut `longest`: MAP@3 0.530 [0.480, 0.580] (above chance)"
+    (folder / "eval_context").mkdir()
+    paired = {"arcgen_250_ctx_test": _eval(0.61, 0.14), "arcgen_250_ctx_arcc": _eval(0.5, -0.02)}
+    for name, result in paired.items():
+        (folder / "eval_context" / f"{name}.json").write_text(json.dumps(result))
+    context = exam_results.context_table(exam_results.read_evals(folder, "eval_context"))
+    assert context.splitlines()[2] == (
+        "| arcgen_250 | +0.140 [+0.100, +0.180] | -0.020 [-0.060, +0.020] |"
+    )
+    assert exam_results.context_table({}) == ""
     png = exam_results.plot(evals, folder / "exam.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
