@@ -5,17 +5,21 @@ exam.log``, a batch job), tqdm would redraw one line with carriage returns, whic
 shows as one ever-growing line. There the bar stays quiet for its first ``LOG_EVERY``
 seconds (a short step, or one that fails at once, adds nothing to the log) and then
 prints a plain line at most that often, with the count, the rate and the time left, and
-one when it ends.
+one when it ends. The rate is over the last ``RATE_WINDOW`` lines, not since the start:
+a resumed run answers its cached items in a burst, and a rate that averaged that burst in
+would promise a time left that keeps growing.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TextIO
 
 LOG_EVERY = 60.0  # seconds between lines when the stream is not a terminal
+RATE_WINDOW = 5  # lines the rate is measured over (~5 minutes at LOG_EVERY)
 
 
 class LogProgress:
@@ -35,6 +39,8 @@ class LogProgress:
         self.n = 0
         self.began = self.last = clock()
         self.lines = 0
+        # (time, count) at the start and at each line; the rate spans the oldest kept.
+        self.marks: deque[tuple[float, int]] = deque([(self.began, 0)], maxlen=RATE_WINDOW)
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -49,7 +55,9 @@ class LogProgress:
     def _line(self) -> None:
         now = self.clock()
         elapsed = now - self.began
-        rate = self.n / elapsed if elapsed > 0 else 0.0
+        since, counted = self.marks[0]
+        rate = (self.n - counted) / (now - since) if now > since else 0.0
+        self.marks.append((now, self.n))
         left = (self.total - self.n) / rate if rate > 0 else float("nan")
         share = 100 * self.n / self.total if self.total else 100.0
         self.stream.write(

@@ -32,6 +32,20 @@ def test_a_long_step_writes_a_line_a_minute_with_the_time_left_and_one_at_the_en
     assert lines[-1] == "gen: 100/100 q (100%), 40.0 q/min, 02:30 elapsed, ~00:00 left"
 
 
+def test_the_rate_forgets_a_resumed_runs_cached_burst():
+    now = [0.0]
+    log = io.StringIO()
+    with LogProgress(400, "gen", "q", log, every=60, clock=lambda: now[0]) as bar:
+        bar.update(300)  # answered from the cache at once
+        for _ in range(100):
+            now[0] += 6.0  # then 10 new questions a minute
+            bar.update()
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "gen: 310/400 q (78%), 310.0 q/min, 01:00 elapsed, ~00:17 left"
+    # Five lines on, the burst is out of the window: the rate and the time left are true.
+    assert lines[5] == "gen: 360/400 q (90%), 10.0 q/min, 06:00 elapsed, ~04:00 left"
+
+
 def test_on_a_terminal_it_is_tqdm_redrawing_one_line():
     screen = Terminal()
     with progress(2, "judge", stream=screen) as bar:
