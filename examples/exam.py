@@ -138,6 +138,13 @@ def pool_file(passages: int) -> Path:
     return EXAM / f"pool_{passages}" / "questions.parquet"
 
 
+def pools_asked(below: int) -> int:
+    """The largest pool under ``below`` passages already written: its replies are
+    cached, so a larger pool's cost is only the passages past it."""
+    done = [int(p.parent.name.split("_")[1]) for p in EXAM.glob("pool_*/questions.parquet")]
+    return max((n for n in done if n < below), default=0)
+
+
 def ctx_file(path: Path) -> Path:
     """Where ``sciqa retrieve`` writes ``path`` with context."""
     name = path.parent.name if path.name == "questions.parquet" else path.stem
@@ -178,7 +185,7 @@ def gen_steps(sizes: Sequence[int], pool: int = POOL_PASSAGES) -> list[Step]:
                 *POOL,
             ],
             pool_file(pool),
-            pool * RATE["gen"] * 0.8,
+            RATE["gen_cached"] + (pool - pools_asked(pool)) * RATE["gen"] * 0.8,
         ),
     ]
     for n in sizes:

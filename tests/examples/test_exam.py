@@ -217,6 +217,17 @@ def test_a_larger_pool_asks_new_passages_under_a_new_name_and_keeps_the_cuts():
     assert small[cut].output == large[cut].output  # the same first 250 (a permutation's prefix)
 
 
+def test_a_larger_pool_is_estimated_by_the_passages_a_smaller_one_did_not_ask(demo):
+    def pool_seconds() -> float:
+        return exam.gen_steps([250], pool=1400)[1].seconds
+
+    fresh = pool_seconds()
+    smaller = exam.pool_file(1000)
+    smaller.parent.mkdir(parents=True)
+    smaller.write_bytes(b"")
+    assert pool_seconds() == pytest.approx(fresh - 1000 * exam.RATE["gen"] * 0.8)
+
+
 def test_the_closed_book_comparison_comes_before_any_context_step():
     steps = exam.plan(sizes=[250], context_sizes=[250])
     first_ctx = next(i for i, s in enumerate(steps) if "use_context=true" in s.line())
