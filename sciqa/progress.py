@@ -12,10 +12,11 @@ would promise a time left that keeps growing.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 LOG_EVERY = 60.0  # seconds between lines when the stream is not a terminal
@@ -75,6 +76,20 @@ class LogProgress:
         self.close()
 
 
+def quiet_library_bars(
+    stream: TextIO | None = None, environ: MutableMapping[str, str] | None = None
+) -> None:
+    """In a log, turn off the Hugging Face libraries' own tqdm bars (loading weights,
+    ``datasets.map``, writing shards): each would add a line of carriage returns, and the
+    long steps have this module's bars. On a terminal, and where the user set the
+    variables, nothing changes. Call before transformers or datasets is imported."""
+    stream = sys.stderr if stream is None else stream
+    environ = os.environ if environ is None else environ
+    if not stream.isatty():
+        for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+            environ.setdefault(name, "1")
+
+
 def _clock(seconds: float) -> str:
     if seconds != seconds:  # nan: no rate yet
         return "?"
@@ -83,12 +98,14 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-def progress(total: int, desc: str, unit: str = "q", stream: TextIO | None = None) -> Any:
-    """A bar over ``total`` items on stderr (or ``stream``): tqdm on a terminal, plain
-    lines (:class:`LogProgress`) in a log."""
+def progress(
+    total: int, desc: str, unit: str = "q", stream: TextIO | None = None, leave: bool = True
+) -> Any:
+    """A bar over ``total`` items on stderr (or ``stream``): tqdm on a terminal (``leave``:
+    keep it on screen when done), plain lines (:class:`LogProgress`) in a log."""
     stream = sys.stderr if stream is None else stream
     if stream.isatty():
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, file=stream)
+        return tqdm(total=total, desc=desc, unit=unit, file=stream, leave=leave)
     return LogProgress(total, desc, unit, stream)

@@ -79,6 +79,55 @@ class EvalLine(TrainerCallback):
             )
 
 
+class StepProgress(TrainerCallback):
+    """The Trainer's progress as :func:`sciqa.progress.progress` bars: tqdm on a terminal,
+    a plain line a minute in a log (``make exam > exam.log``), where the Trainer's own tqdm
+    bars would pile up as one line of carriage returns. Main process only."""
+
+    def __init__(self, label: str, bar: Callable[..., Any] | None = None) -> None:
+        from sciqa.progress import progress
+
+        self.label, self.bar = label, bar or progress
+        self.steps: Any = None
+        self.done = 0
+        self.batches: Any = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.steps = self.bar(state.max_steps, f"{self.label} train", unit="step")
+            self.done = state.global_step  # a resumed run starts part way
+            self.steps.update(self.done)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.steps is not None:
+            self.steps.update(state.global_step - self.done)
+            self.done = state.global_step
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if not state.is_world_process_zero or eval_dataloader is None:
+            return
+        if self.batches is None:
+            total = len(eval_dataloader)
+            self.batches = self.bar(total, f"{self.label} eval", unit="batch", leave=False)
+        self.batches.update(1)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._close_batches()
+
+    def on_predict(self, args, state, control, **kwargs):
+        self._close_batches()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.steps is not None:
+            self.steps.close()
+            self.steps = None
+
+    def _close_batches(self) -> None:
+        if self.batches is not None:
+            self.batches.close()
+            self.batches = None
+
+
 def metrics_for(letters: list[str]):
     """``compute_metrics`` scoring logits with :mod:`sciqa.metrics`."""
 
@@ -122,6 +171,7 @@ def training_arguments(
         metric_for_best_model=METRIC,
         greater_is_better=True,
         logging_strategy="steps",
+        disable_tqdm=True,  # StepProgress draws the bars (readable in a log too)
         logging_steps=train.logging_steps,
         report_to=list(train.report_to),  # where they write: train.trackers.tracking_env
         run_name=run_name,
@@ -183,6 +233,7 @@ def train_fold(
         callbacks=[
             EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience),
             EvalLine(label),
+            StepProgress(label),
         ],
         train_lengths=train_split.lengths if train.group_by_length else None,
         **(trainer_kwargs or {}),

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from sciqa.progress import progress
 
 
 class Interrupted(Exception):
@@ -136,7 +137,7 @@ class BatchedPredictor(Predictor):
         """``(n, n_options)`` float32 scores; rows not in ``rows`` are NaN."""
         out = np.full((len(lengths), self.n_options(features)), np.nan, dtype=np.float32)
         order = length_order(lengths, rows)
-        with tqdm(total=len(order), desc=desc, unit="q", leave=False) as bar:
+        with progress(len(order), desc, leave=False) as bar:
             for start in range(0, len(order), self.unit):
                 chunk = order[start : start + self.unit]
                 scores, tokens, began = self.score_batch(features, lengths, chunk)

@@ -7,5 +7,8 @@ body, so ``sciqa --help`` stays fast and needs no torch, faiss or openai.
 
 from sciqa.cli import evidence, setup, stages  # noqa: F401  (they register the commands)
 from sciqa.cli.app import app
+from sciqa.progress import quiet_library_bars
+
+quiet_library_bars()
 
 __all__ = ["app"]

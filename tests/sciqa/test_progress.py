@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from sciqa.progress import LogProgress, progress
+from sciqa.progress import LogProgress, progress, quiet_library_bars
 
 
 class Terminal(io.StringIO):
@@ -51,3 +51,15 @@ def test_on_a_terminal_it_is_tqdm_redrawing_one_line():
     with progress(2, "judge", stream=screen) as bar:
         bar.update(2)
     assert "\r" in screen.getvalue() and "judge" in screen.getvalue()
+
+
+def test_in_a_log_the_hugging_face_libraries_bars_are_off_unless_the_user_said():
+    environ = {"HF_DATASETS_DISABLE_PROGRESS_BARS": "0"}
+    quiet_library_bars(io.StringIO(), environ)
+    assert environ == {
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "0",
+    }
+    on_screen: dict[str, str] = {}
+    quiet_library_bars(Terminal(), on_screen)
+    assert on_screen == {}
