@@ -62,13 +62,16 @@ USE_CONTEXT = ["--set", "causal_lm.use_context=true"]
 RATE = {
     "gen": 4.5,  # per passage asked: the writer, plus the judges on what is valid
     "gen_cached": 150.0,  # a set cut from the cached pool: engine start, judge load
-    "train": 0.45,  # per training question (1 epoch), no context
-    "train_ctx": 0.75,  # 1.6x: 740 s vs 468 s for 48 questions in one measurement
-    "infer": 0.2,  # per question scored, no context
-    "infer_ctx": 0.3,
-    "qwen": 1.3,  # per question, 4 rotations
+    "train": 0.25,  # per training question (1 epoch), no context: 392 s for 1,567
+    "train_ctx": 1.0,  # with context: 762 s for 567, 454 s for 250
+    "infer": 0.1,  # per question scored, no context: 28 s for the exam's 418
+    "infer_ctx": 0.2,  # 60 s for 418
+    "qwen": 2.7,  # per question, 4 rotations: 1,116 s for 418
     "retrieve": 0.05,
 }
+# Seconds a training run takes besides its questions: loading, and scoring OpenBookQA's
+# 500 validation questions at the end of the epoch (with context, the larger part).
+TRAIN_FIXED = {False: 60, True: 210}
 
 
 @dataclass
@@ -265,7 +268,7 @@ def reader_steps(reader: Reader) -> list[Step]:
                     *sets,
                 ],
                 run / "oof.parquet",
-                60 + n_train * RATE["train_ctx" if ctx else "train"],
+                TRAIN_FIXED[ctx] + n_train * RATE["train_ctx" if ctx else "train"],
                 [pick(p) for p in train_files],
             )
         )
@@ -277,7 +280,7 @@ def reader_steps(reader: Reader) -> list[Step]:
                 f"{reader.name} answers {'the exam' if exam == 'test' else 'ARC-Challenge'}",
                 ["infer", str(pick(labels)), member, "--out", str(out), "-c", READER, *sets],
                 out / "submission.csv",
-                30 + 320 * RATE["infer_ctx" if ctx else "infer"],
+                20 + (418 if exam == "test" else 295) * RATE["infer_ctx" if ctx else "infer"],
                 [pick(labels)],
             )
         )
@@ -316,7 +319,7 @@ def qwen_steps(context: bool) -> list[Step]:
         f"Qwen (the writer) answers its exam{' with context' if context else ''}",
         ["infer", str(questions), "llm:qwen?mode=letter", "--out", str(out), "-c", QWEN, *extra],
         out / "submission.csv",
-        30 + 330 * RATE["qwen"],
+        30 + 418 * RATE["qwen"],
         [questions],
     )
     steps = [answer, eval_step(name, "test", TEST, "arc_0")]
