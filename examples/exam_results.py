@@ -116,7 +116,7 @@ def plot(evals: dict[str, dict[str, dict[str, Any]]], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
     for ax, exam, title, n_options in (
         (axes[0], "test", "the generated exam (held-out articles, 5 options)", 5),
         (axes[1], "arcc", "ARC-Challenge (human-written, 4 options)", 4),
@@ -161,9 +161,11 @@ def plot(evals: dict[str, dict[str, dict[str, Any]]], out: Path) -> Path:
         ax.set_xlabel("generated training questions")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("MAP@3 (95% interval)")
-    axes[0].legend(fontsize=8, loc="lower right")
+    # Below the panels: inside, it would cover the points it names.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4, frameon=False)
     fig.suptitle("SmolLM2-135M fine-tuned on questions Qwen2.5-Coder-1.5B wrote", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
