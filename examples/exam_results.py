@@ -189,6 +189,29 @@ def facts(folder: Path) -> list[str]:
     return lines
 
 
+def source_found(folder: Path) -> list[str]:
+    """How often retrieval's first passage is the one a generated question was written
+    from (gen's ``source_id``): what the open-book readers can lean on."""
+    import pandas as pd
+
+    lines = []
+    for hits in sorted((folder / "ctx").glob("*.retrieval.parquet")):
+        name = hits.name.removesuffix(".retrieval.parquet")
+        asked = folder / ("test" if name == "test" else name) / "questions.parquet"
+        if not asked.is_file():
+            continue  # ARC, OpenBookQA: no source passage
+        questions = pd.read_parquet(asked, columns=["id", "source_id"])
+        first = pd.read_parquet(hits, columns=["id", "rank", "passage_id"])
+        first = first[first["rank"] == 1]
+        both = questions.merge(first, on="id", how="left")
+        found = int((both["passage_id"] == both["source_id"]).sum())
+        lines.append(
+            f"- {name}: retrieval's first passage is the source passage for {found} of "
+            f"{len(both)} questions ({found / len(both):.0%})"
+        )
+    return lines
+
+
 def shortcuts(folder: Path) -> list[str]:
     """The exam's bias audit: what a reader that only measures options would score."""
     path = folder / "audit_test.json"
@@ -216,7 +239,8 @@ def main() -> None:
     evals = read_evals(opts.out)
     paired = context_table(read_evals(opts.out, "eval_context"))
     parts = [table(evals), "", *([paired, ""] if paired else [])]
-    text = "\n".join([*parts, *facts(opts.out), *shortcuts(opts.out)]) + "\n"
+    found = [*facts(opts.out), *source_found(opts.out), *shortcuts(opts.out)]
+    text = "\n".join([*parts, *found]) + "\n"
     (opts.out / "results.md").write_text(text, encoding="utf-8")
     print(text)
     if evals:

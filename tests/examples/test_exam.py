@@ -247,3 +247,27 @@ def test_facts_list_every_gen_run_the_driver_writes(demo):
     lines = exam_results.facts(folder)
     assert [line.split(":")[0] for line in lines] == ["- pool_900", "- test", "- train_250"]
     assert "cosine 0.710 ('Q?' vs 'P?')" in lines[0]
+
+
+def test_source_found_counts_questions_whose_first_passage_is_their_source(demo):
+    import pandas as pd
+
+    folder = demo / "runs" / "exam"
+    (folder / "ctx").mkdir(parents=True)
+    (folder / "test").mkdir()
+    pd.DataFrame({"id": ["q1", "q2", "q3"], "source_id": ["p1", "p2", "p3"]}).to_parquet(
+        folder / "test" / "questions.parquet"
+    )
+    pd.DataFrame(
+        {
+            "id": ["q1", "q1", "q2", "q2"],
+            "rank": [1, 2, 1, 2],
+            "passage_id": ["p1", "p9", "p9", "p2"],  # q2's source only second; q3: none
+        }
+    ).to_parquet(folder / "ctx" / "test.retrieval.parquet")
+    pd.DataFrame({"id": ["a"], "rank": [1], "passage_id": ["p1"]}).to_parquet(
+        folder / "ctx" / "arc_challenge.retrieval.parquet"
+    )
+    assert exam_results.source_found(folder) == [
+        "- test: retrieval's first passage is the source passage for 1 of 3 questions (33%)"
+    ]
