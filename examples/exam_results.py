@@ -212,6 +212,47 @@ def source_found(folder: Path) -> list[str]:
     return lines
 
 
+def _source_hits(folder: Path) -> Any:
+    """The exam's questions with ``found``: retrieval's first passage is their source."""
+    import pandas as pd
+
+    questions = pd.read_parquet(folder / "test" / "questions.parquet")
+    first = pd.read_parquet(folder / "ctx" / "test.retrieval.parquet")
+    first = first[first["rank"] == 1][["id", "passage_id"]]
+    both = questions[["id", "answer", "source_id"]].merge(first, on="id", how="left")
+    return both.assign(found=both["passage_id"] == both["source_id"])
+
+
+def by_source_found(folder: Path, readers: list[str]) -> str:
+    """MAP@3 on the exam split by whether retrieval found the question's source passage,
+    for each context reader and the same reader closed book: where context helps."""
+    from sciqa.metrics import map_at_3
+    from sciqa.submission import read_submission
+
+    if not (folder / "ctx" / "test.retrieval.parquet").is_file():
+        return ""
+    hits = _source_hits(folder)
+    n_found = int(hits["found"].sum())
+    lines = [
+        f"| reader | source found ({n_found}): closed book | with context "
+        f"| source not found ({len(hits) - n_found}): closed book | with context |",
+        "|---|---|---|---|---|",
+    ]
+    for name in sorted(readers, key=_order):
+        row = [name.removesuffix("_ctx")]
+        for found in (True, False):
+            for run in (name.removesuffix("_ctx"), name):
+                path = folder / "infer" / run / "test" / "submission.csv"
+                if not path.is_file():
+                    row.append("")
+                    continue
+                asked = hits[hits["found"] == found]
+                top3 = read_submission(path).set_index("id").loc[asked["id"], "prediction"]
+                row.append(f"{map_at_3(list(asked['answer']), list(top3)):.3f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def shortcuts(folder: Path) -> list[str]:
     """The exam's bias audit: what a reader that only measures options would score."""
     path = folder / "audit_test.json"
@@ -238,7 +279,9 @@ def main() -> None:
     opts = parser.parse_args()
     evals = read_evals(opts.out)
     paired = context_table(read_evals(opts.out, "eval_context"))
-    parts = [table(evals), "", *([paired, ""] if paired else [])]
+    context = [name for name in evals if name.endswith("_ctx")]
+    split = by_source_found(opts.out, context) if context else ""
+    parts = [table(evals), "", *[f"{t}\n" for t in (paired, split) if t]]
     found = [*facts(opts.out), *source_found(opts.out), *shortcuts(opts.out)]
     text = "\n".join([*parts, *found]) + "\n"
     (opts.out / "results.md").write_text(text, encoding="utf-8")

@@ -271,3 +271,28 @@ def test_source_found_counts_questions_whose_first_passage_is_their_source(demo)
     assert exam_results.source_found(folder) == [
         "- test: retrieval's first passage is the source passage for 1 of 3 questions (33%)"
     ]
+
+
+def test_the_exam_split_by_whether_retrieval_found_the_source(demo):
+    import pandas as pd
+
+    folder = demo / "runs" / "exam"
+    (folder / "ctx").mkdir(parents=True)
+    (folder / "test").mkdir()
+    pd.DataFrame(
+        {"id": ["q1", "q2", "q3"], "answer": ["A", "B", "C"], "source_id": ["p1", "p2", "p3"]}
+    ).to_parquet(folder / "test" / "questions.parquet")
+    first = {"id": ["q1", "q2", "q3"], "rank": [1, 1, 1], "passage_id": ["p1", "p2", "x"]}
+    pd.DataFrame(first).to_parquet(folder / "ctx" / "test.retrieval.parquet")
+    for run, predictions in (
+        ("arc_0", ["B A C", "A B C", "C A B"]),  # found: 0.5, 0.5; not found: 1
+        ("arc_0_ctx", ["A B C", "B A C", "A B D"]),  # found: 1, 1; not found: 0
+    ):
+        out = folder / "infer" / run / "test"
+        out.mkdir(parents=True)
+        pd.DataFrame({"id": ["q1", "q2", "q3"], "prediction": predictions}).to_csv(
+            out / "submission.csv", index=False
+        )
+    table = exam_results.by_source_found(folder, ["arc_0_ctx"]).splitlines()
+    assert "source found (2)" in table[0] and "source not found (1)" in table[0]
+    assert table[2] == "| arc_0 | 0.500 | 1.000 | 1.000 | 0.000 |"
