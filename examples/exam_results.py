@@ -179,6 +179,9 @@ def facts(folder: Path) -> list[str]:
         manifest = json.loads((folder / name / "manifest.json").read_text(encoding="utf-8"))
         post = manifest.get("postprocess", {})
         line = f"- {name}: {post.get('kept')} kept of {post.get('valid')} valid replies"
+        asked = folder / name / "questions.parquet"
+        if asked.is_file():
+            line += f", content {fingerprint(asked)}"
         near = post.get("nearest_excluded")
         if near:
             line += (
@@ -187,6 +190,20 @@ def facts(folder: Path) -> list[str]:
             )
         lines.append(line)
     return lines
+
+
+def fingerprint(path: Path) -> str:
+    """A short hash of a question file's prompts, options and keys, in no row order: two
+    runs wrote the same questions exactly when it matches (the writer samples, and vLLM's
+    batching can change its logits, so a regenerated exam may differ)."""
+    import hashlib
+
+    import pandas as pd
+
+    frame = pd.read_parquet(path)
+    columns = ["prompt", *[c for c in "ABCDE" if c in frame.columns], "answer"]
+    rows = sorted("\x1f".join(map(str, row)) for row in frame[columns].itertuples(index=False))
+    return hashlib.sha256("\x1e".join(rows).encode()).hexdigest()[:12]
 
 
 def source_found(folder: Path) -> list[str]:

@@ -244,9 +244,15 @@ def test_facts_list_every_gen_run_the_driver_writes(demo):
         (demo / run).mkdir(parents=True)
         post = {"kept": 3, "valid": 4, "nearest_excluded": near}
         (demo / run / "manifest.json").write_text(json.dumps({"postprocess": post}))
+    import pandas as pd
+
+    exam_file = folder / "test" / "questions.parquet"
+    pd.DataFrame({"prompt": ["P?"], "A": ["a"], "B": ["b"], "answer": ["A"]}).to_parquet(exam_file)
     lines = exam_results.facts(folder)
     assert [line.split(":")[0] for line in lines] == ["- pool_900", "- test", "- train_250"]
     assert "cosine 0.710 ('Q?' vs 'P?')" in lines[0]
+    assert f"content {exam_results.fingerprint(exam_file)}" in lines[1]
+    assert "content" not in lines[0]  # no questions file there
 
 
 def test_source_found_counts_questions_whose_first_passage_is_their_source(demo):
@@ -296,3 +302,17 @@ def test_the_exam_split_by_whether_retrieval_found_the_source(demo):
     table = exam_results.by_source_found(folder, ["arc_0_ctx"]).splitlines()
     assert "source found (2)" in table[0] and "source not found (1)" in table[0]
     assert table[2] == "| arc_0 | 0.500 | 1.000 | 1.000 | 0.000 |"
+
+
+def test_the_fingerprint_ignores_row_order_and_sees_a_changed_key(tmp_path):
+    import pandas as pd
+
+    rows = {"id": ["q1", "q2"], "prompt": ["P?", "Q?"], "A": ["a", "c"], "B": ["b", "d"]}
+    pd.DataFrame({**rows, "answer": ["A", "B"]}).to_parquet(tmp_path / "one.parquet")
+    shuffled = pd.DataFrame({**rows, "answer": ["A", "B"]}).iloc[::-1]
+    shuffled.to_parquet(tmp_path / "two.parquet")
+    pd.DataFrame({**rows, "answer": ["B", "B"]}).to_parquet(tmp_path / "three.parquet")
+    one, two, three = (
+        exam_results.fingerprint(tmp_path / f"{n}.parquet") for n in ("one", "two", "three")
+    )
+    assert one == two and one != three and len(one) == 12
