@@ -200,8 +200,10 @@ def fingerprint(path: Path) -> str:
 
     import pandas as pd
 
+    from sciqa.schema import ANSWER, PROMPT, option_letters
+
     frame = pd.read_parquet(path)
-    columns = ["prompt", *[c for c in "ABCDE" if c in frame.columns], "answer"]
+    columns = [PROMPT, *option_letters(frame.columns), ANSWER]
     rows = sorted("\x1f".join(map(str, row)) for row in frame[columns].itertuples(index=False))
     return hashlib.sha256("\x1e".join(rows).encode()).hexdigest()[:12]
 
