@@ -342,14 +342,14 @@ def plan(
         files = [TEST, ARC_C, ARC_EASY, OBQA]
         files += [gen_file(n) for n in context_sizes if n]
         steps += retrieve_steps(files, {gen_file(n): n for n in context_sizes})
-    # Closed book first, the writer's reference among them: a run stopped part way has
-    # the whole closed-book comparison.
+    # Closed book first: a run stopped part way has the whole closed-book comparison.
     for with_context in (False, True):
-        for reader in chosen:
-            if reader.context == with_context:
-                steps += reader_steps(reader)
-        if with_context == context or not with_context:
-            steps += qwen_steps(with_context)
+        steps += [s for r in chosen if r.context == with_context for s in reader_steps(r)]
+    # The writer last: it is a reference, not a cell of the experiment, and answering
+    # the exam twice (closed and open book) takes it ~40 min that the readers come first.
+    steps += qwen_steps(False)
+    if context:
+        steps += qwen_steps(True)
     return steps + report_steps(chosen)
 
 

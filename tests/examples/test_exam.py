@@ -231,7 +231,8 @@ def test_a_larger_pool_is_estimated_by_the_passages_a_smaller_one_did_not_ask(de
 def test_the_closed_book_comparison_comes_before_any_context_step():
     steps = exam.plan(sizes=[250], context_sizes=[250])
     first_ctx = next(i for i, s in enumerate(steps) if "use_context=true" in s.line())
-    closed = [i for i, s in enumerate(steps) if s.argv[0] == "eval" and "_ctx" not in s.line()]
+    evals = [(i, s.line()) for i, s in enumerate(steps) if s.argv[0] == "eval"]
+    closed = [i for i, line in evals if "_ctx" not in line and "qwen" not in line]
     assert max(closed) < first_ctx
 
 
@@ -316,3 +317,11 @@ def test_the_fingerprint_ignores_row_order_and_sees_a_changed_key(tmp_path):
         exam_results.fingerprint(tmp_path / f"{n}.parquet") for n in ("one", "two", "three")
     )
     assert one == two and one != three and len(one) == 12
+
+
+def test_the_writer_answers_after_every_reader():
+    steps = exam.plan(sizes=[250], context_sizes=[250])
+    writer = [i for i, s in enumerate(steps) if "llm:qwen" in s.line()]
+    readers = [i for i, s in enumerate(steps) if s.argv[0] in ("train", "infer")]
+    readers = [i for i in readers if i not in writer]
+    assert len(writer) == 2 and min(writer) > max(readers)
