@@ -346,7 +346,8 @@ def plan(
     for with_context in (False, True):
         steps += [s for r in chosen if r.context == with_context for s in reader_steps(r)]
     # The writer last: it is a reference, not a cell of the experiment, and answering
-    # the exam twice (closed and open book) takes it ~40 min that the readers come first.
+    # the exam twice (closed and open book) takes it ~40 min, which the readers should
+    # not wait behind.
     steps += qwen_steps(False)
     if context:
         steps += qwen_steps(True)
