@@ -166,6 +166,7 @@ class TrainConfig(_Section):
     lora_dropout: float = Field(0.1, ge=0, lt=1)  # dropout on the LoRA path
     lora_target_modules: list[str] | None = None  # None = peft's default for the architecture
     group_by_length: bool = True  # batch questions of similar length: less padding
+    heap_trim_steps: int = Field(10, ge=0)  # CPU: heap pages back to the OS every N steps; 0 = off
     early_stopping_patience: int = Field(2, ge=1)  # evaluations without a MAP@3 gain, then stop
     logging_steps: int = Field(50, ge=1)  # optimiser steps between loss log lines
     dataloader_workers: int = Field(0, ge=0)  # DataLoader worker processes

@@ -29,6 +29,7 @@ from sciqa.config import TrainConfig
 from sciqa.metrics import accuracy, map_at_3, top3_letters
 from train.checkpoints import resume_point
 from train.dataset import Split
+from train.heap import heap_trim_callbacks
 from train.model import resolve_precision
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,7 @@ def train_fold(
             EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience),
             EvalLine(label),
             StepProgress(label),
+            *heap_trim_callbacks(train.heap_trim_steps, on_cpu=args.device.type == "cpu"),
         ],
         train_lengths=train_split.lengths if train.group_by_length else None,
         **(trainer_kwargs or {}),
