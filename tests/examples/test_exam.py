@@ -325,3 +325,15 @@ def test_the_writer_answers_after_every_reader():
     readers = [i for i, s in enumerate(steps) if s.argv[0] in ("train", "infer")]
     readers = [i for i in readers if i not in writer]
     assert len(writer) == 2 and min(writer) > max(readers)
+
+
+def test_the_writer_reads_with_and_without_context_alike():
+    """Only the questions file (and where answers go) differs, so the paired difference is
+    context's: 4 rotations against 1 once passed for it (+0.045 of a -0.096)."""
+    closed, ctx = (
+        next(s for s in exam.plan() if "llm:qwen" in s.line() and f"/{name}/" in s.line())
+        for name in ("qwen", "qwen_ctx")
+    )
+    assert closed.argv[1] == str(exam.TEST) and ctx.argv[1] == str(exam.ctx_file(exam.TEST))
+    same = [a for i, a in enumerate(closed.argv) if i != 1 and a != str(closed.output.parent)]
+    assert same == [a for i, a in enumerate(ctx.argv) if i != 1 and a != str(ctx.output.parent)]
