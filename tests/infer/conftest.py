@@ -53,29 +53,61 @@ def cli_small(cli) -> Callable[..., Any]:
 
 
 class FakeClock:
-    """Time moves only when a batch runs. Each worker thread has its own time line, and
-    a parallel section costs the main thread its slowest worker's time (:meth:`join`)."""
+    """Time moves only when a batch runs. Each worker thread has its own time line, from
+    the main thread's time when the thread started; a parallel section costs the main
+    thread its slowest worker's time, counted once the main thread has joined them all.
+
+    The time lines are keyed by thread and opened and closed by the main thread's
+    ``Thread.start``/``join`` (the ``clock`` fixture patches both): a worker that finished
+    before its sibling started, as happens under load, must not push that sibling's time
+    line after its own, and a reused thread id must not continue an old line."""
 
     def __init__(self):
         self.now = 0.0
-        self.local: dict[int, float] = {}
-        self.lock = threading.Lock()
+        self.lines: dict[threading.Thread, float] = {}  # open time lines, by worker
+        self.closed: set[threading.Thread] = set()  # joined by the main thread
+        self.lock = threading.RLock()
+
+    @staticmethod
+    def _main() -> bool:
+        return threading.current_thread() is threading.main_thread()
+
+    def _fold(self) -> None:
+        """The main thread moves past every joined worker's time line."""
+        ends = [self.lines.pop(t) for t in self.closed if t in self.lines]
+        self.now = max([self.now, *ends])
+        self.closed.clear()
+
+    def _line(self) -> threading.Thread:
+        me = threading.current_thread()
+        self.lines.setdefault(me, self.now)  # a thread started without the patch
+        return me
 
     def __call__(self) -> float:
-        return self.now + self.local.get(threading.get_ident(), 0.0)
+        with self.lock:
+            if self._main():
+                self._fold()
+                return self.now
+            return self.lines[self._line()]
 
     def spend(self, seconds: float) -> None:
         with self.lock:
-            if threading.current_thread() is threading.main_thread():
+            if self._main():
+                self._fold()
                 self.now += seconds
             else:
-                me = threading.get_ident()
-                self.local[me] = self.local.get(me, 0.0) + seconds
+                self.lines[self._line()] += seconds
 
-    def join(self) -> None:
+    def started(self, thread: threading.Thread) -> None:
         with self.lock:
-            self.now += max(self.local.values(), default=0.0)
-            self.local.clear()
+            if self._main():
+                self._fold()
+                self.lines[thread] = self.now
+
+    def joined(self, thread: threading.Thread) -> None:
+        with self.lock:
+            if self._main() and not thread.is_alive():
+                self.closed.add(thread)
 
 
 class Spy:
@@ -123,12 +155,6 @@ class Slow(Spy):
         self.clock.spend(seconds)
         return BatchTiming(timing.questions, timing.tokens, seconds)
 
-    def logits(self, features, lengths, **options) -> np.ndarray:
-        try:
-            return super().logits(features, lengths, **options)
-        finally:
-            self.clock.join()
-
     def warm_up(self, features, lengths) -> None:
         super().warm_up(features, lengths)
         n_options = len(features[0]["input_ids"])
@@ -136,8 +162,21 @@ class Slow(Spy):
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock(monkeypatch) -> FakeClock:
+    clock = FakeClock()
+    start, join = threading.Thread.start, threading.Thread.join
+
+    def started(thread: threading.Thread) -> None:
+        clock.started(thread)
+        start(thread)
+
+    def joined(thread: threading.Thread, timeout: float | None = None) -> None:
+        join(thread, timeout)
+        clock.joined(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", started)
+    monkeypatch.setattr(threading.Thread, "join", joined)
+    return clock
 
 
 @pytest.fixture

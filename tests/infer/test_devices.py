@@ -275,6 +275,24 @@ def test_cpu_workers_split_the_intra_op_threads(qfile, run_dir, tmp_path, spy):
 # its own time line, and a parallel section costs the main thread its slowest worker's.
 
 
+def test_the_fake_clock_counts_a_parallel_section_once_in_any_thread_order(clock):
+    """Under load one worker can finish before its sibling starts; the section still costs
+    its slowest worker, and a later section starts after it."""
+    first = threading.Thread(target=clock.spend, args=(20.0,))
+    second = threading.Thread(target=clock.spend, args=(15.0,))
+    first.start()
+    while first.is_alive():  # finished, not yet joined, before the second starts
+        time.sleep(0.001)
+    second.start()
+    first.join()
+    second.join()
+    assert clock() == 20.0
+    third = threading.Thread(target=lambda: clock.spend(5.0 + clock() - 20.0))
+    third.start()
+    third.join()
+    assert clock() == 25.0
+
+
 def test_budget_plans_for_devices_in_parallel(qfile, run_dir, tmp_path, clock, slow):
     fold = [str(run_dir / "fold_0")]
     one = run_infer(
