@@ -44,18 +44,13 @@ class HeapTrim(TrainerCallback):
 
     def __init__(self, every: int, trim: Callable[[], bool]) -> None:
         self.every, self.trim = every, trim
-        self.trims = 0
-
-    def _trim(self) -> None:
-        self.trim()
-        self.trims += 1
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step % self.every == 0:
-            self._trim()
+            self.trim()
 
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._trim()
+        self.trim()
 
 
 def heap_trim_callbacks(every: int, *, on_cpu: bool) -> list[HeapTrim]:
